@@ -1,19 +1,349 @@
-import type pg from 'pg';
-
 /**
- * Freeze-safe checkout settings (wall-clock based). Placeholder: the full implementation evicts
- * stale connections at checkout and validates reused connections after a thaw.
+ * Freeze-safe checkout for a `pg.Pool`.
+ *
+ * Lambda freezes the process between invocations. While frozen no timer fires and no socket
+ * event is processed, so pg-pool's own idle timeout and max-lifetime timer fire late, after the
+ * next invocation has already picked a connection, and a connection the server closed during the
+ * freeze still looks healthy until its pending socket events run. This module moves every
+ * decision to checkout time and bases it on the wall clock:
+ *
+ * - a reused connection past its maximum lifetime, or idle longer than `maxIdleMillis`, is
+ *   destroyed and replaced before anyone sees it;
+ * - a reused connection idle longer than `thawThresholdMillis` (which is what every connection
+ *   looks like after a freeze) gets one cheap round trip to prove it is alive; a dead one is
+ *   destroyed and replaced transparently. Warm checkouts make no extra round trip;
+ * - a connection that fails while checked out is destroyed when released, never pooled again;
+ * - no `'error'` event is ever left without a listener.
+ *
+ * A user statement is never sent twice: only the guard's own validation query is ever retried on
+ * another connection. Once the caller holds a client, every error surfaces to the caller.
  */
+import type pg from 'pg';
+import { DsqlConnectionError, isConnectionLostError } from './errors.js';
+
+/** Freeze-safe checkout settings. All comparisons use the wall clock (`Date.now()`) at checkout. */
 export interface FreezeGuardOptions {
-  /** Discard a connection older than this at checkout. */
+  /**
+   * A reused connection older than this (seconds since it was opened) is destroyed at checkout
+   * instead of being handed out. `0` disables the check. Aurora DSQL closes connections after
+   * 60 minutes, so keep this below 3600.
+   */
   maxLifetimeSeconds: number;
-  /** Discard a connection idle longer than this at checkout. */
+  /**
+   * A reused connection idle longer than this is destroyed at checkout (reconnecting is cheaper
+   * than a validation that may hang on a silently dropped path, e.g. a NAT idle timeout of 350 s).
+   * `0` disables the check.
+   */
   maxIdleMillis: number;
-  /** A gap since the pool was last active longer than this counts as a thaw. */
+  /**
+   * A reused connection idle longer than this is validated with one round trip before it is
+   * handed out: after a Lambda freeze every pooled connection is at least this idle. `0`
+   * validates every reuse.
+   */
   thawThresholdMillis: number;
-  /** Timeout of the liveness check made on a reused connection after a thaw. */
+  /**
+   * How long the validation round trip may take before the connection is declared dead and
+   * replaced. `0` disables the timeout (not recommended: a silently dropped path never answers).
+   */
   validationTimeoutMillis: number;
 }
 
-/** Makes `pool.connect()` (and so `pool.query()`) freeze-safe. Placeholder: no-op. */
-export function installFreezeGuard(_pool: pg.Pool, _options: FreezeGuardOptions): void {}
+/** Counters kept per guarded pool, for tests, benchmarks and diagnostics. */
+export interface FreezeGuardStats {
+  /** Checkouts served (each successful `connect()`, including the ones made by `pool.query()`). */
+  checkouts: number;
+  /** Validation round trips made on reused connections. */
+  validations: number;
+  /** Reused connections destroyed at checkout because they were past `maxLifetimeSeconds`. */
+  evictedExpired: number;
+  /** Reused connections destroyed at checkout because they were idle past `maxIdleMillis`. */
+  evictedIdle: number;
+  /**
+   * Reused connections destroyed at checkout because they were found dead: closed or errored
+   * (seen after letting pending socket events run) or failing validation.
+   */
+  evictedDead: number;
+  /** Connections destroyed on release because they failed, or were released mid-transaction. */
+  evictedOnRelease: number;
+  /** `'error'` events absorbed on idle connections (the pool had already removed them). */
+  idleErrors: number;
+}
+
+/** What the guard knows about one physical connection. */
+interface ConnectionInfo {
+  /** Wall-clock time the connection was opened. */
+  openedAt: number;
+  /** Wall-clock time it was last released (or opened, before its first use). */
+  releasedAt: number;
+  /** Completed checkouts; 0 means the connection is brand new and needs no checks. */
+  uses: number;
+  /** First error seen while checked out; the connection must not be pooled again. */
+  failure: unknown;
+}
+
+interface GuardState {
+  readonly options: FreezeGuardOptions;
+  readonly stats: FreezeGuardStats;
+  readonly connections: WeakMap<pg.PoolClient, ConnectionInfo>;
+  /**
+   * After a reused connection turned out dead, connections released before this time are
+   * presumed dead too and replaced without a validation round trip: after a freeze they were
+   * all idle through the same event, and on a silently dropped path each validation would cost
+   * a full `validationTimeoutMillis`.
+   */
+  distrustReleasedBefore: number;
+}
+
+/** The pool's own `connect`, before the guard replaced it. */
+type RawConnect = () => Promise<pg.PoolClient>;
+
+const guarded = new WeakMap<pg.Pool, GuardState>();
+
+// pg-pool destroys a connection released with any truthy value; naming it makes evictions easy
+// to find.
+const EVICT = true;
+
+function noop(): void {}
+
+/**
+ * Makes `pool.connect()` — and therefore `pool.query()`, which checks out through
+ * `this.connect` — freeze-safe, as described in this module's documentation. Installing twice on
+ * the same pool is a no-op. Called by `createPool`; call it yourself only on a pool you built.
+ *
+ * The pool keeps its public API: `connect()` with or without a callback, `release(err?)` on the
+ * client, events. An `'error'` listener is added to the pool so an idle connection dropped by the
+ * server never crashes the process.
+ *
+ * @param pool - the pool to guard (its `connect` property is replaced on this instance only).
+ * @param options - see {@link FreezeGuardOptions}; `createPool` passes the resolved configuration
+ *   (defaults: lifetime from the configuration, idle 300000 ms, thaw 5000 ms, validation 1000 ms).
+ * @example
+ * ```ts
+ * const pool = new pg.Pool({ ...settings });
+ * installFreezeGuard(pool, {
+ *   maxLifetimeSeconds: 3300,
+ *   maxIdleMillis: 300_000,
+ *   thawThresholdMillis: 5_000,
+ *   validationTimeoutMillis: 1_000,
+ * });
+ * await pool.query('SELECT 1'); // stale or dead connections are replaced before this runs
+ * ```
+ */
+export function installFreezeGuard(pool: pg.Pool, options: FreezeGuardOptions): void {
+  if (guarded.has(pool)) return;
+  const state: GuardState = {
+    options: { ...options },
+    stats: {
+      checkouts: 0,
+      validations: 0,
+      evictedExpired: 0,
+      evictedIdle: 0,
+      evictedDead: 0,
+      evictedOnRelease: 0,
+      idleErrors: 0,
+    },
+    connections: new WeakMap(),
+    distrustReleasedBefore: 0,
+  };
+  guarded.set(pool, state);
+
+  // 'connect' fires once per physical connection, right before its first checkout.
+  pool.on('connect', (client: pg.PoolClient) => {
+    const now = Date.now();
+    state.connections.set(client, { openedAt: now, releasedAt: now, uses: 0, failure: undefined });
+  });
+  // pg-pool has already removed the failed idle connection when it emits this; without a
+  // listener the emit would throw and kill the Lambda process.
+  pool.on('error', () => {
+    state.stats.idleErrors++;
+  });
+
+  const rawConnect: RawConnect = Object.getPrototypeOf(pool).connect.bind(pool);
+
+  function guardedConnect(
+    callback?: (err: Error | undefined, client?: pg.PoolClient, done?: unknown) => void,
+  ) {
+    const checkedOut = checkout(pool, state, rawConnect);
+    if (!callback) return checkedOut;
+    // Call back outside the promise chain so an exception thrown by the callback behaves as it
+    // does with pg-pool (uncaught) instead of becoming an unhandled rejection.
+    checkedOut.then(
+      (client) => process.nextTick(callback, undefined, client, client.release),
+      (err: Error) => process.nextTick(callback, err, undefined, noop),
+    );
+    return undefined;
+  }
+  (pool as { connect: unknown }).connect = guardedConnect;
+}
+
+/**
+ * The guard's counters for `pool`, or `undefined` when the pool is not guarded.
+ * @example
+ * ```ts
+ * const { validations, evictedDead } = getFreezeGuardStats(pool) ?? {};
+ * ```
+ */
+export function getFreezeGuardStats(pool: pg.Pool): Readonly<FreezeGuardStats> | undefined {
+  const state = guarded.get(pool);
+  return state ? { ...state.stats } : undefined;
+}
+
+/**
+ * True when pg's client can still carry a statement. pg-pool itself reads these fields to decide
+ * whether a released client may be pooled; pg has no public equivalent.
+ */
+function isOpen(client: pg.PoolClient): boolean {
+  const c = client as unknown as { _queryable?: boolean; _ending?: boolean; _ended?: boolean };
+  return c._queryable !== false && c._ending !== true && c._ended !== true;
+}
+
+/** Resolves after one macrotask turn, so socket events already received (FIN, RST, FATAL) run. */
+function socketEventsTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+async function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect): Promise<pg.PoolClient> {
+  const { stats } = state;
+  // Every pass either returns or destroys one reused connection; brand-new connections are
+  // returned unconditionally, so this only bounds pathological churn from concurrent releases.
+  const maxPasses = (pool.options.max ?? 10) * 2 + 2;
+  for (let pass = 0; pass < maxPasses; pass++) {
+    const client = await rawConnect();
+    let info = state.connections.get(client);
+    if (!info) {
+      // Opened before the guard was installed: nothing known, treat its age as starting now.
+      const now = Date.now();
+      info = { openedAt: now, releasedAt: now, uses: 1, failure: undefined };
+      state.connections.set(client, info);
+    }
+    // Listen before anything can yield: a checked-out client with no 'error' listener crashes
+    // the process when its socket fails between two statements.
+    const onError = (err: unknown) => {
+      info.failure ??= err ?? new Error('connection error');
+    };
+    client.on('error', onError);
+    wrapRelease(client, info, state, onError);
+
+    const reused = info.uses > 0;
+    info.uses++;
+    if (reused) {
+      const verdict = await inspectReused(client, info, state);
+      if (verdict !== 'ok') {
+        stats[verdict]++;
+        client.release(EVICT);
+        continue;
+      }
+    }
+    stats.checkouts++;
+    return client;
+  }
+  throw new DsqlConnectionError(
+    'Could not check out a live connection: every pooled connection was stale or dead',
+    maxPasses,
+  );
+}
+
+type Verdict = 'ok' | 'evictedExpired' | 'evictedIdle' | 'evictedDead';
+
+async function inspectReused(
+  client: pg.PoolClient,
+  info: ConnectionInfo,
+  state: GuardState,
+): Promise<Verdict> {
+  const { options } = state;
+  const now = Date.now();
+  // Synchronous wall-clock checks first: no timer can be trusted after a freeze.
+  if (options.maxLifetimeSeconds > 0 && now - info.openedAt >= options.maxLifetimeSeconds * 1000) {
+    return 'evictedExpired';
+  }
+  const idle = now - info.releasedAt;
+  if (options.maxIdleMillis > 0 && idle >= options.maxIdleMillis) return 'evictedIdle';
+  if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
+
+  // After a thaw the invocation can run before the socket events that arrived while the process
+  // was frozen (FIN, RST, a FATAL message). One macrotask turn (~10 µs, no I/O) lets them run, so
+  // a connection closed during even a short freeze is replaced instead of failing the statement.
+  await socketEventsTurn();
+  if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
+  if (idle < options.thawThresholdMillis) return 'ok';
+
+  // A thaw (or a long idle): a silently dropped path shows nothing until it is used; prove it.
+  if (info.releasedAt < state.distrustReleasedBefore) return 'evictedDead';
+
+  state.stats.validations++;
+  try {
+    await validate(client, options.validationTimeoutMillis);
+    return info.failure === undefined && isOpen(client) ? 'ok' : 'evictedDead';
+  } catch (err) {
+    info.failure ??= err;
+    if (isConnectionLostError(err) || err instanceof ValidationTimeout) {
+      // Every connection that was already this idle went through the same freeze or outage.
+      state.distrustReleasedBefore = Math.max(
+        state.distrustReleasedBefore,
+        Date.now() - options.thawThresholdMillis,
+      );
+    }
+    return 'evictedDead';
+  }
+}
+
+class ValidationTimeout extends Error {
+  constructor(ms: number) {
+    super(`Connection validation timed out after ${ms} ms`);
+    this.name = 'ValidationTimeout';
+  }
+}
+
+/** One round trip: an empty statement (`EmptyQueryResponse`), cheaper for the server than a SELECT. */
+function validate(client: pg.PoolClient, timeoutMillis: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    if (timeoutMillis > 0) {
+      // Destroying the connection on release (client.end() with a query in flight destroys the
+      // socket) is what finally stops the hung query; the timer only stops the wait.
+      timer = setTimeout(() => reject(new ValidationTimeout(timeoutMillis)), timeoutMillis);
+      timer.unref();
+    }
+    client.query(';').then(
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+/**
+ * Wraps this checkout's `release` (pg-pool assigns a fresh one per checkout) so that the release
+ * time is recorded on the wall clock and a connection that failed, or that is handed back
+ * inside a transaction, is destroyed instead of pooled.
+ */
+function wrapRelease(
+  client: pg.PoolClient,
+  info: ConnectionInfo,
+  state: GuardState,
+  onError: (err: unknown) => void,
+): void {
+  const poolRelease = client.release;
+  client.release = function releaseGuarded(err?: Error | boolean) {
+    let destroy: Error | boolean | undefined = err;
+    if (!destroy) {
+      // 'T'/'E': a transaction left open would leak its snapshot and locks-to-be into the next
+      // caller's statements; pg-pool would pool it as is.
+      const tx = client.getTransactionStatus?.();
+      if (info.failure !== undefined || !isOpen(client) || (tx != null && tx !== 'I')) {
+        destroy = info.failure instanceof Error ? info.failure : true;
+        state.stats.evictedOnRelease++;
+      }
+    }
+    info.releasedAt = Date.now();
+    // pg-pool re-attaches its own idle listener inside release, synchronously, so no error can
+    // slip in between.
+    poolRelease(destroy);
+    client.removeListener('error', onError);
+  };
+}
