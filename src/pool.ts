@@ -1,2 +1,302 @@
-// Placeholder: being written (see issue notes).
-export {};
+/**
+ * Connections: a real `pg.Pool` (so Kysely, Drizzle and anything else that takes one works
+ * unchanged) and single clients, both opened with
+ *
+ * - full TLS verification against the cluster host name (SNI included), direct TLS negotiation
+ *   by default;
+ * - the cached IAM token as the password, read by pg once per new physical connection;
+ * - connection attempts retried, with jittered exponential backoff within
+ *   `connectionTimeoutMillis`, when DSQL refuses admission (53400 rate exceeded, 53300 too many
+ *   connections) or the network fails transiently;
+ * - no `SET` at connect time (DSQL refuses most session parameters);
+ * - no I/O until the first connection is needed.
+ */
+import pg from 'pg';
+import { installFreezeGuard } from './checkout.js';
+import { DSQL_DEFAULTS, type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
+import { DsqlConnectionError, DsqlTokenError, isRetryableConnectError } from './errors.js';
+import { type TokenCache, tokenCacheFor } from './token.js';
+
+/** How a {@link DsqlClient} opens its connection. */
+export interface DsqlConnectPolicy {
+  /** Budget for all attempts together, milliseconds. Default: `10000`. */
+  readonly connectionTimeoutMillis?: number | undefined;
+  /** First backoff, milliseconds; doubles per attempt. Default: `25`. */
+  readonly retryBaseMillis?: number | undefined;
+  /** Ceiling of one backoff, milliseconds. Default: `1000`. */
+  readonly retryMaxMillis?: number | undefined;
+  /**
+   * Told which token the server rejected (SQLSTATE 28000/28P01), so the cache can drop it:
+   * the connection is not retried, but the next one signs afresh with re-resolved credentials.
+   */
+  readonly onAuthFailure?: ((token: string) => void) | undefined;
+  /** Source of randomness for jitter, `[0, 1)`. Default: `Math.random`. */
+  readonly random?: (() => number) | undefined;
+}
+
+/** pg `Client` internals the retry loop has to reset between attempts (pg ≥ 8.22). */
+interface ClientInternals {
+  connection: pg.Connection;
+  connectionParameters: {
+    ssl: unknown;
+    sslnegotiation?: string;
+    client_encoding?: string;
+    password: unknown;
+  };
+  connectionTimeoutHandle?: ReturnType<typeof setTimeout>;
+  password: unknown;
+  _connectionTimeoutMillis: number;
+  _connecting: boolean;
+  _connected: boolean;
+  _connectionError: boolean;
+  _connectionCallback: unknown;
+  _ending: boolean;
+  _ended: boolean;
+  _queryable: boolean;
+  _txStatus: unknown;
+  _activeQuery: unknown;
+  processID: unknown;
+  secretKey: unknown;
+}
+
+function noop(): void {}
+
+const AUTH_FAILURE_CODES = new Set(['28000', '28P01']);
+
+function isAuthFailure(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && AUTH_FAILURE_CODES.has(code);
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * A `pg.Client` whose `connect()` retries DSQL's admission refusals (53400, 53300) and
+ * transient network errors with jittered exponential backoff until `connectionTimeoutMillis`
+ * is spent. Authentication failures and token errors are never retried. Errors that are not
+ * worth retrying are thrown as pg reported them; refusals that outlast the budget become a
+ * {@link DsqlConnectionError} with the attempt count and the last error as `cause`.
+ *
+ * It also carries a permanent no-op `'error'` listener: pg emits `'error'` when the server drops
+ * the connection, and an `'error'` with no listener would crash the process. The failure still
+ * reaches whoever uses the client (the next query fails; the pool discards the client).
+ *
+ * Retrying needs a fresh pg `Connection` per attempt on the same `Client` object (the pool holds
+ * on to that object), which means resetting a few of pg's private fields; the integration tests
+ * exercise this against pg's current release.
+ * @example
+ * const client = new DsqlClient(toPgConfig(resolved, () => cache.get()), { connectionTimeoutMillis: 5000 });
+ * await client.connect();
+ */
+export class DsqlClient extends pg.Client {
+  readonly #policy: Required<Omit<DsqlConnectPolicy, 'onAuthFailure'>> &
+    Pick<DsqlConnectPolicy, 'onAuthFailure'>;
+  readonly #password: unknown;
+  readonly #connectionOptions: Record<string, unknown>;
+
+  constructor(config: pg.ClientConfig, policy: DsqlConnectPolicy = {}) {
+    super(config);
+    this.#policy = {
+      connectionTimeoutMillis:
+        policy.connectionTimeoutMillis ??
+        config.connectionTimeoutMillis ??
+        DSQL_DEFAULTS.connectionTimeoutMillis,
+      retryBaseMillis: policy.retryBaseMillis ?? DSQL_DEFAULTS.connectRetryBaseMillis,
+      retryMaxMillis: policy.retryMaxMillis ?? DSQL_DEFAULTS.connectRetryMaxMillis,
+      random: policy.random ?? Math.random,
+      onAuthFailure: policy.onAuthFailure,
+    };
+    this.#password = (this as unknown as ClientInternals).password;
+    this.#connectionOptions = {
+      stream: config.stream,
+      keepAlive: config.keepAlive ?? false,
+      keepAliveInitialDelayMillis: config.keepAliveInitialDelayMillis ?? 0,
+    };
+    this.on('error', noop);
+  }
+
+  override connect(): Promise<pg.Client>;
+  override connect(callback: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): void;
+  override connect(
+    callback?: ((err: Error) => void) | ((err: null, c: pg.Client) => void),
+  ): Promise<pg.Client> | undefined {
+    const connected = this.#connectWithRetry().then(() => this);
+    if (!callback) return connected;
+    const done = callback as (err: Error | null, c?: pg.Client) => void;
+    // Called outside the promise chain, so a throwing callback behaves as it does with pg.
+    connected.then(
+      (client) => process.nextTick(done, null, client),
+      (err: Error) => process.nextTick(done, err),
+    );
+    return undefined;
+  }
+
+  async #connectWithRetry(): Promise<void> {
+    const internals = this as unknown as ClientInternals;
+    const { connectionTimeoutMillis, retryBaseMillis, retryMaxMillis, random, onAuthFailure } = this.#policy;
+    const deadline = Date.now() + connectionTimeoutMillis;
+    for (let attempt = 1; ; attempt++) {
+      // pg's own per-attempt timer gets whatever is left of the overall budget.
+      internals._connectionTimeoutMillis = Math.max(1, deadline - Date.now());
+      try {
+        await new Promise<void>((resolve, reject) => {
+          super.connect((err: Error | null) => (err ? reject(err) : resolve()));
+        });
+        return;
+      } catch (err) {
+        if (isAuthFailure(err) && typeof internals.password === 'string') onAuthFailure?.(internals.password);
+        if (internals._ending || err instanceof DsqlTokenError) throw err;
+        const now = Date.now();
+        const timedOut = now >= deadline;
+        if (!timedOut && !isRetryableConnectError(err)) throw err;
+        // Equal jitter: half the exponential step is fixed (so a refused burst really backs
+        // off), half random (so many Lambdas refused together do not come back together).
+        const step = Math.min(retryMaxMillis, retryBaseMillis * 2 ** (attempt - 1));
+        const delay = Math.round(step / 2 + random() * (step / 2));
+        if (timedOut || now + delay >= deadline) {
+          throw new DsqlConnectionError(
+            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${messageOf(err)}`,
+            attempt,
+            { cause: err },
+          );
+        }
+        this.#resetForRetry();
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        if (internals._ending) throw err;
+      }
+    }
+  }
+
+  /** Puts the client back into its never-connected state with a fresh pg `Connection`. */
+  #resetForRetry(): void {
+    const c = this as unknown as ClientInternals;
+    const old = c.connection;
+    // The failed connection must not drive this client any more, nor crash on a late error.
+    old.removeAllListeners();
+    old.on('error', noop);
+    (old as unknown as { stream?: { destroy?: () => void } }).stream?.destroy?.();
+    clearTimeout(c.connectionTimeoutHandle);
+    c.connection = new pg.Connection({
+      ...this.#connectionOptions,
+      ssl: c.connectionParameters.ssl,
+      sslNegotiation: c.connectionParameters.sslnegotiation,
+      encoding: c.connectionParameters.client_encoding || 'utf8',
+    } as pg.ConnectionConfig);
+    c._connecting = false;
+    c._connected = false;
+    c._connectionError = false;
+    c._connectionCallback = null;
+    c._ended = false;
+    c._queryable = true;
+    c._txStatus = null;
+    c._activeQuery = null;
+    c.processID = null;
+    c.secretKey = null;
+    // pg replaced the password function with the token it returned; ask the cache again.
+    c.password = this.#password;
+    c.connectionParameters.password = this.#password;
+  }
+}
+
+/**
+ * The pg pool configuration for a resolved configuration: what {@link createPool} passes to
+ * `pg.Pool` (minus the `Client` class). For wiring dsql-lambda's settings into something that
+ * builds its own pg clients.
+ * - `host` is `hostaddr` when one is given; `ssl.servername` is always the cluster host name, so
+ *   SNI, the certificate's host-name check and the token all name the cluster.
+ * - `ssl.rejectUnauthorized` is always `true`.
+ * @param config A resolved configuration.
+ * @param password Returns the token; pg calls it once per new physical connection.
+ * @example
+ * const cache = tokenCacheFor(resolved);
+ * const client = new pg.Client(toPgConfig(resolved, () => cache.get()));
+ */
+export function toPgConfig(config: ResolvedDsqlConfig, password: () => Promise<string>): pg.PoolConfig {
+  const ssl: Record<string, unknown> = { rejectUnauthorized: true, servername: config.host };
+  if (config.ca !== undefined) ssl.ca = config.ca;
+  return {
+    ...config.pgOptions,
+    host: config.hostaddr ?? config.host,
+    port: config.port,
+    user: config.user,
+    database: config.database,
+    password,
+    ssl,
+    sslnegotiation: config.sslNegotiation,
+    application_name: config.applicationName,
+    max: config.max,
+    min: config.min,
+    idleTimeoutMillis: config.idleTimeoutMillis,
+    connectionTimeoutMillis: config.connectionTimeoutMillis,
+    maxLifetimeSeconds: config.maxLifetimeSeconds,
+  };
+}
+
+function connectPolicy(config: ResolvedDsqlConfig, tokens: TokenCache): DsqlConnectPolicy {
+  return {
+    connectionTimeoutMillis: config.connectionTimeoutMillis,
+    onAuthFailure: (token) => tokens.invalidate(token),
+  };
+}
+
+/**
+ * Creates a `pg.Pool` for Aurora DSQL: IAM tokens from a shared cache, full TLS verification,
+ * direct TLS negotiation, admission refusals retried, DSQL-sized defaults, an `'error'` listener
+ * so a connection the server drops while idle never crashes the process, and the freeze-safe
+ * checkout (`installFreezeGuard`). Creating it does no I/O: the configuration is validated
+ * synchronously (throwing {@link DsqlConfigError}), and credentials, the token and the first
+ * connection wait for the first query.
+ * @param config A {@link DsqlConfig}, a connection string, or nothing (environment only: see
+ *   {@link resolveConfig}).
+ * @example
+ * import { createPool } from 'dsql-lambda';
+ * const pool = createPool({ host: process.env.CLUSTER_ENDPOINT }); // module scope: no I/O
+ * export const handler = async () => (await pool.query('SELECT now() AS now')).rows[0];
+ */
+export function createPool(config?: DsqlConfig | string): pg.Pool {
+  const resolved = resolveConfig(config);
+  const tokens = tokenCacheFor(resolved);
+  const policy = connectPolicy(resolved, tokens);
+  class DsqlPoolClient extends DsqlClient {
+    constructor(options: pg.ClientConfig) {
+      super(options, policy);
+    }
+  }
+  const pool = new pg.Pool({
+    ...toPgConfig(resolved, () => tokens.get()),
+    Client: DsqlPoolClient as unknown as pg.PoolConfig['Client'],
+  });
+  // pg-pool has already discarded the idle client it reports here; without a listener the
+  // emit would throw and take the Lambda process down.
+  pool.on('error', noop);
+  installFreezeGuard(pool, {
+    maxLifetimeSeconds: resolved.maxLifetimeSeconds,
+    maxIdleMillis: resolved.maxIdleMillis,
+    thawThresholdMillis: resolved.thawThresholdMillis,
+    validationTimeoutMillis: resolved.validationTimeoutMillis,
+  });
+  return pool;
+}
+
+/**
+ * Opens one connection to Aurora DSQL, with the same guarantees as {@link createPool} (shared
+ * token cache, full TLS verification, admission refusals retried). The caller ends it.
+ * @param config A {@link DsqlConfig}, a connection string, or nothing (environment only).
+ * @throws {@link DsqlConfigError}, {@link DsqlTokenError}, {@link DsqlConnectionError}, or pg's
+ *   own error (e.g. an authentication failure, SQLSTATE 28P01).
+ * @example
+ * const client = await connect('dsql://admin@abc.dsql.us-east-1.on.aws');
+ * try { console.log((await client.query('SELECT 1 AS one')).rows); } finally { await client.end(); }
+ */
+export async function connect(config?: DsqlConfig | string): Promise<pg.Client> {
+  const resolved = resolveConfig(config);
+  const tokens = tokenCacheFor(resolved);
+  const client = new DsqlClient(
+    toPgConfig(resolved, () => tokens.get()),
+    connectPolicy(resolved, tokens),
+  );
+  await client.connect();
+  return client;
+}
