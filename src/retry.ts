@@ -359,7 +359,9 @@ function knownDead(client: pg.ClientBase): boolean {
 }
 
 function lease(client: pg.ClientBase, giveBack: (destroy: Error | undefined) => void): Lease {
-  let lost: Error | undefined = knownDead(client) ? new DsqlError('connection already closed') : undefined;
+  let lost: Error | undefined = knownDead(client)
+    ? new DsqlError('withRetry: the connection of this client is already closed')
+    : undefined;
   let released = false;
   // A checked-out client has no pool listener: without ours, a socket error would crash the process.
   const onError = (err: Error) => {
