@@ -1,0 +1,250 @@
+/**
+ * The freeze guard against a scripted in-memory pg client: wall-clock decisions at checkout
+ * (Date.now is moved by hand, as a thaw moves it, while no timer fires), validation after a
+ * thaw, eviction of failed clients, and the promise of never sending a user statement twice.
+ */
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { type FreezeGuardOptions, getFreezeGuardStats, installFreezeGuard } from '../../src/checkout.js';
+
+type Behaviour = 'ok' | 'fail' | 'hang';
+
+/** Just enough of pg.Client for pg-pool: connect, query, end, events, the fields pg-pool reads. */
+class FakeClient extends EventEmitter {
+  static created: FakeClient[] = [];
+  /** How this client answers the next statements, by text. */
+  answers = new Map<string, Behaviour>();
+  sent: string[] = [];
+  ended = false;
+  _queryable = true;
+  _ending = false;
+  txStatus: 'I' | 'T' | 'E' = 'I';
+  readonly id: number;
+  constructor() {
+    super();
+    this.id = FakeClient.created.push(this);
+  }
+  connect(cb: (err?: Error) => void) {
+    setImmediate(() => cb());
+  }
+  getTransactionStatus() {
+    return this.txStatus;
+  }
+  query(text: string, values?: unknown, cb?: (err: Error | undefined, res?: unknown) => void) {
+    if (typeof values === 'function') cb = values as typeof cb;
+    const q = typeof text === 'string' ? text : (text as { text: string }).text;
+    this.sent.push(q);
+    const behaviour = this._queryable ? (this.answers.get(q) ?? 'ok') : 'fail';
+    const result = new Promise((resolve, reject) => {
+      if (behaviour === 'hang') return;
+      setImmediate(() =>
+        behaviour === 'ok'
+          ? resolve({ rows: [{ client: this.id }] })
+          : reject(new Error('Connection terminated unexpectedly')),
+      );
+    });
+    if (cb) {
+      result.then(
+        (r) => cb(undefined, r),
+        (e: Error) => cb(e),
+      );
+      return undefined;
+    }
+    return result;
+  }
+  end(cb?: () => void) {
+    this._ending = true;
+    this.ended = true;
+    setImmediate(() => cb?.());
+    return cb ? undefined : Promise.resolve();
+  }
+  /** The server drops the connection: pg marks the client unusable and emits 'error'. */
+  drop() {
+    this._queryable = false;
+    this.emit('error', new Error('Connection terminated unexpectedly'));
+  }
+}
+
+const defaults: FreezeGuardOptions = {
+  maxLifetimeSeconds: 3300,
+  maxIdleMillis: 300_000,
+  thawThresholdMillis: 5_000,
+  validationTimeoutMillis: 1_000,
+};
+
+let now = 1_700_000_000_000;
+function makePool(options: Partial<FreezeGuardOptions> = {}, max = 4) {
+  const pool = new pg.Pool({ max, idleTimeoutMillis: 0, Client: FakeClient as never });
+  installFreezeGuard(pool, { ...defaults, ...options });
+  return pool;
+}
+const advance = (ms: number) => {
+  now += ms;
+};
+async function use(pool: pg.Pool): Promise<FakeClient> {
+  const client = await pool.connect();
+  client.release();
+  return client as unknown as FakeClient;
+}
+
+beforeEach(() => {
+  FakeClient.created = [];
+  vi.spyOn(Date, 'now').mockImplementation(() => now);
+});
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('installFreezeGuard', () => {
+  it('reuses a warm connection without any extra statement', async () => {
+    const pool = makePool();
+    const a = await use(pool);
+    advance(1_000);
+    const b = await use(pool);
+    expect(b).toBe(a);
+    expect(a.sent).toEqual([]);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ checkouts: 2, validations: 0 });
+  });
+
+  it('never validates a brand-new connection', async () => {
+    const pool = makePool({ thawThresholdMillis: 0 });
+    const a = await use(pool);
+    expect(a.sent).toEqual([]);
+  });
+
+  it('destroys a connection idle past maxIdleMillis at checkout, by the wall clock', async () => {
+    const pool = makePool({ maxIdleMillis: 60_000 });
+    const a = await use(pool);
+    advance(60_001); // no timer fired: the process was "frozen"
+    const b = await use(pool);
+    expect(b).not.toBe(a);
+    expect(a.ended).toBe(true);
+    expect(a.sent).toEqual([]);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedIdle: 1, validations: 0 });
+  });
+
+  it('destroys a connection past maxLifetimeSeconds at checkout even if it was just used', async () => {
+    const pool = makePool({ maxLifetimeSeconds: 10 });
+    const a = await use(pool);
+    for (let i = 0; i < 5; i++) {
+      advance(1_999);
+      expect(await use(pool)).toBe(a);
+    }
+    advance(10);
+    const b = await use(pool);
+    expect(b).not.toBe(a);
+    expect(a.ended).toBe(true);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedExpired: 1 });
+  });
+
+  it('validates a reused connection after a thaw and keeps it when alive', async () => {
+    const pool = makePool();
+    const a = await use(pool);
+    advance(5_001);
+    const b = await use(pool);
+    expect(b).toBe(a);
+    expect(a.sent).toEqual([';']);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 0 });
+  });
+
+  it('replaces a connection that fails validation; the user statement goes out once, on the new one', async () => {
+    const pool = makePool();
+    const a = await use(pool);
+    a.answers.set(';', 'fail');
+    advance(10_000);
+    const res = (await pool.query('INSERT 1')) as unknown as { rows: Array<{ client: number }> };
+    const b = FakeClient.created[1]!;
+    expect(res.rows[0]!.client).toBe(b.id);
+    expect(a.sent).toEqual([';']);
+    expect(b.sent).toEqual(['INSERT 1']);
+    expect(a.ended).toBe(true);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 1 });
+  });
+
+  it('gives up on a validation that hangs after validationTimeoutMillis and replaces the connection', async () => {
+    const pool = makePool({ validationTimeoutMillis: 50 });
+    const a = await use(pool);
+    a.answers.set(';', 'hang');
+    advance(10_000);
+    const started = performance.now();
+    const b = await use(pool);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(45);
+    expect(b).not.toBe(a);
+    expect(a.ended).toBe(true);
+  });
+
+  it('after one dead connection, replaces the others idle since the same freeze without validating', async () => {
+    const pool = makePool({ validationTimeoutMillis: 30 });
+    const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+    for (const c of held) c.release();
+    const fakes = held as unknown as FakeClient[];
+    for (const c of fakes) c.answers.set(';', 'hang');
+    advance(60_000);
+    const started = performance.now();
+    const fresh = await use(pool);
+    expect(fakes).not.toContain(fresh);
+    // One timeout, not three.
+    expect(performance.now() - started).toBeLessThan(30 * 2 + 40);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 3 });
+  });
+
+  it('sees a drop that arrived during a short freeze before handing the connection out', async () => {
+    const pool = makePool();
+    const a = (await pool.connect()) as unknown as FakeClient & pg.PoolClient;
+    a.release();
+    // The FIN is already in the socket buffer; its event runs on the next turn of the loop.
+    setImmediate(() => a.drop());
+    advance(100);
+    const b = await use(pool);
+    expect(b).not.toBe(a);
+    expect(a.sent).toEqual([]);
+  });
+
+  it('keeps an errored checked-out client alive as an object (no crash) and destroys it on release', async () => {
+    const pool = makePool();
+    const client = await pool.connect();
+    const fake = client as unknown as FakeClient;
+    // pg-pool removed its own listener at checkout: without the guard's, this emit would throw.
+    expect(() => fake.drop()).not.toThrow();
+    client.release();
+    expect(fake.ended).toBe(true);
+    expect(pool.totalCount).toBe(0);
+    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedOnRelease: 1 });
+  });
+
+  it('destroys a client released inside a transaction', async () => {
+    const pool = makePool();
+    const client = await pool.connect();
+    (client as unknown as FakeClient).txStatus = 'T';
+    client.release();
+    expect((client as unknown as FakeClient).ended).toBe(true);
+    expect(pool.totalCount).toBe(0);
+  });
+
+  it('absorbs the error of a connection dropped while idle (pool listener)', async () => {
+    const pool = makePool();
+    const a = await use(pool);
+    expect(() => a.drop()).not.toThrow();
+    expect(getFreezeGuardStats(pool)).toMatchObject({ idleErrors: 1 });
+    expect(pool.totalCount).toBe(0);
+  });
+
+  it('supports the callback form of connect (what pool.query uses)', async () => {
+    const pool = makePool();
+    const client = await new Promise<pg.PoolClient>((resolve, reject) =>
+      pool.connect((err, c) => (err ? reject(err) : resolve(c!))),
+    );
+    client.release();
+    expect(pool.idleCount).toBe(1);
+  });
+
+  it('is idempotent', async () => {
+    const pool = makePool();
+    installFreezeGuard(pool, defaults);
+    const a = await use(pool);
+    advance(10_000);
+    await use(pool);
+    expect(a.sent).toEqual([';']);
+  });
+});
