@@ -412,6 +412,7 @@ export function parseConnectionString(connectionString: string): DsqlConfig {
     }
     if (seen.has(key)) fail(field, `query parameter "${key}" given more than once`);
     seen.add(key);
+    if (value === '' && target !== 'sslmode') fail(key, 'must not be empty');
     switch (target) {
       case 'tokenDurationSecs':
         config.tokenDurationSecs = integerText('tokenDurationSecs', value, 1, 604800);

@@ -137,6 +137,7 @@ export class DsqlClient extends pg.Client {
     const internals = this as unknown as ClientInternals;
     const { connectionTimeoutMillis, retryBaseMillis, retryMaxMillis, random, onAuthFailure } = this.#policy;
     const deadline = Date.now() + connectionTimeoutMillis;
+    let lastRefusal: unknown;
     for (let attempt = 1; ; attempt++) {
       // pg's own per-attempt timer gets whatever is left of the overall budget.
       internals._connectionTimeoutMillis = Math.max(1, deadline - Date.now());
@@ -156,12 +157,15 @@ export class DsqlClient extends pg.Client {
         const step = Math.min(retryMaxMillis, retryBaseMillis * 2 ** (attempt - 1));
         const delay = Math.round(step / 2 + random() * (step / 2));
         if (timedOut || now + delay >= deadline) {
+          // An attempt cut short by the budget says less than the refusal that used it up.
+          const cause = timedOut && lastRefusal !== undefined ? lastRefusal : err;
           throw new DsqlConnectionError(
-            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${messageOf(err)}`,
+            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${messageOf(cause)}`,
             attempt,
-            { cause: err },
+            { cause },
           );
         }
+        lastRefusal = err;
         this.#resetForRetry();
         await new Promise((resolve) => setTimeout(resolve, delay));
         if (internals._ending) throw err;

@@ -1,0 +1,488 @@
+import { readFileSync } from 'node:fs';
+import { inspect } from 'node:util';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  DSQL_DEFAULTS,
+  type DsqlConfig,
+  PACKAGE_VERSION,
+  parseConnectionString,
+  regionFromHost,
+  resolveConfig,
+} from '../../src/config.js';
+import { DsqlConfigError } from '../../src/errors.js';
+
+const ID = 'abcdefghijklmnopqrstuvwxyz'; // 26 characters: a cluster ID
+const NO_ENV = {};
+
+function configError(fn: () => unknown): DsqlConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(DsqlConfigError);
+    return err as DsqlConfigError;
+  }
+  throw new Error('expected a DsqlConfigError');
+}
+
+describe('connection strings (the Go seed connector examples and more)', () => {
+  const cases: Array<[string, Partial<ReturnType<typeof resolveConfig>>]> = [
+    [
+      'postgres://admin@cluster.dsql.us-east-1.on.aws:5432/postgres?region=us-east-1&profile=dev&tokenDurationSecs=300',
+      {
+        host: 'cluster.dsql.us-east-1.on.aws',
+        region: 'us-east-1',
+        user: 'admin',
+        database: 'postgres',
+        port: 5432,
+        tokenDurationSecs: 300,
+        action: 'DbConnectAdmin',
+      },
+    ],
+    [
+      'dsql://admin@cluster.dsql.us-west-2.on.aws/postgres',
+      {
+        host: 'cluster.dsql.us-west-2.on.aws',
+        region: 'us-west-2',
+        user: 'admin',
+        port: 5432,
+        tokenDurationSecs: 900,
+      },
+    ],
+    [
+      'postgresql://myuser@cluster.dsql.eu-west-1.on.aws:5433/mydb?tokenDurationSecs=604800',
+      {
+        user: 'myuser',
+        database: 'mydb',
+        port: 5433,
+        region: 'eu-west-1',
+        action: 'DbConnect',
+        tokenDurationSecs: 604800,
+      },
+    ],
+    [
+      'dsql://admin@cluster.dsqlbeta.ap-northeast-1.on.aws',
+      { region: 'ap-northeast-1', database: 'postgres' },
+    ],
+    [`dsql://admin@${ID}?region=us-east-2`, { host: `${ID}.dsql.us-east-2.on.aws`, region: 'us-east-2' }],
+    ['postgres://reader@db.internal.example.com/postgres?region=eu-central-1', { region: 'eu-central-1' }],
+    [
+      'postgres://admin@cluster.dsql.us-east-1.on.aws?region=us-west-2',
+      { region: 'us-west-2' }, // explicit region wins over the host's
+    ],
+    ['postgres://my%40user@cluster.dsql.us-east-1.on.aws/my%20db', { user: 'my@user', database: 'my db' }],
+    [
+      'DSQL://admin@CLUSTER.DSQL.US-EAST-1.ON.AWS',
+      { host: 'cluster.dsql.us-east-1.on.aws', region: 'us-east-1' },
+    ],
+    [
+      'postgres://admin@cluster.dsql.us-east-1.on.aws?sslnegotiation=postgres&hostaddr=127.0.0.1&application_name=orders',
+      {
+        sslNegotiation: 'postgres',
+        hostaddr: '127.0.0.1',
+        applicationName: `orders:dsql-lambda/${PACKAGE_VERSION}`,
+      },
+    ],
+    [
+      'postgres://cluster.dsql.us-east-1.on.aws?user=app&dbname=postgres',
+      { user: 'app', action: 'DbConnect' },
+    ],
+    [
+      'postgres://admin@cluster.dsql.us-east-1.on.aws?connect_timeout=3&sslmode=verify-full',
+      { connectionTimeoutMillis: 3000 },
+    ],
+    [
+      'postgres://admin@cluster.dsql.us-east-1.on.aws?application_name=a%2Bb+c',
+      { applicationName: `a+b+c:dsql-lambda/${PACKAGE_VERSION}` },
+    ],
+  ];
+  it.each(cases)('%s', (url, expected) => {
+    expect(resolveConfig(url, NO_ENV)).toMatchObject(expected);
+  });
+
+  it('parseConnectionString returns only what the string says', () => {
+    expect(
+      parseConnectionString('dsql://admin@abc.dsql.us-east-1.on.aws/postgres?tokenDurationSecs=300'),
+    ).toEqual({
+      user: 'admin',
+      host: 'abc.dsql.us-east-1.on.aws',
+      database: 'postgres',
+      tokenDurationSecs: 300,
+    });
+    expect(parseConnectionString('postgres://')).toEqual({});
+  });
+
+  const errors: Array<[string, string]> = [
+    ['mysql://admin@cluster.dsql.us-east-1.on.aws', 'connectionString'],
+    ['host=cluster.dsql.us-east-1.on.aws user=admin', 'connectionString'],
+    ['postgres://admin:hunter2@cluster.dsql.us-east-1.on.aws', 'password'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?password=x', 'connectionString'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslrootcert=/x', 'connectionString'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?nope=1', 'connectionString'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=a&region=b', 'connectionString'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=0', 'tokenDurationSecs'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=604801', 'tokenDurationSecs'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=1.5', 'tokenDurationSecs'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=', 'tokenDurationSecs'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslnegotiation=tls', 'sslnegotiation'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslmode=disable', 'sslmode'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=', 'region'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=US_EAST', 'region'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws/a/b', 'database'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws/%E0%A4%A', 'database'],
+    ['postgres://%E0%A4%A@cluster.dsql.us-east-1.on.aws', 'user'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws:99999', 'connectionString'],
+    ['postgres://admin@[::1]/postgres?region=us-east-1', 'host'],
+    ['postgres://admin@127.0.0.1/postgres?region=us-east-1', 'host'],
+    ['postgres://admin@db.example.com/postgres', 'region'],
+    [`postgres://admin@${ID}`, 'region'],
+    ['postgres:///postgres', 'host'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?connect_timeout=0', 'connect_timeout'],
+  ];
+  it.each(errors)('%s → DsqlConfigError(%s)', (url, field) => {
+    expect(configError(() => resolveConfig(url, NO_ENV)).field).toBe(field);
+  });
+
+  it('never repeats a password from the string', () => {
+    const err = configError(() =>
+      resolveConfig('postgres://admin:S3cr3tValue@cluster.dsql.us-east-1.on.aws', NO_ENV),
+    );
+    expect(err.message).not.toContain('S3cr3tValue');
+    expect(err.cause).toBeUndefined();
+    // An unparseable URL: the URL parser's own error would carry the whole input.
+    const bad = configError(() => resolveConfig('postgres://admin:S3cr3tValue@host:port/x', NO_ENV));
+    expect(bad.message).not.toContain('S3cr3tValue');
+    expect(bad.cause).toBeUndefined();
+  });
+});
+
+describe('host and region', () => {
+  it('reads the region from endpoint host names', () => {
+    expect(regionFromHost('abc.dsql.us-east-1.on.aws')).toBe('us-east-1');
+    expect(regionFromHost('abc.dsql-gamma.eu-west-3.on.aws')).toBe('eu-west-3');
+    expect(regionFromHost('abc.dsql.us-east-1.amazonaws.com')).toBeUndefined();
+    expect(regionFromHost('vpce-1.example.com')).toBeUndefined();
+  });
+
+  it('expands a cluster ID with the explicit region, then AWS_REGION, then AWS_DEFAULT_REGION', () => {
+    expect(resolveConfig({ host: ID, region: 'us-west-2' }, { AWS_REGION: 'eu-west-1' }).host).toBe(
+      `${ID}.dsql.us-west-2.on.aws`,
+    );
+    expect(resolveConfig({ host: ID }, { AWS_REGION: 'eu-west-1', AWS_DEFAULT_REGION: 'x-1' }).host).toBe(
+      `${ID}.dsql.eu-west-1.on.aws`,
+    );
+    expect(resolveConfig({ host: ID }, { AWS_DEFAULT_REGION: 'ap-south-1' }).region).toBe('ap-south-1');
+  });
+
+  it('prefers explicit region, then the host, then the environment', () => {
+    const host = 'abc.dsql.us-east-1.on.aws';
+    expect(resolveConfig({ host, region: 'eu-west-1' }, { AWS_REGION: 'sa-east-1' }).region).toBe(
+      'eu-west-1',
+    );
+    expect(resolveConfig({ host }, { AWS_REGION: 'sa-east-1' }).region).toBe('us-east-1');
+    expect(resolveConfig({ host: 'vpce.example.com' }, { AWS_REGION: 'sa-east-1' }).region).toBe('sa-east-1');
+  });
+
+  it('takes host, hostaddr, user, database and port from the environment', () => {
+    const env = {
+      PGHOST: 'ignored.dsql.us-east-1.on.aws',
+      DSQL_ENDPOINT: 'abc.dsql.us-east-1.on.aws',
+      DSQL_HOSTADDR: '10.0.0.1',
+      PGUSER: 'app',
+      PGDATABASE: 'postgres',
+      PGPORT: '6543',
+    };
+    expect(resolveConfig(undefined, env)).toMatchObject({
+      host: 'abc.dsql.us-east-1.on.aws',
+      hostaddr: '10.0.0.1',
+      user: 'app',
+      port: 6543,
+      action: 'DbConnect',
+    });
+    expect(resolveConfig(undefined, { PGHOST: 'abc.dsql.us-east-1.on.aws' }).host).toBe(
+      'abc.dsql.us-east-1.on.aws',
+    );
+    expect(resolveConfig({ user: 'admin', port: 5432 }, env)).toMatchObject({ user: 'admin', port: 5432 });
+    expect(configError(() => resolveConfig(undefined, { ...env, PGPORT: 'x' })).field).toBe('PGPORT');
+  });
+
+  it('requires a host', () => {
+    expect(configError(() => resolveConfig(undefined, NO_ENV)).field).toBe('host');
+    expect(configError(() => resolveConfig({ host: '' }, NO_ENV)).field).toBe('host');
+    expect(configError(() => resolveConfig({ host: 'bad host!' }, NO_ENV)).field).toBe('host');
+  });
+});
+
+describe('defaults and validation', () => {
+  const host = 'abc.dsql.us-east-1.on.aws';
+
+  it('applies every default from DSQL_DEFAULTS', () => {
+    const r = resolveConfig({ host }, NO_ENV);
+    expect(r).toMatchObject({
+      user: DSQL_DEFAULTS.user,
+      database: DSQL_DEFAULTS.database,
+      port: DSQL_DEFAULTS.port,
+      tokenDurationSecs: 900,
+      max: 4,
+      min: 0,
+      maxLifetimeSeconds: 3300,
+      idleTimeoutMillis: 300_000,
+      connectionTimeoutMillis: 10_000,
+      maxIdleMillis: 300_000,
+      thawThresholdMillis: 5_000,
+      validationTimeoutMillis: 1_000,
+      sslNegotiation: 'direct',
+      applicationName: `dsql-lambda/${PACKAGE_VERSION}`,
+      hostaddr: undefined,
+      ca: undefined,
+      action: 'DbConnectAdmin',
+    });
+    expect(r.credentialSource).toEqual({ kind: 'default-chain' });
+  });
+
+  it('sizes the pool from AWS_LAMBDA_MAX_CONCURRENCY', () => {
+    expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: '32' }).max).toBe(32);
+    expect(resolveConfig({ host, max: 2 }, { AWS_LAMBDA_MAX_CONCURRENCY: '32' }).max).toBe(2);
+    expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: 'lots' }).max).toBe(4);
+    expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: '0' }).max).toBe(4);
+  });
+
+  it('package version matches package.json', () => {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+    expect(PACKAGE_VERSION).toBe(pkg.version);
+  });
+
+  it('shortens application names to fit 63 bytes, keeping our suffix', () => {
+    const r = resolveConfig({ host, applicationName: 'x'.repeat(100) }, NO_ENV);
+    expect(r.applicationName.length).toBeLessThanOrEqual(63);
+    expect(r.applicationName.endsWith(`:dsql-lambda/${PACKAGE_VERSION}`)).toBe(true);
+    expect(resolveConfig({ host, application_name: 'pgname' } as DsqlConfig, NO_ENV).applicationName).toBe(
+      `pgname:dsql-lambda/${PACKAGE_VERSION}`,
+    );
+  });
+
+  it('passes unknown pg options through and merges a connectionString', () => {
+    const r = resolveConfig(
+      {
+        connectionString: `postgres://app@${host}/postgres`,
+        query_timeout: 5000,
+        keepAlive: true,
+        port: 6000,
+      },
+      NO_ENV,
+    );
+    expect(r.pgOptions).toEqual({ query_timeout: 5000, keepAlive: true });
+    expect(r).toMatchObject({ user: 'app', port: 6000, host });
+  });
+
+  it('accepts extra CAs but never relaxes verification', () => {
+    expect(resolveConfig({ host, ssl: { ca: 'PEM' } }, NO_ENV).ca).toBe('PEM');
+    expect(resolveConfig({ host, ssl: true }, NO_ENV).ca).toBeUndefined();
+    expect(
+      resolveConfig({ host, ssl: { rejectUnauthorized: true } } as DsqlConfig, NO_ENV).ca,
+    ).toBeUndefined();
+    for (const ssl of [
+      false,
+      { rejectUnauthorized: false },
+      { checkServerIdentity: () => undefined },
+      'on',
+    ]) {
+      expect(configError(() => resolveConfig({ host, ssl } as unknown as DsqlConfig, NO_ENV)).field).toBe(
+        'ssl',
+      );
+    }
+    expect(
+      configError(() => resolveConfig({ host, ssl: { ca: 42 } } as unknown as DsqlConfig, NO_ENV)).field,
+    ).toBe('ssl.ca');
+  });
+
+  const invalid: Array<[string, Record<string, unknown>]> = [
+    ['tokenDurationSecs', { tokenDurationSecs: 0 }],
+    ['tokenDurationSecs', { tokenDurationSecs: 604801 }],
+    ['tokenDurationSecs', { tokenDurationSecs: 1.5 }],
+    ['tokenDurationSecs', { tokenDurationSecs: '900' }],
+    ['max', { max: 0 }],
+    ['min', { max: 2, min: 3 }],
+    ['port', { port: 0 }],
+    ['port', { port: 65536 }],
+    ['maxLifetimeSeconds', { maxLifetimeSeconds: 0 }],
+    ['maxLifetimeSeconds', { maxLifetimeSeconds: 3601 }],
+    ['idleTimeoutMillis', { idleTimeoutMillis: -1 }],
+    ['connectionTimeoutMillis', { connectionTimeoutMillis: 0 }],
+    ['maxIdleMillis', { maxIdleMillis: 0 }],
+    ['thawThresholdMillis', { thawThresholdMillis: -5 }],
+    ['validationTimeoutMillis', { validationTimeoutMillis: Number.NaN }],
+    ['sslNegotiation', { sslNegotiation: 'tls' }],
+    ['applicationName', { applicationName: 'émoji' }],
+    ['user', { user: '' }],
+    ['user', { user: 7 }],
+    ['database', { database: '' }],
+    ['region', { region: 'Not A Region' }],
+    ['hostaddr', { hostaddr: 'a b' }],
+    ['password', { password: 'x' }],
+    ['password', { password: async () => 'x' }],
+    ['Client', { Client: class {} }],
+    ['credentials', { credentials: { accessKeyId: 'A' } }],
+    ['credentials', { credentials: { accessKeyId: 'A', secretAccessKey: 'S', expiration: 'tomorrow' } }],
+    ['credentials', { credentials: 'AKID:SECRET' }],
+    ['profile', { profile: 'dev', credentials: { accessKeyId: 'A', secretAccessKey: 'S' } }],
+    ['profile', { profile: '' }],
+  ];
+  it.each(invalid)('%s: %o', (field, extra) => {
+    expect(configError(() => resolveConfig({ host, ...extra } as DsqlConfig, NO_ENV)).field).toBe(field);
+  });
+
+  it('rejects what is not a configuration', () => {
+    expect(configError(() => resolveConfig(42 as unknown as DsqlConfig, NO_ENV)).field).toBe('config');
+  });
+});
+
+describe('credential source', () => {
+  const host = 'abc.dsql.us-east-1.on.aws';
+  const env = { AWS_ACCESS_KEY_ID: 'AKIDENV', AWS_SECRET_ACCESS_KEY: 'envsecret' };
+
+  it('orders explicit → profile → environment → default chain', () => {
+    const provider = async () => ({ accessKeyId: 'A', secretAccessKey: 'S' });
+    expect(resolveConfig({ host, credentials: provider }, env).credentialSource).toEqual({
+      kind: 'explicit',
+      value: provider,
+    });
+    expect(resolveConfig({ host, profile: 'dev' }, env).credentialSource).toEqual({
+      kind: 'profile',
+      profile: 'dev',
+    });
+    expect(resolveConfig(`postgres://admin@${host}?profile=dev`, env).credentialSource).toEqual({
+      kind: 'profile',
+      profile: 'dev',
+    });
+    expect(resolveConfig({ host }, env).credentialSource).toEqual({ kind: 'environment' });
+    expect(resolveConfig({ host }, { AWS_ACCESS_KEY_ID: 'only-half' }).credentialSource).toEqual({
+      kind: 'default-chain',
+    });
+  });
+
+  it('keeps explicit secrets out of JSON and inspect', () => {
+    const r = resolveConfig(
+      {
+        host,
+        credentials: { accessKeyId: 'AKIDX', secretAccessKey: 'TopSecretKey', sessionToken: 'SessTok' },
+      },
+      NO_ENV,
+    );
+    for (const text of [JSON.stringify(r), inspect(r, { depth: 10 }), String(r)]) {
+      expect(text).not.toContain('TopSecretKey');
+      expect(text).not.toContain('SessTok');
+    }
+    expect(r.credentialSource.kind).toBe('explicit');
+  });
+});
+
+describe('properties', () => {
+  it('the parser only ever throws DsqlConfigError', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.string(),
+          fc.webUrl({ withQueryParameters: true, withFragments: true }),
+          fc
+            .tuple(fc.constantFrom('postgres', 'postgresql', 'dsql', 'DSQL'), fc.string(), fc.string())
+            .map(([s, a, b]) => `${s}://${a}@${b}`),
+          fc
+            .tuple(fc.string(), fc.string(), fc.string())
+            .map(([a, b, c]) => `postgres://admin@abc.dsql.us-east-1.on.aws:${a}/${b}?${c}`),
+        ),
+        (text) => {
+          try {
+            resolveConfig(text, NO_ENV);
+          } catch (err) {
+            expect(err).toBeInstanceOf(DsqlConfigError);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('resolveConfig only ever throws DsqlConfigError, whatever the object holds', () => {
+    const keys = [
+      'host',
+      'region',
+      'user',
+      'database',
+      'port',
+      'profile',
+      'credentials',
+      'tokenDurationSecs',
+      'max',
+      'min',
+      'maxLifetimeSeconds',
+      'idleTimeoutMillis',
+      'connectionTimeoutMillis',
+      'maxIdleMillis',
+      'thawThresholdMillis',
+      'validationTimeoutMillis',
+      'applicationName',
+      'sslNegotiation',
+      'ssl',
+      'hostaddr',
+      'connectionString',
+    ];
+    fc.assert(
+      fc.property(
+        fc.dictionary(fc.constantFrom(...keys), fc.anything()),
+        fc.boolean(),
+        (config, withHost) => {
+          const input = withHost ? { host: 'abc.dsql.us-east-1.on.aws', ...config } : config;
+          try {
+            resolveConfig(input as DsqlConfig, { AWS_REGION: 'us-east-1' });
+          } catch (err) {
+            expect(err).toBeInstanceOf(DsqlConfigError);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('messages never contain the password or the secret key', () => {
+    const secret = fc.string({ minLength: 6 }).map((s) => `Zq9${s}`);
+    fc.assert(
+      fc.property(
+        fc.string(),
+        secret,
+        fc.string(),
+        fc.string(),
+        fc.boolean(),
+        (user, password, hostPart, rest, encode) => {
+          const pw = encode ? encodeURIComponent(password) : password;
+          const url = `postgres://${encodeURIComponent(user)}:${pw}@${hostPart}${rest}`;
+          try {
+            resolveConfig(url, NO_ENV);
+          } catch (err) {
+            expect(err).toBeInstanceOf(DsqlConfigError);
+            const e = err as DsqlConfigError;
+            expect(e.message).not.toContain(password);
+            expect(e.message).not.toContain(pw);
+            expect(inspect(e)).not.toContain(pw);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(secret, fc.anything(), (secretAccessKey, junk) => {
+        try {
+          resolveConfig(
+            {
+              host: 'abc.dsql.us-east-1.on.aws',
+              credentials: { accessKeyId: junk, secretAccessKey },
+            } as DsqlConfig,
+            NO_ENV,
+          );
+        } catch (err) {
+          expect((err as Error).message).not.toContain(secretAccessKey);
+        }
+      }),
+    );
+  });
+});
