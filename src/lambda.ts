@@ -260,7 +260,6 @@ export function createDsqlContext(
         if (released) return;
         released = true;
         tracked.delete(client);
-        client.release = poolRelease;
         poolRelease(err);
       };
       if (ended) {

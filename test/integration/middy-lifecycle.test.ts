@@ -1,0 +1,252 @@
+/**
+ * The middy middleware and the withDsql wrapper on a real database (plain PostgreSQL through a
+ * guarded pg.Pool passed as `{ pool }`): queries, transactions with the Lambda deadline, and the
+ * cleanup that must run on every path — after, onError, early responses — for middy 5 and 7.
+ */
+import middy from '@middy/core';
+import type { Context } from 'aws-lambda';
+import middy5 from 'middy-core-5';
+import pg from 'pg';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { installFreezeGuard } from '../../src/checkout.js';
+import { OccRetryExhaustedError } from '../../src/errors.js';
+import { type DsqlContext, withDsql } from '../../src/lambda.js';
+import { cleanupDsql, dsql } from '../../src/middy.js';
+
+let pool: pg.Pool;
+const logger = { warn: vi.fn() };
+
+/**
+ * A Lambda context. Typed with `dsql` because middy types the wrapped handler's context as what
+ * the handler sees (`.use(dsql())` adds `dsql`); the middleware sets it on every invocation.
+ */
+function lambdaContext(remainingMs = 30_000): Context & DsqlContext {
+  const deadline = Date.now() + remainingMs;
+  return {
+    dsql: undefined as unknown as DsqlContext['dsql'],
+    awsRequestId: `req-${Math.random().toString(36).slice(2)}`,
+    callbackWaitsForEmptyEventLoop: true,
+    functionName: 'test',
+    functionVersion: '$LATEST',
+    invokedFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:test',
+    memoryLimitInMB: '128',
+    logGroupName: 'g',
+    logStreamName: 's',
+    getRemainingTimeInMillis: () => deadline - Date.now(),
+    done() {},
+    fail() {},
+    succeed() {},
+  };
+}
+
+beforeAll(() => {
+  pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: 'postgres', max: 2 });
+  installFreezeGuard(pool, {
+    maxLifetimeSeconds: 3300,
+    maxIdleMillis: 300_000,
+    thawThresholdMillis: 5_000,
+    validationTimeoutMillis: 1_000,
+  });
+});
+afterAll(() => pool.end());
+beforeEach(() => logger.warn.mockClear());
+
+type UserHandler = (e: unknown, c: Context & DsqlContext) => Promise<unknown>;
+// Both flavours are driven through middy 7's type; middy 5's own typing is covered in test/types.
+// The Lambda runtime passes a plain Context: context.dsql is what the middleware adds.
+type Middyfied = ReturnType<typeof middy<unknown, unknown, Error, Context>>;
+type PlainHandler = (e: unknown, c: Context) => Promise<unknown>;
+const flavours: Array<{ name: string; make: (h: UserHandler) => Middyfied }> = [
+  { name: 'middy 7', make: (h) => middy(h as PlainHandler) },
+  { name: 'middy 5', make: (h) => middy5(h as PlainHandler) as unknown as Middyfied },
+];
+
+describe.each(flavours)('dsql() with $name', ({ make }) => {
+  it('gives the handler query, transaction and pool', async () => {
+    const handler = make(async (_event, context) => {
+      const { rows } = await context.dsql.query<{ two: number }>('SELECT 1 + 1 AS two');
+      const inTx = await context.dsql.transaction(
+        async (tx) => (await tx.query('SELECT 3 AS three')).rows[0],
+      );
+      return { two: rows[0]?.two, inTx, same: context.dsql.pool === pool };
+    }).use(dsql({ pool, logger }));
+    expect(await handler({}, lambdaContext())).toEqual({ two: 2, inTx: { three: 3 }, same: true });
+    expect(logger.warn).not.toHaveBeenCalled();
+  });
+
+  it('releases a leaked client after the invocation, with a warning naming it', async () => {
+    const idleBefore = pool.totalCount;
+    const handler = make(async (_event, context) => {
+      const client = await context.dsql.connect();
+      await client.query('SELECT 1');
+      return 'leaked';
+    }).use(dsql({ pool, logger }));
+    const context = lambdaContext();
+    await handler({}, context);
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(String(logger.warn.mock.calls[0]?.[0])).toContain(context.awsRequestId);
+    expect(String(logger.warn.mock.calls[0]?.[1])).toContain('middy-lifecycle.test.ts');
+    expect(pool.idleCount).toBe(Math.max(1, idleBefore));
+    expect(pool.waitingCount).toBe(0);
+  });
+
+  it('destroys a leaked client left inside a transaction', async () => {
+    const handler = make(async (_event, context) => {
+      const client = await context.dsql.connect();
+      await client.query('BEGIN');
+      await client.query('SELECT 1');
+      return 'open transaction';
+    }).use(dsql({ pool, logger }));
+    const before = pool.totalCount;
+    await handler({}, lambdaContext());
+    expect(logger.warn).toHaveBeenCalledOnce();
+    // Checked out (new or reused), then destroyed rather than pooled.
+    expect(pool.totalCount).toBeLessThanOrEqual(before);
+    const { rows } = await pool.query('SELECT now() = statement_timestamp() AS fresh');
+    expect(rows[0].fresh).toBe(true); // the next user is not inside that transaction
+  });
+
+  it('cleans up on the error path, and the error reaches the caller', async () => {
+    const handler = make(async (_event, context) => {
+      await context.dsql.connect();
+      throw new Error('boom');
+    }).use(dsql({ pool, logger }));
+    await expect(handler({}, lambdaContext())).rejects.toThrow('boom');
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+
+  it('a before registered earlier returning early: nothing is opened, nothing to clean', async () => {
+    const handler = make(async (_event, context) => context.dsql.query('SELECT 1'))
+      .use({ before: async () => ({ statusCode: 401 }) })
+      .use(dsql({ pool, logger }));
+    const total = pool.totalCount;
+    expect(await handler({}, lambdaContext())).toEqual({ statusCode: 401 });
+    expect(pool.totalCount).toBe(total);
+    expect(logger.warn).not.toHaveBeenCalled();
+  });
+
+  it('a later before returning early after taking a client: cleanupDsql releases it at once', async () => {
+    let handlerRan = false;
+    const handler = make(async () => {
+      handlerRan = true;
+    })
+      .use(dsql({ pool, logger }))
+      .use({
+        before: async (request) => {
+          const ctx = request.context as Context & DsqlContext;
+          await ctx.dsql.connect(); // e.g. an authoriser that forgot release()
+          cleanupDsql(request);
+          return { statusCode: 403 };
+        },
+      });
+    expect(await handler({}, lambdaContext())).toEqual({ statusCode: 403 });
+    expect(handlerRan).toBe(false);
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+
+  it('a later before returning early without cooperating: swept before the next invocation does anything', async () => {
+    const prev = process.env.AWS_LAMBDA_FUNCTION_NAME;
+    process.env.AWS_LAMBDA_FUNCTION_NAME = 'test'; // a standard Lambda: one invocation at a time
+    try {
+      let early = true;
+      const handler = make(async (_event, context) => (await context.dsql.query('SELECT 1 AS one')).rows[0])
+        .use(dsql({ pool, logger }))
+        .use({
+          before: async (request) => {
+            if (!early) return;
+            await (request.context as Context & DsqlContext).dsql.connect();
+            return { statusCode: 429 };
+          },
+        });
+      expect(await handler({}, lambdaContext())).toEqual({ statusCode: 429 });
+      expect(pool.totalCount - pool.idleCount).toBe(1); // still held: middy skipped our after
+      early = false;
+      expect(await handler({}, lambdaContext())).toEqual({ one: 1 });
+      expect(logger.warn).toHaveBeenCalledOnce();
+      expect(pool.idleCount).toBe(pool.totalCount);
+    } finally {
+      if (prev === undefined) delete process.env.AWS_LAMBDA_FUNCTION_NAME;
+      else process.env.AWS_LAMBDA_FUNCTION_NAME = prev;
+    }
+  });
+
+  it('stops retrying OCC conflicts at the Lambda deadline minus deadlineMarginMs', async () => {
+    const handler = make(async (_event, context) =>
+      context.dsql.transaction(async (tx) => {
+        await tx.query('SELECT 1');
+        throw Object.assign(new Error('change conflicts with another transaction, please retry: (OC000)'), {
+          code: '40001',
+        });
+      }),
+    ).use(dsql({ pool, logger, deadlineMarginMs: 700, retry: { maxAttempts: 10_000, maxDelayMs: 20 } }));
+    const started = Date.now();
+    const err = await handler({}, lambdaContext(1_000)).catch((e: unknown) => e);
+    const elapsed = Date.now() - started;
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+    expect(elapsed).toBeLessThan(400);
+  });
+});
+
+describe('middy 7 specifics', () => {
+  it('sweeps a request cut short by an early response even when invocations may overlap', async () => {
+    let early = true;
+    const handler = middy<unknown, unknown, Error, Context>()
+      .use(dsql({ pool, logger }))
+      .use({
+        before: async (request) => {
+          if (!early) return;
+          await (request.context as Context & DsqlContext).dsql.connect();
+          return { statusCode: 429 };
+        },
+      })
+      .handler(async (_event, context) => (await context.dsql.query('SELECT 1 AS one')).rows[0]);
+    await handler({}, lambdaContext());
+    early = false;
+    expect(await handler({}, lambdaContext())).toEqual({ one: 1 });
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+});
+
+describe('withDsql', () => {
+  it('gives the same handle and cleans up leaks', async () => {
+    const handler = withDsql(
+      async (_event: { n: number }, context) => {
+        await context.dsql.connect();
+        return (await context.dsql.query('SELECT $1::int AS n', [_event.n])).rows[0];
+      },
+      { pool, logger },
+    );
+    expect(await handler({ n: 7 }, lambdaContext())).toEqual({ n: 7 });
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+
+  it('cleans up when the handler throws', async () => {
+    const handler = withDsql(
+      async (_event: unknown, context) => {
+        await context.dsql.connect();
+        throw new Error('nope');
+      },
+      { pool, logger },
+    );
+    await expect(handler({}, lambdaContext())).rejects.toThrow('nope');
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+
+  it('a late release of a client cleanup already released is harmless', async () => {
+    let leaked: pg.PoolClient | undefined;
+    const handler = withDsql(
+      async (_event: unknown, context) => {
+        leaked = await context.dsql.connect();
+      },
+      { pool, logger },
+    );
+    await handler({}, lambdaContext());
+    expect(() => leaked?.release()).not.toThrow();
+  });
+});
