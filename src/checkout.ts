@@ -9,6 +9,9 @@
  *
  * - a reused connection past its maximum lifetime, or idle longer than `maxIdleMillis`, is
  *   destroyed and replaced before anyone sees it;
+ * - every reused connection waits one macrotask turn before it is handed out, so socket events
+ *   that arrived while the process was frozen (FIN, RST, a FATAL message) are processed first and
+ *   a connection closed during even a short freeze is replaced, not used;
  * - a reused connection idle longer than `thawThresholdMillis` (which is what every connection
  *   looks like after a freeze) gets one cheap round trip to prove it is alive; a dead one is
  *   destroyed and replaced transparently. Warm checkouts make no extra round trip;

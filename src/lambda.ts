@@ -14,6 +14,13 @@ import type { DsqlConfig } from './config.js';
 import { createPool } from './pool.js';
 import { type RetryOptions, type TransactionClient, withRetry } from './retry.js';
 
+export {
+  type FreezeGuardOptions,
+  type FreezeGuardStats,
+  getFreezeGuardStats,
+  installFreezeGuard,
+} from './checkout.js';
+
 /** Where warnings go. Anything with a `warn(message)` method: `console`, a Powertools `Logger`, pino. */
 export interface DsqlLogger {
   warn(message: string, ...details: unknown[]): void;

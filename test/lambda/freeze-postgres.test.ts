@@ -79,4 +79,21 @@ describe('freeze with plain PostgreSQL', () => {
     expect(stats.guard.validations).toBe(0);
     expect(child.exit).toBeUndefined();
   });
+
+  it('a connection terminated while checked out between statements: no crash, error surfaces, evicted', async () => {
+    // A bare pg.Client has no 'error' listener of its own: only the guard's keeps this alive.
+    child = await startLambdaChild({ env: env(), handlerExport: 'raw' });
+    const warm = await child.invoke({ op: 'select' });
+    const pid = (warm.value as { pid: number }).pid;
+    const holding = child.invoke({ op: 'hold', ms: 500 });
+    await sleep(200);
+    await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    const r = await holding;
+    expect(r.ok).toBe(false);
+    const next = await child.invoke({ op: 'insert', table, tag: 'after-hold' });
+    expect(next.error).toBeUndefined();
+    expect(await count('after-hold')).toBe(1);
+    expect((next.value as { guard: { evictedOnRelease: number } }).guard.evictedOnRelease).toBe(1);
+    expect(child.exit).toBeUndefined();
+  });
 });
