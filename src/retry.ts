@@ -677,10 +677,23 @@ async function retryLoop<T>(
     if (deadline !== undefined && now() + longestAttemptMs >= deadline)
       throw exhausted('deadline', attempts, now() - started, lastError);
 
-    attempts++;
     const attemptStarted = now();
-    const lease = await source.acquire();
     const watch = watchAttempt(o);
+    let lease: Lease;
+    const acquiring = source.acquire();
+    try {
+      // Waiting for a free pool client counts against the deadline and the signal too.
+      lease = await guarded(acquiring, watch);
+    } catch (err) {
+      watch.dispose();
+      if (!(err instanceof Interrupt)) throw err;
+      acquiring.then(
+        (late) => late.done(),
+        () => {},
+      );
+      throw exhausted(err.reason, attempts, now() - started, lastError ?? err.cause);
+    }
+    attempts++;
     let outcome: Outcome<T>;
     try {
       outcome = await attempt(lease, watch);

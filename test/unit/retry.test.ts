@@ -699,6 +699,39 @@ describe('deadline', () => {
   });
 });
 
+describe('waiting for a pool client', () => {
+  /** A pool with no free client until `grant()`. */
+  function exhaustedPool() {
+    let grant: (c: FakeClient) => void = () => {};
+    const client = new FakeClient(() => undefined);
+    const pool = {
+      connect: () =>
+        new Promise<pg.PoolClient>((resolve) => (grant = (c) => resolve(c as unknown as pg.PoolClient))),
+    };
+    return { pool, client, grant: () => grant(client) };
+  }
+
+  it('abort while waiting: no attempt; the client granted later is released at once', async () => {
+    const { pool, client, grant } = exhaustedPool();
+    const controller = new AbortController();
+    const pending = withRetry(pool, async () => 1, { signal: controller.signal });
+    controller.abort();
+    expect(await rejectionOf(pending)).toMatchObject({ reason: 'aborted', attempts: 0 });
+    grant();
+    await new Promise((r) => setImmediate(r));
+    expect(client.releases).toEqual([undefined]);
+    expect(client.log).toEqual([]);
+    expect(client.listenerCount('error')).toBe(0);
+  });
+
+  it('deadline while waiting: no attempt', async () => {
+    const { pool, grant } = exhaustedPool();
+    const err = await rejectionOf(withRetry(pool, async () => 1, { deadline: Date.now() + 20 }));
+    expect(err).toMatchObject({ reason: 'deadline', attempts: 0 });
+    grant();
+  });
+});
+
 describe('abort signal', () => {
   it('already aborted: no attempt', async () => {
     const pool = new FakePool(() => () => undefined);

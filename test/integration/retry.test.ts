@@ -1,0 +1,415 @@
+/**
+ * withRetry / execWithRetry against the local DSQL-like endpoint: injected OCC conflicts at
+ * COMMIT, dropped connections before and during COMMIT, a ROLLBACK that cannot complete,
+ * deadline and abort, all on plain pg.Pool / pg.Client built from the endpoint's pgConfig.
+ * Assertions are on counts (rows, attempts, pool size) and ordering, never on durations.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
+import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
+import { pgConfig, startTestEndpoint } from '../helpers/endpoint.js';
+
+type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
+
+let endpoint: Endpoint;
+let config: pg.PoolConfig;
+const pools: pg.Pool[] = [];
+const table = `retry_it_${randomUUID().slice(0, 8)}`;
+
+/** A pool on the endpoint; every pool is ended after the file. */
+function newPool(extra: pg.PoolConfig = {}): pg.Pool {
+  const pool = new pg.Pool({ ...config, max: 4, ...extra });
+  pool.on('error', () => {}); // idle connections dropped on purpose by some tests
+  pools.push(pool);
+  return pool;
+}
+
+async function rowCount(id: string): Promise<number> {
+  const { rows } = await admin().query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ${table} WHERE id = $1`,
+    [id],
+  );
+  return rows[0]!.n;
+}
+
+let adminPool: pg.Pool | undefined;
+function admin(): pg.Pool {
+  adminPool ??= newPool({ max: 1 });
+  return adminPool;
+}
+
+async function sessionOf(tx: TransactionClient): Promise<number> {
+  const { rows } = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+  return rows[0]!.pid;
+}
+
+/** Fast retries: these tests are about what is retried, not about backoff timing. */
+const quick = { baseDelayMs: 1, maxDelayMs: 5 };
+
+async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a rejection');
+}
+
+beforeAll(async () => {
+  endpoint = await startTestEndpoint({});
+  config = pgConfig(endpoint, { user: 'admin' });
+  await admin().query(`CREATE TABLE ${table} (id text PRIMARY KEY, n int NOT NULL DEFAULT 0)`);
+});
+
+afterEach(() => {
+  endpoint.faults.reset?.();
+});
+
+afterAll(async () => {
+  await admin()
+    .query(`DROP TABLE IF EXISTS ${table}`)
+    .catch(() => {});
+  await Promise.all(pools.map((p) => p.end().catch(() => {})));
+  await endpoint?.close();
+});
+
+describe('OCC conflicts injected at COMMIT', () => {
+  it.each(['OC000', 'OC001'] as const)('%s twice: retried, then committed exactly once', async (code) => {
+    const pool = newPool();
+    const id = randomUUID();
+    endpoint.faults.failNextCommits({ count: 2, code });
+    const retries: RetryInfo[] = [];
+    let calls = 0;
+    const value = await withRetry(
+      pool,
+      async (tx) => {
+        calls++;
+        await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        return 'committed';
+      },
+      { ...quick, onRetry: (info) => retries.push(info) },
+    );
+    expect(value).toBe('committed');
+    expect(calls).toBe(3);
+    expect(retries.map((r) => [r.attempt, r.code])).toEqual([
+      [1, code],
+      [2, code],
+    ]);
+    expect(await rowCount(id)).toBe(1);
+    // Conflicts are ordinary errors on a healthy connection: nothing was destroyed.
+    expect(pool.totalCount).toBe(1);
+  });
+
+  it('retries on the same connection when the target is a single pg.Client', async () => {
+    const client = new pg.Client(config);
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      const id = randomUUID();
+      endpoint.faults.failNextCommits({ count: 2, code: 'OC000' });
+      const sessions: number[] = [];
+      await withRetry(
+        client,
+        async (tx) => {
+          sessions.push(await sessionOf(tx));
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        },
+        quick,
+      );
+      expect(sessions).toHaveLength(3);
+      expect(new Set(sessions).size).toBe(1);
+      expect(await rowCount(id)).toBe(1);
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('gives up after maxAttempts with the last conflict as cause, nothing committed', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    endpoint.faults.failNextCommits({ count: 3, code: 'OC000' });
+    const err = await rejectionOf(
+      withRetry(pool, async (tx) => void (await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id])), {
+        ...quick,
+        maxAttempts: 3,
+      }),
+    );
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect(err).toMatchObject({ attempts: 3, reason: 'attempts' });
+    expect((err as Error).cause).toMatchObject({ code: '40001' });
+    expect(await rowCount(id)).toBe(0);
+  });
+});
+
+describe('errors that are not retried', () => {
+  it('a unique violation is rethrown unchanged after one attempt', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    await admin().query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+    let calls = 0;
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          calls++;
+          await tx.query(`UPDATE ${table} SET n = n + 1 WHERE id = $1`, [id]);
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        },
+        quick,
+      ),
+    );
+    expect(err).toBeInstanceOf(pg.DatabaseError);
+    expect(err).toMatchObject({ code: '23505' });
+    expect(calls).toBe(1);
+    // The UPDATE before the failure was rolled back, and the connection went back to the pool.
+    const { rows } = await admin().query(`SELECT n FROM ${table} WHERE id = $1`, [id]);
+    expect(rows).toEqual([{ n: 0 }]);
+    expect(pool.totalCount).toBe(1);
+    expect(pool.idleCount).toBe(1);
+  });
+
+  it("fn's own error is rethrown unchanged", async () => {
+    const pool = newPool();
+    const mine = new Error('insufficient funds');
+    let calls = 0;
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          calls++;
+          await tx.query('SELECT 1');
+          throw mine;
+        },
+        quick,
+      ),
+    );
+    expect(err).toBe(mine);
+    expect(calls).toBe(1);
+  });
+});
+
+describe('a ROLLBACK that fails destroys the connection', () => {
+  it('silently dropped path: ROLLBACK times out, the client is not returned to the pool', async () => {
+    // query_timeout makes the black-holed ROLLBACK fail instead of hanging forever.
+    const pool = newPool({ max: 1, query_timeout: 1000 });
+    const mine = new Error('application failure');
+    let session = 0;
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          session = await sessionOf(tx);
+          endpoint.faults.dropConnections({ session, how: 'silent' });
+          throw mine;
+        },
+        quick,
+      ),
+    );
+    expect(err).toBe(mine);
+    expect(pool.totalCount).toBe(0);
+    // The pool still works: a new connection, a new session.
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0]!.pid).not.toBe(session);
+  });
+
+  it('connection reset during fn: destroyed without ROLLBACK, the original error rethrown', async () => {
+    const pool = newPool({ max: 1 });
+    const mine = new Error('application failure');
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          const session = await sessionOf(tx);
+          endpoint.faults.dropConnections({ session, how: 'rst' });
+          await new Promise((resolve) => setTimeout(resolve, 50)); // let the reset arrive
+          throw mine;
+        },
+        quick,
+      ),
+    );
+    expect(err).toBe(mine);
+    expect(pool.totalCount).toBe(0);
+  });
+});
+
+describe('connection lost', () => {
+  it.each(['fin', 'rst'] as const)(
+    'before COMMIT (%s): retried on a new connection, committed once',
+    async (how) => {
+      const pool = newPool();
+      const id = randomUUID();
+      const sessions: number[] = [];
+      const retries: RetryInfo[] = [];
+      await withRetry(
+        pool,
+        async (tx) => {
+          const session = await sessionOf(tx);
+          sessions.push(session);
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+          if (sessions.length === 1) endpoint.faults.dropConnections({ session, how });
+          await tx.query('SELECT pg_sleep(0.05)');
+        },
+        { ...quick, onRetry: (info) => retries.push(info) },
+      );
+      expect(sessions).toHaveLength(2);
+      expect(sessions[1]).not.toBe(sessions[0]);
+      expect(retries.map((r) => r.code)).toEqual(['connection-lost']);
+      expect(await rowCount(id)).toBe(1);
+    },
+  );
+
+  it.each([
+    ['fin', true, 1],
+    ['rst', true, 1],
+    ['fin', false, 0],
+  ] as const)(
+    'while COMMIT is in flight (%s, committed: %s): CommitOutcomeUnknownError, never retried',
+    async (how, afterCommit, rows) => {
+      const pool = newPool();
+      const id = randomUUID();
+      let calls = 0;
+      endpoint.faults.dropOnNextCommit({ how, afterCommit });
+      const err = await rejectionOf(
+        withRetry(
+          pool,
+          async (tx) => {
+            calls++;
+            await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+          },
+          quick,
+        ),
+      );
+      expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
+      expect(err).toMatchObject({ attempts: 1 });
+      expect(calls).toBe(1);
+      expect(await rowCount(id)).toBe(rows);
+      expect(pool.totalCount).toBe(0);
+    },
+  );
+
+  it('COMMIT on a silently dropped path with query_timeout: outcome unknown, not retried', async () => {
+    const pool = newPool({ query_timeout: 1000 });
+    const id = randomUUID();
+    let calls = 0;
+    endpoint.faults.dropOnNextCommit({ how: 'silent', afterCommit: true });
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          calls++;
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        },
+        quick,
+      ),
+    );
+    expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
+    expect(calls).toBe(1);
+    expect(await rowCount(id)).toBe(1);
+    expect(pool.totalCount).toBe(0);
+  });
+});
+
+describe('deadline and abort', () => {
+  it('no attempt starts after the deadline; OccRetryExhaustedError(deadline)', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    endpoint.faults.failNextCommits({ count: 1000, code: 'OC000' });
+    const deadline = Date.now() + 300;
+    const starts: number[] = [];
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          starts.push(Date.now());
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        },
+        { baseDelayMs: 20, maxDelayMs: 100, maxAttempts: 1000, deadline },
+      ),
+    );
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect(err).toMatchObject({ reason: 'deadline' });
+    expect((err as OccRetryExhaustedError).attempts).toBe(starts.length);
+    expect(starts.length).toBeGreaterThan(1);
+    for (const s of starts) expect(s).toBeLessThan(deadline);
+    expect(await rowCount(id)).toBe(0);
+  });
+
+  it('abort during the backoff: stops at once, no further attempt', async () => {
+    const pool = newPool();
+    const controller = new AbortController();
+    endpoint.faults.failNextCommits({ count: 1000, code: 'OC000' });
+    let calls = 0;
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async () => {
+          calls++;
+        },
+        {
+          signal: controller.signal,
+          // A minute-long backoff: only the abort can end this test in time.
+          baseDelayMs: 60_000,
+          maxDelayMs: 60_000,
+          jitter: 'none',
+          onRetry: () => void setTimeout(() => controller.abort(), 10),
+        },
+      ),
+    );
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect(err).toMatchObject({ reason: 'aborted', attempts: 1 });
+    expect(calls).toBe(1);
+    expect(pool.totalCount).toBe(1);
+  });
+
+  it('abort while fn waits on a statement: the attempt is abandoned and its connection destroyed', async () => {
+    const pool = newPool();
+    const controller = new AbortController();
+    const id = randomUUID();
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+          setTimeout(() => controller.abort(), 20);
+          await tx.query('SELECT pg_sleep(30)');
+        },
+        { signal: controller.signal },
+      ),
+    );
+    expect(err).toMatchObject({ reason: 'aborted', attempts: 1 });
+    expect(pool.totalCount).toBe(0);
+    expect(await rowCount(id)).toBe(0);
+  });
+
+  it('deadline while waiting for a pool client: gives up without an attempt, the client is not leaked', async () => {
+    const pool = newPool({ max: 1 });
+    const holder = await pool.connect();
+    const pending = withRetry(pool, async () => 'never', { deadline: Date.now() + 50 });
+    const err = await rejectionOf(pending);
+    expect(err).toMatchObject({ reason: 'deadline', attempts: 0 });
+    holder.release();
+    // The checkout withRetry abandoned is handed back as soon as it is granted.
+    const { rows } = await pool.query('SELECT 1 AS one');
+    expect(rows).toEqual([{ one: 1 }]);
+    expect(pool.idleCount).toBe(1);
+  });
+});
+
+describe('execWithRetry', () => {
+  it('runs one autocommit statement and returns its QueryResult', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    const res = await execWithRetry(pool, `INSERT INTO ${table} (id) VALUES ($1)`, [id], quick);
+    expect(res.rowCount).toBe(1);
+    expect(res.command).toBe('INSERT');
+    expect(await rowCount(id)).toBe(1);
+  });
+
+  it('does not retry a non-OCC error', async () => {
+    const pool = newPool();
+    const err = await rejectionOf(execWithRetry(pool, 'SELECT * FROM no_such_table_anywhere', [], quick));
+    expect(err).toMatchObject({ code: '42P01' });
+  });
+});
