@@ -33,13 +33,28 @@ import {
  * - `'none'`: `d`. Deterministic; colliding transactions stay in lockstep. For tests.
  * - a number `f` in [0, 1]: `d × (1 + U × f)`, the scheme of the official DSQL connectors
  *   (`0.25`). Jitter proportional to the delay keeps retries nearly synchronised.
+ * @example
+ * await withRetry(pool, fn, { jitter: 'equal' });
+ * await withRetry(pool, fn, { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 100, jitter: 0.25 }); // official node connector
  */
 export type Jitter = 'full' | 'equal' | 'decorrelated' | 'none' | number;
 
-/** Why an attempt is being retried: the OCC code, SQLSTATE `40001` without one, or a lost connection. */
+/**
+ * Why an attempt is being retried: the OCC code in the message (`OC000` data conflict, `OC001`
+ * schema changed), SQLSTATE `40001` without a code (plain PostgreSQL), or a connection lost
+ * before COMMIT was sent.
+ * @example
+ * const conflicts: Record<RetryCode, number> = { OC000: 0, OC001: 0, '40001': 0, 'connection-lost': 0 };
+ * await withRetry(pool, fn, { onRetry: ({ code }) => conflicts[code]++ });
+ */
 export type RetryCode = 'OC000' | 'OC001' | '40001' | 'connection-lost';
 
-/** What {@link RetryOptions.onRetry} is told before each backoff sleep. */
+/**
+ * What {@link RetryOptions.onRetry} is told before each backoff sleep.
+ * @example
+ * const onRetry = ({ attempt, delayMs, code }: RetryInfo) =>
+ *   console.warn(`attempt ${attempt} failed (${code}), retrying in ${Math.round(delayMs)} ms`);
+ */
 export interface RetryInfo {
   /** Number of the attempt that just failed (1 for the first). */
   attempt: number;
@@ -51,7 +66,16 @@ export interface RetryInfo {
   code: RetryCode;
 }
 
-/** Options of {@link withRetry} and {@link execWithRetry}. Every field is optional. */
+/**
+ * Options of {@link withRetry} and {@link execWithRetry}. Every field is optional; the policy
+ * defaults are {@link RETRY_DEFAULTS}.
+ * @example
+ * const options: RetryOptions = {
+ *   deadline: Date.now() + context.getRemainingTimeInMillis() - 500,
+ *   signal: AbortSignal.timeout(10_000),
+ *   onRetry: ({ attempt, code }) => metrics.count('occ_retry', { attempt, code }),
+ * };
+ */
 export interface RetryOptions {
   /**
    * Most attempts in total, the first included (1 disables retrying). Default
@@ -104,6 +128,8 @@ export interface RetryOptions {
  * - `baseDelayMs: 10`, `maxDelayMs: 1000`, `jitter: 'full'`: windows of 10, 20, 40 … ms spread the
  *   colliding transactions far enough apart to stop re-colliding, while the first retry still
  *   comes after 5 ms on average; the 1 s cap bounds the worst sleep well inside a Lambda timeout.
+ * @example
+ * await withRetry(pool, fn, { ...RETRY_DEFAULTS, maxAttempts: RETRY_DEFAULTS.maxAttempts * 2 });
  */
 export const RETRY_DEFAULTS: Readonly<{
   maxAttempts: number;
@@ -117,6 +143,11 @@ export const RETRY_DEFAULTS: Readonly<{
  * callback cannot release, end or commit the connection it runs on. It stops working when its
  * attempt is over (a query made later throws), so a query left running by a failed attempt can
  * never land in the next one.
+ * @example
+ * async function debit(tx: TransactionClient, id: string, amount: number): Promise<void> {
+ *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [id, amount]);
+ * }
+ * await withRetry(pool, (tx) => debit(tx, 'alice', 10));
  */
 export interface TransactionClient {
   /** `pg.Client#query`, run inside this attempt's transaction. */
@@ -131,6 +162,11 @@ export interface TransactionClient {
  *   connection is lost there is nothing to retry on, and the connection error is thrown. If it
  *   has to be destroyed (ROLLBACK failed, outcome unknown) it is ended: `release()` of an ended
  *   pool client discards it, and a `pg.Client` must be replaced.
+ * @example
+ * await withRetry(pool, fn);              // each attempt on a pool connection
+ * const client = await pool.connect();
+ * try { await withRetry(client, fn); }    // every attempt on this one connection
+ * finally { client.release(); }
  */
 export type RetryTarget = pg.Pool | pg.PoolClient | pg.Client | { connect(): Promise<pg.PoolClient> };
 
