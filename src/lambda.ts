@@ -247,7 +247,8 @@ export function createDsqlContext(
 ): DsqlInvocation {
   const margin = options.deadlineMarginMs ?? lifecycleDefaults.deadlineMarginMs;
   const logger = options.logger ?? console;
-  const tracked = new Map<pg.PoolClient, TrackedClient>();
+  // Created on the first connect(): most invocations only use query() and transaction().
+  let tracked: Map<pg.PoolClient, TrackedClient> | undefined;
   let ended = false;
 
   const dsql: Dsql = {
@@ -266,7 +267,7 @@ export function createDsqlContext(
       client.release = function releaseTracked(err?: Error | boolean) {
         if (released) return;
         released = true;
-        tracked.delete(client);
+        tracked?.delete(client);
         poolRelease(err);
       };
       if (ended) {
@@ -274,6 +275,7 @@ export function createDsqlContext(
         client.release();
         throw new Error('dsql-lambda: connect() called after the invocation ended');
       }
+      tracked ??= new Map();
       tracked.set(client, { origin, release: client.release });
       return client;
     },
@@ -291,6 +293,7 @@ export function createDsqlContext(
   function cleanup(): number {
     if (ended) return 0;
     ended = true;
+    if (tracked === undefined || tracked.size === 0) return 0;
     const leaked = [...tracked.values()];
     tracked.clear();
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';

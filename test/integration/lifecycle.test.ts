@@ -1,0 +1,144 @@
+/**
+ * The module-scoped pool and the per-invocation handle against the local DSQL-like endpoint
+ * (TLS, IAM tokens): no I/O until a statement runs, one pool per configuration, and many
+ * concurrent invocations (a Lambda Managed Instance) sharing one pool within its limit.
+ */
+import middy from '@middy/core';
+import type { Context } from 'aws-lambda';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DsqlConfig } from '../../src/config.js';
+import {
+  type DsqlContext,
+  endLambdaPools,
+  getFreezeGuardStats,
+  lambdaPool,
+  withDsql,
+} from '../../src/lambda.js';
+import { dsql } from '../../src/middy.js';
+import { startTestEndpoint } from '../helpers/endpoint.js';
+
+type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
+let endpoint: Endpoint;
+
+beforeAll(async () => {
+  endpoint = await startTestEndpoint();
+});
+afterAll(async () => {
+  await endLambdaPools();
+  await (endpoint as unknown as { close?: () => Promise<void> })?.close?.();
+});
+
+function configFor(extra: Partial<DsqlConfig> = {}): DsqlConfig {
+  return {
+    host: endpoint.host,
+    hostaddr: endpoint.address,
+    port: endpoint.port,
+    region: endpoint.region,
+    credentials: endpoint.credentials,
+    ssl: { ca: endpoint.ca },
+    ...extra,
+  };
+}
+
+function lambdaContext(): Context & DsqlContext {
+  const deadline = Date.now() + 30_000;
+  return {
+    dsql: undefined as unknown as DsqlContext['dsql'],
+    awsRequestId: `req-${Math.random().toString(36).slice(2)}`,
+    callbackWaitsForEmptyEventLoop: true,
+    functionName: 'test',
+    functionVersion: '$LATEST',
+    invokedFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:test',
+    memoryLimitInMB: '128',
+    logGroupName: 'g',
+    logStreamName: 's',
+    getRemainingTimeInMillis: () => deadline - Date.now(),
+    done() {},
+    fail() {},
+    succeed() {},
+  };
+}
+
+const connectionsOpened = () =>
+  (endpoint.stats() as unknown as { connections?: { accepted?: number } }).connections?.accepted;
+const openSessions = () => endpoint.sessions().length;
+
+describe('lambdaPool', () => {
+  it('returns one pool per configuration, and creating it does no I/O', async () => {
+    const before = openSessions();
+    const statsBefore = JSON.stringify(endpoint.stats());
+    const a = lambdaPool(configFor({ applicationName: 'memo' }));
+    const b = lambdaPool(configFor({ applicationName: 'memo' }));
+    const c = lambdaPool(configFor({ applicationName: 'other' }));
+    expect(b).toBe(a);
+    expect(c).not.toBe(a);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(openSessions()).toBe(before);
+    expect(JSON.stringify(endpoint.stats())).toBe(statsBefore);
+    expect(a.totalCount).toBe(0);
+    await a.query('SELECT 1');
+    expect(a.totalCount).toBe(1);
+  });
+
+  it('a pool that was ended is replaced on the next call', async () => {
+    const a = lambdaPool(configFor({ applicationName: 'ended' }));
+    await a.end();
+    const b = lambdaPool(configFor({ applicationName: 'ended' }));
+    expect(b).not.toBe(a);
+    expect((await b.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+});
+
+describe('invocations', () => {
+  it('an invocation that runs no statement opens no connection', async () => {
+    const config = configFor({ applicationName: 'noop' });
+    const handler = middy<unknown, unknown, Error, Context>()
+      .use(dsql(config))
+      .handler(async (_event, context) => ({ hasDsql: typeof context.dsql.query === 'function' }));
+    const wrapped = withDsql(async () => 'nothing', config);
+    const before = openSessions();
+    const statsBefore = connectionsOpened();
+    expect(await handler({}, lambdaContext())).toEqual({ hasDsql: true });
+    expect(await wrapped({}, lambdaContext())).toBe('nothing');
+    expect(openSessions()).toBe(before);
+    expect(connectionsOpened()).toBe(statsBefore);
+    expect(lambdaPool(config).totalCount).toBe(0);
+  });
+
+  it('64 concurrent invocations share one pool: all succeed, the pool never exceeds max', async () => {
+    const max = 8;
+    const config = configFor({ applicationName: 'concurrent', max });
+    const pool = lambdaPool(config);
+    let peak = 0;
+    let peakSessions = 0;
+    pool.on('acquire', () => {
+      peak = Math.max(peak, pool.totalCount);
+    });
+    const handler = middy<{ i: number }, unknown, Error, Context>()
+      .use(dsql(config))
+      .handler(async (event, context) => {
+        const { rows } = await context.dsql.query<{ i: number }>('SELECT $1::int AS i', [event.i]);
+        const client = await context.dsql.connect();
+        try {
+          await client.query('SELECT pg_sleep(0.01)');
+          peakSessions = Math.max(peakSessions, openSessions());
+        } finally {
+          client.release();
+        }
+        const t = await context.dsql.transaction(
+          async (tx) => (await tx.query('SELECT 2 AS two')).rows[0].two,
+        );
+        return rows[0]!.i + t;
+      });
+    const baseline = openSessions();
+    const results = await Promise.all(Array.from({ length: 64 }, (_, i) => handler({ i }, lambdaContext())));
+    expect(results).toEqual(Array.from({ length: 64 }, (_, i) => i + 2));
+    expect(peak).toBeLessThanOrEqual(max);
+    expect(peak).toBeGreaterThan(1);
+    expect(pool.totalCount).toBeLessThanOrEqual(max);
+    expect(pool.waitingCount).toBe(0);
+    expect(pool.idleCount).toBe(pool.totalCount);
+    expect(peakSessions - baseline).toBeLessThanOrEqual(max);
+    expect(getFreezeGuardStats(pool)?.evictedDead).toBe(0);
+  });
+});
