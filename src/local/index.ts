@@ -1,1 +1,28 @@
-export {};
+/**
+ * `dsql-lambda/local`: a local Aurora DSQL-like endpoint for tests and development. The runtime
+ * library never imports this entry point.
+ * @packageDocumentation
+ */
+export { type LocalCertificates, localCertificates } from './certs.js';
+export {
+  DEFAULT_UPSTREAM,
+  OC000_MESSAGE,
+  OC001_MESSAGE,
+  randomClusterId,
+  randomCredentials,
+  startLocalDsql,
+} from './server.js';
+export type {
+  AuthFailureReason,
+  DropConnectionsOptions,
+  DropHow,
+  LocalCredentials,
+  LocalDsql,
+  LocalDsqlFaults,
+  LocalDsqlOptions,
+  LocalDsqlStats,
+  LocalSessionInfo,
+  Negotiation,
+  OccCode,
+} from './types.js';
+export { tokenFingerprint, type VerifyContext, type VerifyResult, verifyToken } from './verify.js';

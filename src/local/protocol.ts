@@ -1,0 +1,196 @@
+/**
+ * Just enough of the PostgreSQL v3 wire protocol for the local endpoint: splitting a byte
+ * stream into frames, building the few server messages the endpoint writes itself, and reading
+ * the fields it inspects (startup parameters, query text, error fields).
+ * @packageDocumentation
+ */
+
+/** Protocol version 3.0 as sent in a StartupMessage. */
+export const PROTOCOL_V3 = 196608;
+/** Request code of an SSLRequest (sent instead of a protocol version). */
+export const SSL_REQUEST_CODE = 80877103;
+/** Request code of a GSSENCRequest. */
+export const GSSENC_REQUEST_CODE = 80877104;
+/** Request code of a CancelRequest. */
+export const CANCEL_REQUEST_CODE = 80877102;
+
+/** One complete protocol frame: its type byte (or 0 for untyped startup frames) and all its bytes. */
+export interface Frame {
+  /** Message type as a character, e.g. `'Q'`; `''` for untyped (startup-phase) frames. */
+  type: string;
+  /** The whole frame, header included. */
+  bytes: Buffer;
+}
+
+/**
+ * Accumulates chunks and yields complete frames. Typed frames have a 1-byte type and a 4-byte
+ * length; startup-phase frames have only the length, so the caller switches mode once the
+ * startup exchange is over.
+ */
+export class FrameSplitter {
+  private buffered: Buffer = Buffer.alloc(0);
+
+  /**
+   * @param typed - `true` for regular messages (type byte + length), `false` for startup-phase
+   *   messages (length only). Default `true`.
+   * @param maxFrameBytes - frames announcing a larger length are treated as a protocol violation
+   *   (throws). Default 1 GiB, PostgreSQL's own limit.
+   */
+  constructor(
+    public typed = true,
+    private readonly maxFrameBytes = 1024 * 1024 * 1024,
+  ) {}
+
+  /** Bytes received but not yet part of a complete frame. */
+  get pendingBytes(): number {
+    return this.buffered.length;
+  }
+
+  /** Takes whatever is buffered and not framed yet (used when handing the socket to TLS). */
+  drain(): Buffer {
+    const rest = this.buffered;
+    this.buffered = Buffer.alloc(0);
+    return rest;
+  }
+
+  /** Appends `chunk` and returns every frame now complete, in order. */
+  push(chunk: Buffer): Frame[] {
+    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    const frames: Frame[] = [];
+    let offset = 0;
+    const header = this.typed ? 5 : 4;
+    while (this.buffered.length - offset >= header) {
+      const len = this.typed ? this.buffered.readInt32BE(offset + 1) : this.buffered.readInt32BE(offset);
+      if (len < 4 || len > this.maxFrameBytes) throw new Error(`invalid frame length ${len}`);
+      const total = this.typed ? len + 1 : len;
+      if (this.buffered.length - offset < total) break;
+      const bytes = this.buffered.subarray(offset, offset + total);
+      frames.push({ type: this.typed ? String.fromCharCode(bytes[0]!) : '', bytes });
+      offset += total;
+      // Startup-phase framing ends after the first frame; the caller decides what comes next.
+      if (!this.typed) break;
+    }
+    this.buffered = offset === 0 ? this.buffered : this.buffered.subarray(offset);
+    return frames;
+  }
+}
+
+/** Builds a typed frame from its type character and body. */
+export function frame(type: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out.write(type, 0, 'latin1');
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+/** Fields of an ErrorResponse / NoticeResponse, keyed by their one-letter codes. */
+export type ErrorFields = Record<string, string>;
+
+/**
+ * Builds an ErrorResponse.
+ * @param severity - `'FATAL'` (the connection closes afterwards) or `'ERROR'`.
+ * @param code - SQLSTATE, e.g. `'28000'`.
+ * @param message - primary message.
+ */
+export function errorResponse(severity: 'FATAL' | 'ERROR', code: string, message: string): Buffer {
+  return errorResponseFromFields({ S: severity, V: severity, C: code, M: message });
+}
+
+/** Builds an ErrorResponse from raw fields (order preserved). */
+export function errorResponseFromFields(fields: ErrorFields): Buffer {
+  const parts: Buffer[] = [];
+  for (const [k, v] of Object.entries(fields)) {
+    parts.push(Buffer.from(k, 'latin1'), Buffer.from(v, 'utf8'), Buffer.from([0]));
+  }
+  parts.push(Buffer.from([0]));
+  return frame('E', Buffer.concat(parts));
+}
+
+/** Reads the fields of an ErrorResponse or NoticeResponse frame. */
+export function parseErrorFields(bytes: Buffer): ErrorFields {
+  const fields: ErrorFields = {};
+  let i = 5;
+  while (i < bytes.length && bytes[i] !== 0) {
+    const key = String.fromCharCode(bytes[i]!);
+    const end = bytes.indexOf(0, i + 1);
+    if (end < 0) break;
+    fields[key] = bytes.toString('utf8', i + 1, end);
+    i = end + 1;
+  }
+  return fields;
+}
+
+/** AuthenticationCleartextPassword. */
+export function authCleartextRequest(): Buffer {
+  const body = Buffer.alloc(4);
+  body.writeInt32BE(3, 0);
+  return frame('R', body);
+}
+
+/** ReadyForQuery with the given transaction status. */
+export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
+  return frame('Z', Buffer.from(status, 'latin1'));
+}
+
+/** A simple Query message. */
+export function queryMessage(sql: string): Buffer {
+  return frame('Q', Buffer.concat([Buffer.from(sql, 'utf8'), Buffer.from([0])]));
+}
+
+/** A StartupMessage (protocol 3.0) with the given parameters. */
+export function startupMessage(params: Record<string, string>): Buffer {
+  const parts: Buffer[] = [Buffer.alloc(4)];
+  parts[0]!.writeInt32BE(PROTOCOL_V3, 0);
+  for (const [k, v] of Object.entries(params)) {
+    parts.push(Buffer.from(k, 'utf8'), Buffer.from([0]), Buffer.from(v, 'utf8'), Buffer.from([0]));
+  }
+  parts.push(Buffer.from([0]));
+  const body = Buffer.concat(parts);
+  const out = Buffer.allocUnsafe(4 + body.length);
+  out.writeInt32BE(4 + body.length, 0);
+  body.copy(out, 4);
+  return out;
+}
+
+/** Reads the key/value pairs of a StartupMessage frame (length + version + pairs). */
+export function parseStartupParams(bytes: Buffer): Record<string, string> {
+  const params: Record<string, string> = {};
+  let i = 8;
+  while (i < bytes.length && bytes[i] !== 0) {
+    const kEnd = bytes.indexOf(0, i);
+    if (kEnd < 0) break;
+    const vEnd = bytes.indexOf(0, kEnd + 1);
+    if (vEnd < 0) break;
+    params[bytes.toString('utf8', i, kEnd)] = bytes.toString('utf8', kEnd + 1, vEnd);
+    i = vEnd + 1;
+  }
+  return params;
+}
+
+/** The zero-terminated string starting at `offset`, and the offset after its terminator. */
+export function readCString(bytes: Buffer, offset: number): [string, number] {
+  const end = bytes.indexOf(0, offset);
+  if (end < 0) return [bytes.toString('utf8', offset), bytes.length];
+  return [bytes.toString('utf8', offset, end), end + 1];
+}
+
+/** Query text of a simple Query ('Q') frame. */
+export function queryText(bytes: Buffer): string {
+  return readCString(bytes, 5)[0];
+}
+
+/** Query text of a Parse ('P') frame (after the statement name). */
+export function parseText(bytes: Buffer): string {
+  const [, next] = readCString(bytes, 5);
+  return readCString(bytes, next)[0];
+}
+
+// COMMIT, END, COMMIT WORK/TRANSACTION, with optional trailing semicolon; not COMMIT PREPARED or
+// AND CHAIN, which DSQL does not support anyway.
+const COMMIT_RE = /^\s*(?:commit|end)(?:\s+(?:work|transaction))?\s*;?\s*$/i;
+
+/** True when `sql` is exactly one COMMIT (or END) statement. */
+export function isCommitStatement(sql: string): boolean {
+  return COMMIT_RE.test(sql);
+}

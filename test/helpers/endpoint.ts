@@ -1,0 +1,135 @@
+/**
+ * Test helpers around the local DSQL-like endpoint: start one, sign tokens for it with the AWS
+ * SDK signer (the oracle the endpoint's verifier is checked against), and build pg configs.
+ */
+
+import { formatUrl } from '@aws-sdk/core/util';
+import { DsqlSigner } from '@aws-sdk/dsql-signer';
+import { Sha256 } from '@smithy/core/checksum';
+import { HttpRequest } from '@smithy/core/protocols';
+import { SignatureV4 } from '@smithy/signature-v4';
+import type pg from 'pg';
+import {
+  type LocalCredentials,
+  type LocalDsql,
+  type LocalDsqlOptions,
+  startLocalDsql,
+} from '../../src/local/index.js';
+
+const started = new Set<LocalDsql>();
+
+/**
+ * Starts a local endpoint for a test (same options as `startLocalDsql`). Stop it with
+ * `endpoint.stop()` or {@link stopAllTestEndpoints} (e.g. in `afterAll`).
+ */
+export async function startTestEndpoint(options: LocalDsqlOptions = {}): Promise<LocalDsql> {
+  const endpoint = await startLocalDsql(options);
+  started.add(endpoint);
+  const stop = endpoint.stop.bind(endpoint);
+  return Object.assign(endpoint, {
+    stop: () => {
+      started.delete(endpoint);
+      return stop();
+    },
+  });
+}
+
+/** Stops every endpoint started by {@link startTestEndpoint} and not stopped yet. */
+export async function stopAllTestEndpoints(): Promise<void> {
+  const all = [...started];
+  started.clear();
+  await Promise.all(all.map((e) => e.stop()));
+}
+
+/** Options of {@link signTestToken}. */
+export interface SignTestTokenOptions {
+  /** Database user; `admin` gets a DbConnectAdmin token. Default `'admin'`. */
+  user?: string;
+  /** Token lifetime, seconds. Default `900`. */
+  expiresIn?: number;
+  /** Signing credentials. Default: the endpoint's first accepted set. */
+  credentials?: LocalCredentials;
+  /** Host name to sign for. Default: `endpoint.host`. */
+  hostname?: string;
+  /** Region to sign for. Default: `endpoint.region`. */
+  region?: string;
+  /** Signing time. Default: now. */
+  at?: Date;
+  /** Force the action instead of deriving it from `user`. */
+  action?: 'DbConnect' | 'DbConnectAdmin';
+}
+
+/**
+ * Signs a DSQL IAM token for `endpoint` with `@aws-sdk/dsql-signer` (or, when `at` or `action`
+ * is given, with the `@smithy/signature-v4` presigner the SDK signer uses, which can sign at a
+ * given date).
+ */
+export async function signTestToken(
+  endpoint: LocalDsql,
+  options: SignTestTokenOptions = {},
+): Promise<string> {
+  const user = options.user ?? 'admin';
+  const hostname = options.hostname ?? endpoint.host;
+  const region = options.region ?? endpoint.region;
+  const credentials = options.credentials ?? endpoint.credentials;
+  const expiresIn = options.expiresIn ?? 900;
+  const action = options.action ?? (user === 'admin' ? 'DbConnectAdmin' : 'DbConnect');
+  if (options.at === undefined && options.action === undefined) {
+    const signer = new DsqlSigner({ hostname, region, credentials, expiresIn });
+    return user === 'admin' ? signer.getDbConnectAdminAuthToken() : signer.getDbConnectAuthToken();
+  }
+  const signer = new SignatureV4({ service: 'dsql', region, credentials, sha256: Sha256 });
+  const request = new HttpRequest({
+    method: 'GET',
+    protocol: 'https:',
+    hostname,
+    path: '/',
+    headers: { host: hostname },
+    query: { Action: action },
+  });
+  const presigned = await signer.presign(request, { expiresIn, signingDate: options.at });
+  return formatUrl(presigned).replace('https://', '');
+}
+
+/** Options of {@link pgConfig}. */
+export interface PgConfigOptions {
+  /** Default `'admin'`. */
+  user?: string;
+  /** The token (or a function returning one, as pg allows). */
+  password?: string | (() => string | Promise<string>);
+  /** Default `'postgres'`. */
+  sslnegotiation?: 'direct' | 'postgres';
+  /** Default `'postgres'`. */
+  database?: string;
+  /** SNI / certificate name. Default `endpoint.host`; `null` sends none (dial by IP only). */
+  servername?: string | null;
+}
+
+/**
+ * A pg client config dialing `endpoint.address:port` with SNI and certificate checks against
+ * `endpoint.host` and the endpoint's CA.
+ */
+export function pgConfig(endpoint: LocalDsql, options: PgConfigOptions = {}): pg.ClientConfig {
+  const servername = options.servername === undefined ? endpoint.host : options.servername;
+  return {
+    host: endpoint.address,
+    port: endpoint.port,
+    user: options.user ?? 'admin',
+    password: options.password,
+    database: options.database ?? 'postgres',
+    sslnegotiation: options.sslnegotiation ?? 'postgres',
+    ssl:
+      servername === null
+        ? { ca: endpoint.ca, checkServerIdentity: () => undefined }
+        : { ca: endpoint.ca, servername },
+  };
+}
+
+/** A pg config with a freshly signed token for `user` (default `admin`). */
+export async function signedPgConfig(
+  endpoint: LocalDsql,
+  options: Omit<PgConfigOptions, 'password'> = {},
+): Promise<pg.ClientConfig> {
+  const password = await signTestToken(endpoint, { user: options.user ?? 'admin' });
+  return pgConfig(endpoint, { ...options, password });
+}
