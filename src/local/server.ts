@@ -256,7 +256,7 @@ class Connection {
       return;
     }
     this.core.stats.maxAgeClosed++;
-    this.core.events.emit('session-end', { id: this.pid, user: this.user, reason: 'max-age' });
+    this.endSession('max-age');
     if (this.established && !this.silent) {
       const secs = this.core.maxConnectionAgeMs / 1000;
       this.fatalAndClose(
@@ -266,6 +266,14 @@ class Connection {
     } else {
       this.close();
     }
+  }
+
+  private sessionEnded = false;
+
+  private endSession(reason: string): void {
+    if (!this.established || this.sessionEnded) return;
+    this.sessionEnded = true;
+    this.core.events.emit('session-end', { id: this.pid, user: this.user, reason });
   }
 
   /** Idle = authenticated, outside a transaction, nothing in flight. */
@@ -762,7 +770,7 @@ class Connection {
     if (this.closed) return;
     this.core.stats.dropped[how]++;
     this.core.events.emit('fault', { kind: 'drop', how, session: this.pid });
-    this.core.events.emit('session-end', { id: this.pid, user: this.user, reason: `drop-${how}` });
+    this.endSession(`drop-${how}`);
     this.upstream?.destroy();
     switch (how) {
       case 'fin':
@@ -794,6 +802,9 @@ class Connection {
     const sock = net.connect({ host: up.host, port: up.port }, () => sock.end(bytes));
     sock.on('error', () => sock.destroy());
     sock.setTimeout(5000, () => sock.destroy());
+    // Like PostgreSQL: no reply, just close.
+    if (this.tls) this.tls.end();
+    else this.raw.end();
     this.close(true);
   }
 
@@ -811,8 +822,7 @@ class Connection {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.toServer.clear();
     this.upstream?.destroy();
-    if (this.established && !this.silent)
-      this.core.events.emit('session-end', { id: this.pid, user: this.user, reason: 'closed' });
+    this.endSession('closed');
     this.core.unregister(this);
     if (graceful) {
       // Make sure a peer that never closes its side cannot keep the socket forever.
