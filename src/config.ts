@@ -6,7 +6,6 @@
  * Nothing here ever puts a secret (password, secret access key, session token) into an error
  * message: messages name the field and the rule, never the value.
  */
-import { isIP } from 'node:net';
 import type pg from 'pg';
 import { DsqlConfigError, PACKAGE_NAME } from './errors.js';
 
@@ -238,37 +237,37 @@ export const DSQL_DEFAULTS = {
 const REGION_FROM_HOST = /\.dsql[^.]*\.([^.]+)\.on\.aws$/;
 const CLUSTER_ID = /^[a-z0-9]{26}$/;
 const REGION = /^[a-z0-9]+(-[a-z0-9]+)*$/;
-const DNS_NAME =
-  /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/;
-const MAX_APPLICATION_NAME = 63;
+/** Letters, digits, hyphens and dots; no empty label; an optional final dot. */
+const DNS_NAME = /^([a-z0-9-]+\.)*[a-z0-9-]+\.?$/;
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+const MAX_INT = 2 ** 31 - 1;
+const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
+const NOT_AN_ADDRESS = 'must be a DNS name (use hostaddr to dial an address)';
+
+/** Integer fields and their ranges; their defaults are in {@link DSQL_DEFAULTS}. */
+const INTEGER_FIELDS = {
+  tokenDurationSecs: [1, 604800],
+  maxLifetimeSeconds: [1, 3600],
+  idleTimeoutMillis: [0, MAX_INT],
+  connectionTimeoutMillis: [1, MAX_INT],
+  maxIdleMillis: [1, MAX_INT],
+  thawThresholdMillis: [0, MAX_INT],
+  validationTimeoutMillis: [1, MAX_INT],
+} as const;
 
 /** Keys of {@link DsqlConfig} this module interprets; all others go to pg as they are. */
 const OWN_KEYS = new Set<string>([
+  ...Object.keys(DSQL_DEFAULTS),
   'host',
   'region',
-  'user',
-  'database',
-  'port',
   'profile',
   'credentials',
-  'tokenDurationSecs',
-  'max',
-  'min',
-  'maxLifetimeSeconds',
-  'idleTimeoutMillis',
-  'connectionTimeoutMillis',
-  'maxIdleMillis',
-  'thawThresholdMillis',
-  'validationTimeoutMillis',
   'applicationName',
   'application_name',
-  'sslNegotiation',
   'sslnegotiation',
   'ssl',
   'hostaddr',
   'connectionString',
-  'password',
-  'Client',
 ]);
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -278,29 +277,27 @@ function fail(field: string, message: string): never {
 }
 
 function nonEmptyString(field: string, value: unknown): string | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'string') fail(field, 'must be a string');
-  if (value.length === 0) fail(field, 'must not be empty');
+  if (value == null) return undefined;
+  if (typeof value !== 'string' || value === '') fail(field, 'must be a non-empty string');
   return value;
 }
 
 function integerIn(field: string, value: unknown, min: number, max: number): number | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+  if (value == null) return undefined;
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) {
     fail(field, `must be an integer from ${min} to ${max}`);
   }
-  return value;
+  return value as number;
 }
 
-/** Parses a decimal integer from a string source (environment, connection string) strictly. */
+/** A decimal integer from text (environment, connection string), strictly. */
 function integerText(field: string, text: string | undefined, min: number, max: number): number | undefined {
-  if (text === undefined || text === '') return undefined;
-  if (!/^\d{1,9}$/.test(text)) fail(field, `must be an integer from ${min} to ${max}`);
-  return integerIn(field, Number(text), min, max);
+  if (text === undefined) return undefined;
+  return integerIn(field, /^\d{1,9}$/.test(text) ? Number(text) : Number.NaN, min, max);
 }
 
 function sslNegotiationOf(field: string, value: unknown): 'direct' | 'postgres' | undefined {
-  if (value === undefined || value === null) return undefined;
+  if (value == null) return undefined;
   if (value !== 'direct' && value !== 'postgres') fail(field, "must be 'direct' or 'postgres'");
   return value;
 }
@@ -313,39 +310,28 @@ function decode(field: string, text: string): string {
   }
 }
 
-const CONNECTION_STRING_SCHEMES = new Set(['postgres:', 'postgresql:', 'dsql:']);
-
 /**
- * Parameters accepted in a connection string's query, mapped to the {@link DsqlConfig} field
- * they set. Unknown parameters are refused rather than ignored, so a typo cannot silently
- * change what is signed or dialled.
+ * Query parameters a connection string may carry, and the field each sets. Unknown ones are
+ * refused rather than ignored, so a typo cannot silently change what is signed or dialled.
  */
-const QUERY_PARAMETERS: Record<string, keyof DsqlConfig | 'sslmode' | 'connect_timeout'> = {
-  region: 'region',
-  profile: 'profile',
-  tokenDurationSecs: 'tokenDurationSecs',
+const QUERY_PARAMETERS = [
+  'region',
+  'profile',
+  'tokenDurationSecs',
+  'sslnegotiation',
+  'hostaddr',
+  'application_name',
+  'user',
+  'dbname',
+  'connect_timeout',
+  'sslmode',
+];
+/** Query parameters whose field has another name. */
+const RENAMED: Record<string, string> = {
   sslnegotiation: 'sslNegotiation',
-  hostaddr: 'hostaddr',
   application_name: 'applicationName',
-  user: 'user',
   dbname: 'database',
-  connect_timeout: 'connect_timeout',
-  sslmode: 'sslmode',
 };
-
-/** libpq names worth a precise message: known, but meaningless or unsafe here. */
-const REFUSED_QUERY_PARAMETERS = new Set([
-  'password',
-  'passfile',
-  'sslrootcert',
-  'sslcert',
-  'sslkey',
-  'sslpassword',
-  'host',
-  'port',
-  'options',
-  'target_session_attrs',
-]);
 
 /**
  * Parses a `postgres://`, `postgresql://` or `dsql://` connection string into a
@@ -363,11 +349,8 @@ const REFUSED_QUERY_PARAMETERS = new Set([
  */
 export function parseConnectionString(connectionString: string): DsqlConfig {
   const field = 'connectionString';
-  if (typeof connectionString !== 'string') fail(field, 'must be a string');
-  const schemeEnd = connectionString.indexOf('://');
-  const scheme = schemeEnd > 0 ? `${connectionString.slice(0, schemeEnd).toLowerCase()}:` : '';
-  if (!CONNECTION_STRING_SCHEMES.has(scheme)) {
-    fail(field, 'must be a URL starting with postgres://, postgresql:// or dsql://');
+  if (!/^(postgres|postgresql|dsql):\/\//i.test(String(connectionString))) {
+    fail(field, 'must be a postgres://, postgresql:// or dsql:// URL');
   }
   let url: URL;
   try {
@@ -376,73 +359,41 @@ export function parseConnectionString(connectionString: string): DsqlConfig {
     // The URL parser's error carries the whole input (with any password): never chain it.
     return fail(field, 'is not a valid URL');
   }
-  if (url.password !== '') {
-    fail(
-      'password',
-      'connection strings must not contain a password: Aurora DSQL authenticates with IAM tokens',
-    );
+  if (url.password !== '') fail('password', NO_PASSWORD);
+  const config: Record<string, unknown> = {};
+  if (url.username) config.user = decode('user', url.username);
+  if (url.hostname) {
+    config.host = decode('host', url.hostname);
+    if (url.hostname.startsWith('[')) fail('host', NOT_AN_ADDRESS);
   }
-  const config: DsqlConfig & { connect_timeout?: number } = {};
-  if (url.username !== '') config.user = decode('user', url.username);
-  if (url.hostname !== '') {
-    const host = decode('host', url.hostname);
-    if (host.startsWith('[') || host.includes(',')) fail('host', 'must be a single DNS name');
-    config.host = host;
+  if (url.port) config.port = Number(url.port);
+  const path = url.pathname.slice(1);
+  if (path) {
+    if (path.includes('/')) fail('database', 'is invalid');
+    config.database = decode('database', path);
   }
-  if (url.port !== '') config.port = integerText('port', url.port, 1, 65535);
-  const path = url.pathname;
-  if (path !== '' && path !== '/') {
-    const database = decode('database', path.slice(1));
-    if (path.slice(1).includes('/')) fail('database', 'the URL path must be a single database name');
-    config.database = database;
-  }
-  const seen = new Set<string>();
   // Parsed by hand, not with URLSearchParams: that turns '+' into a space, which libpq does not.
-  const query = url.search.startsWith('?') ? url.search.slice(1) : '';
-  for (const part of query.split('&')) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const rawKey = eq === -1 ? part : part.slice(0, eq);
-    const key = decode(field, rawKey);
-    const value = decode(field, eq === -1 ? '' : part.slice(eq + 1));
-    const target = Object.hasOwn(QUERY_PARAMETERS, key) ? QUERY_PARAMETERS[key] : undefined;
-    if (target === undefined) {
-      if (REFUSED_QUERY_PARAMETERS.has(key)) fail(field, `query parameter "${key}" is not supported`);
-      fail(field, `unknown query parameter; supported: ${Object.keys(QUERY_PARAMETERS).join(', ')}`);
-    }
-    if (seen.has(key)) fail(field, `query parameter "${key}" given more than once`);
-    seen.add(key);
-    if (value === '' && target !== 'sslmode') fail(key, 'must not be empty');
-    switch (target) {
-      case 'tokenDurationSecs':
-        config.tokenDurationSecs = integerText('tokenDurationSecs', value, 1, 604800);
-        break;
-      case 'connect_timeout': {
-        const seconds = integerText('connect_timeout', value, 1, 3600);
-        if (seconds !== undefined) config.connectionTimeoutMillis = seconds * 1000;
-        break;
-      }
-      case 'sslmode':
-        if (value !== 'require' && value !== 'verify-ca' && value !== 'verify-full') {
-          fail('sslmode', 'TLS with full verification is mandatory: use verify-full (or omit sslmode)');
-        }
-        break;
-      case 'sslNegotiation':
-        config.sslNegotiation = sslNegotiationOf('sslnegotiation', value);
-        break;
-      case 'region':
-      case 'profile':
-      case 'hostaddr':
-      case 'applicationName':
-      case 'user':
-      case 'database':
-        (config as Record<string, unknown>)[target] = nonEmptyString(key, value);
-        break;
-      default:
-        break;
+  for (const part of url.search.slice(1).split('&')) {
+    if (!part) continue;
+    const eq = part.includes('=') ? part.indexOf('=') : part.length;
+    const key = decode(field, part.slice(0, eq));
+    // An unknown key is not repeated: a mangled URL can put part of a password there.
+    if (!QUERY_PARAMETERS.includes(key)) fail(field, `unknown query parameter (known: ${QUERY_PARAMETERS})`);
+    const target = Object.hasOwn(RENAMED, key) ? (RENAMED[key] as string) : key;
+    const value = decode(key, part.slice(eq + 1));
+    if (target in config) fail(key, 'is given twice');
+    if (value === '') fail(key, 'must not be empty');
+    if (target === 'tokenDurationSecs') {
+      config[target] = integerText(key, value, 1, 604800);
+    } else if (target === 'connect_timeout') {
+      config.connectionTimeoutMillis = (integerText(key, value, 1, 3600) as number) * 1000;
+    } else if (target === 'sslmode') {
+      if (!['require', 'verify-ca', 'verify-full'].includes(value)) fail(key, 'must be verify-full');
+    } else {
+      config[target] = target === 'sslNegotiation' ? sslNegotiationOf(key, value) : value;
     }
   }
-  return config;
+  return config as DsqlConfig;
 }
 
 /** Region named by a `*.dsql*.<region>.on.aws` host, if it is one. */
@@ -450,60 +401,45 @@ export function regionFromHost(host: string): string | undefined {
   return REGION_FROM_HOST.exec(host.toLowerCase())?.[1];
 }
 
+/** PostgreSQL keeps the first 63 bytes; the user's part is shortened so our suffix survives. */
 function applicationNameOf(name: string | undefined): string {
   const suffix = `${PACKAGE_NAME}/${PACKAGE_VERSION}`;
   if (name === undefined) return suffix;
   if (!/^[\x20-\x7e]*$/.test(name)) fail('applicationName', 'must be printable ASCII');
-  // PostgreSQL keeps only the first 63 bytes; shorten the user's part so our suffix survives.
-  const room = MAX_APPLICATION_NAME - suffix.length - 1;
-  return `${name.slice(0, room)}:${suffix}`;
+  return `${name.slice(0, 62 - suffix.length)}:${suffix}`;
 }
 
-function sslOf(value: unknown): DsqlSslConfig['ca'] {
-  if (value === undefined || value === null || value === true) return undefined;
-  if (value === false) fail('ssl', 'TLS is mandatory for Aurora DSQL and cannot be disabled');
-  if (typeof value !== 'object') fail('ssl', 'must be an object like { ca }');
+function caOf(value: unknown): DsqlSslConfig['ca'] {
+  if (value == null || value === true) return undefined;
   const ssl = value as Record<string, unknown>;
-  if (ssl.rejectUnauthorized === false) {
-    fail(
-      'ssl',
-      'rejectUnauthorized: false is not allowed: certificates are always verified (add a CA with ssl.ca)',
-    );
+  if (
+    typeof ssl !== 'object' ||
+    ssl.rejectUnauthorized === false ||
+    Object.keys(ssl).some((key) => key !== 'ca' && key !== 'rejectUnauthorized')
+  ) {
+    fail('ssl', 'is always on and fully verified; only { ca } may be set');
   }
-  for (const key of Object.keys(ssl)) {
-    if (key !== 'ca' && key !== 'rejectUnauthorized') {
-      fail('ssl', `only "ca" is supported (verification stays full; the server name is always the host)`);
-    }
-  }
-  const ca = ssl.ca;
-  if (ca === undefined) return undefined;
   const isPem = (c: unknown) => typeof c === 'string' || Buffer.isBuffer(c);
-  if (!isPem(ca) && !(Array.isArray(ca) && ca.every(isPem))) {
-    fail('ssl.ca', 'must be a PEM string, a Buffer, or an array of them');
+  if (ssl.ca !== undefined && !isPem(ssl.ca) && !(Array.isArray(ssl.ca) && ssl.ca.every(isPem))) {
+    fail('ssl.ca', 'must be PEM text or Buffers');
   }
-  return ca as DsqlSslConfig['ca'];
+  return ssl.ca as DsqlSslConfig['ca'];
 }
 
 function credentialsOf(value: unknown): CredentialSource | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value === 'function') return { kind: 'explicit', value: value as AwsCredentialIdentityProvider };
-  if (typeof value !== 'object')
-    fail('credentials', 'must be credentials or a credentials provider function');
+  if (value == null) return undefined;
   const c = value as Record<string, unknown>;
-  if (typeof c.accessKeyId !== 'string' || c.accessKeyId === '') {
-    fail('credentials', 'accessKeyId must be a non-empty string');
-  }
-  if (typeof c.secretAccessKey !== 'string' || c.secretAccessKey === '') {
-    fail('credentials', 'secretAccessKey must be a non-empty string');
-  }
-  if (c.sessionToken !== undefined && typeof c.sessionToken !== 'string') {
-    fail('credentials', 'sessionToken must be a string');
-  }
   if (
-    c.expiration !== undefined &&
-    !(c.expiration instanceof Date && !Number.isNaN(c.expiration.getTime()))
+    typeof value !== 'function' &&
+    (typeof c !== 'object' ||
+      typeof c.accessKeyId !== 'string' ||
+      !c.accessKeyId ||
+      typeof c.secretAccessKey !== 'string' ||
+      !c.secretAccessKey ||
+      !['string', 'undefined'].includes(typeof c.sessionToken) ||
+      (c.expiration !== undefined && !(c.expiration instanceof Date && c.expiration.getTime() >= 0)))
   ) {
-    fail('credentials', 'expiration must be a valid Date');
+    fail('credentials', 'must be { accessKeyId, secretAccessKey, sessionToken?, expiration? } or a function');
   }
   return { kind: 'explicit', value: value as AwsCredentialIdentity };
 }
@@ -515,8 +451,9 @@ function credentialsOf(value: unknown): CredentialSource | undefined {
  * Environment variables read (as defaults, below anything given explicitly): `DSQL_ENDPOINT`
  * then `PGHOST` (host), `DSQL_HOSTADDR` then `PGHOSTADDR`, `PGUSER`, `PGDATABASE`, `PGPORT`,
  * `AWS_REGION` then `AWS_DEFAULT_REGION` (region, after the one in an `*.on.aws` host), and
- * `AWS_LAMBDA_MAX_CONCURRENCY` (default `max`). Credentials from the environment are read later,
- * when a token is first needed.
+ * `AWS_LAMBDA_MAX_CONCURRENCY` (default `max`). Whether `AWS_ACCESS_KEY_ID` and
+ * `AWS_SECRET_ACCESS_KEY` are set picks the credential source; their values are read only when
+ * a token is first needed.
  * @param input A {@link DsqlConfig}, a connection string, or `undefined` (environment only).
  * @param env Environment to read. Default: `process.env`.
  * @throws {@link DsqlConfigError} naming the field at fault; never anything else.
@@ -528,145 +465,82 @@ export function resolveConfig(
   input: DsqlConfig | string | undefined,
   env: Env = process.env,
 ): ResolvedDsqlConfig {
-  let given: DsqlConfig;
-  if (typeof input === 'string') {
-    given = parseConnectionString(input);
-  } else if (input === undefined || input === null) {
-    given = {};
-  } else if (typeof input === 'object') {
-    const object = input as DsqlConfig & { password?: unknown; Client?: unknown };
-    if (object.password !== undefined) {
-      fail('password', 'not supported: Aurora DSQL authenticates with IAM tokens, signed for you');
-    }
-    if (object.Client !== undefined)
-      fail('Client', 'not supported: dsql-lambda provides its own client class');
-    const fromString =
-      object.connectionString !== undefined ? parseConnectionString(object.connectionString) : undefined;
-    given = { ...fromString };
-    for (const [key, value] of Object.entries(object)) {
-      if (value !== undefined && key !== 'connectionString') (given as Record<string, unknown>)[key] = value;
-    }
-    if (given.applicationName === undefined && (object as pg.PoolConfig).application_name !== undefined) {
-      given.applicationName = nonEmptyString('application_name', (object as pg.PoolConfig).application_name);
-    }
-    const pgSpelling = (object as pg.PoolConfig).sslnegotiation;
-    if (given.sslNegotiation === undefined && pgSpelling !== undefined) {
-      given.sslNegotiation = sslNegotiationOf('sslnegotiation', pgSpelling);
-    }
-  } else {
-    return fail('config', 'must be an object, a connection string or undefined');
+  if (input != null && typeof input !== 'string' && typeof input !== 'object') {
+    fail('config', 'must be an object, a connection string or undefined');
   }
+  const object = (typeof input === 'object' && input) || {};
+  const given: Record<string, unknown> & DsqlConfig = {
+    ...(typeof input === 'string' ? parseConnectionString(input) : undefined),
+    ...(object.connectionString !== undefined ? parseConnectionString(object.connectionString) : undefined),
+  };
+  for (const [key, value] of Object.entries(object)) if (value !== undefined) given[key] = value;
+  if (given.password !== undefined) fail('password', NO_PASSWORD);
+  if (given.Client !== undefined) fail('Client', 'not allowed');
+  // pg's spellings, for JavaScript callers who bring pg options along.
+  given.applicationName ??= nonEmptyString('application_name', given.application_name);
+  given.sslNegotiation ??= sslNegotiationOf('sslnegotiation', given.sslnegotiation);
 
-  const explicitRegion = nonEmptyString('region', given.region);
-  if (explicitRegion !== undefined && !REGION.test(explicitRegion))
-    fail('region', 'is not a valid AWS Region name');
-  const envRegion =
-    nonEmptyString('AWS_REGION', env.AWS_REGION) ??
-    nonEmptyString('AWS_DEFAULT_REGION', env.AWS_DEFAULT_REGION);
-
-  let host =
-    nonEmptyString('host', given.host) ?? (env.DSQL_ENDPOINT || undefined) ?? (env.PGHOST || undefined);
-  if (host === undefined) {
-    fail('host', 'is required: a cluster endpoint or cluster ID (or set DSQL_ENDPOINT)');
-  }
-  host = host.trim().toLowerCase();
-  if (isIP(host) !== 0) {
-    fail('host', 'must be a DNS name (DSQL needs it for SNI and signing); to dial an address, use hostaddr');
-  }
-  if (!DNS_NAME.test(host)) fail('host', 'must be a DNS name or a 26-character cluster ID');
+  let host = (nonEmptyString('host', given.host) ?? (env.DSQL_ENDPOINT || env.PGHOST))?.trim().toLowerCase();
+  if (!host) fail('host', 'is required (or set DSQL_ENDPOINT)');
+  // Not `net.isIP`: its first call compiles Node's IPv6 pattern, ≈ 8 ms of cold start. A DNS
+  // name never contains ':', and a dotted quad is all a name check could mistake for one.
+  if (host.includes(':') || IPV4.test(host)) fail('host', NOT_AN_ADDRESS);
+  if (!DNS_NAME.test(host)) fail('host', 'must be a DNS name or cluster ID');
   host = host.replace(/\.$/, '');
-
-  let region: string | undefined;
-  if (CLUSTER_ID.test(host)) {
-    region = explicitRegion ?? envRegion;
-    if (region === undefined)
-      fail('region', 'is required to build the endpoint from a cluster ID (or set AWS_REGION)');
-    if (!REGION.test(region)) fail('region', 'is not a valid AWS Region name');
-    host = `${host}.dsql.${region}.on.aws`;
-  } else {
-    region = explicitRegion ?? regionFromHost(host) ?? envRegion;
-    if (region === undefined) {
-      fail(
-        'region',
-        'is required when the host is not a *.dsql.<region>.on.aws endpoint (or set AWS_REGION)',
-      );
-    }
-    if (!REGION.test(region)) fail('region', 'is not a valid AWS Region name');
-  }
+  const isClusterId = CLUSTER_ID.test(host);
+  const region =
+    nonEmptyString('region', given.region) ??
+    (isClusterId ? undefined : regionFromHost(host)) ??
+    (env.AWS_REGION || env.AWS_DEFAULT_REGION);
+  if (!region) fail('region', 'is required for this host (or set AWS_REGION)');
+  if (!REGION.test(region)) fail('region', 'is invalid');
+  if (isClusterId) host = `${host}.dsql.${region}.on.aws`;
 
   const hostaddr =
-    nonEmptyString('hostaddr', given.hostaddr) ??
-    (env.DSQL_HOSTADDR || undefined) ??
-    (env.PGHOSTADDR || undefined);
-  if (hostaddr !== undefined && (/\s|\//.test(hostaddr) || hostaddr.length > 253)) {
-    fail('hostaddr', 'must be an IP address or a DNS name');
-  }
-
-  const user = nonEmptyString('user', given.user) ?? (env.PGUSER || undefined) ?? DSQL_DEFAULTS.user;
-  const database =
-    nonEmptyString('database', given.database) ?? (env.PGDATABASE || undefined) ?? DSQL_DEFAULTS.database;
-  const port =
-    integerIn('port', given.port, 1, 65535) ??
-    integerText('PGPORT', env.PGPORT, 1, 65535) ??
-    DSQL_DEFAULTS.port;
-
-  const lambdaConcurrency = /^\d{1,6}$/.test(env.AWS_LAMBDA_MAX_CONCURRENCY ?? '')
-    ? Number(env.AWS_LAMBDA_MAX_CONCURRENCY)
-    : 0;
+    nonEmptyString('hostaddr', given.hostaddr) ?? (env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined);
+  if (hostaddr && !/^[\w.:%-]{1,253}$/.test(hostaddr)) fail('hostaddr', 'is invalid');
+  const user = nonEmptyString('user', given.user) ?? (env.PGUSER || DSQL_DEFAULTS.user);
+  const concurrency = Number(env.AWS_LAMBDA_MAX_CONCURRENCY);
   const max =
     integerIn('max', given.max, 1, 100_000) ??
-    (lambdaConcurrency >= 1 ? lambdaConcurrency : DSQL_DEFAULTS.max);
-  const min = integerIn('min', given.min, 0, max) ?? DSQL_DEFAULTS.min;
+    (Number.isInteger(concurrency) && concurrency >= 1 ? concurrency : DSQL_DEFAULTS.max);
 
+  const explicit = credentialsOf(given.credentials);
+  if (explicit && given.profile !== undefined) fail('profile', 'conflicts with credentials');
+  const profile = nonEmptyString('profile', given.profile);
   const credentialSource: CredentialSource =
-    credentialsOf(given.credentials) ??
-    (given.profile !== undefined
-      ? { kind: 'profile', profile: nonEmptyString('profile', given.profile) as string }
-      : env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
-        ? { kind: 'environment' }
-        : { kind: 'default-chain' });
-  if (credentialSource.kind === 'explicit' && given.profile !== undefined) {
-    fail('profile', 'give either credentials or profile, not both');
-  }
+    explicit ??
+    (profile !== undefined
+      ? { kind: 'profile', profile }
+      : { kind: env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY ? 'environment' : 'default-chain' });
 
-  const resolved = {
+  const resolved: Record<string, unknown> = {
     host,
     hostaddr,
     region,
     user,
-    database,
-    port,
-    action: (user === 'admin' ? 'DbConnectAdmin' : 'DbConnect') as DsqlAction,
+    database: nonEmptyString('database', given.database) ?? (env.PGDATABASE || DSQL_DEFAULTS.database),
+    port:
+      integerIn('port', given.port, 1, 65535) ??
+      integerText('PGPORT', env.PGPORT || undefined, 1, 65535) ??
+      DSQL_DEFAULTS.port,
+    action: user === 'admin' ? 'DbConnectAdmin' : 'DbConnect',
     credentialSource,
-    tokenDurationSecs:
-      integerIn('tokenDurationSecs', given.tokenDurationSecs, 1, 604800) ?? DSQL_DEFAULTS.tokenDurationSecs,
     max,
-    min,
-    maxLifetimeSeconds:
-      integerIn('maxLifetimeSeconds', given.maxLifetimeSeconds, 1, 3600) ?? DSQL_DEFAULTS.maxLifetimeSeconds,
-    idleTimeoutMillis:
-      integerIn('idleTimeoutMillis', given.idleTimeoutMillis, 0, 2 ** 31 - 1) ??
-      DSQL_DEFAULTS.idleTimeoutMillis,
-    connectionTimeoutMillis:
-      integerIn('connectionTimeoutMillis', given.connectionTimeoutMillis, 1, 2 ** 31 - 1) ??
-      DSQL_DEFAULTS.connectionTimeoutMillis,
-    maxIdleMillis:
-      integerIn('maxIdleMillis', given.maxIdleMillis, 1, 2 ** 31 - 1) ?? DSQL_DEFAULTS.maxIdleMillis,
-    thawThresholdMillis:
-      integerIn('thawThresholdMillis', given.thawThresholdMillis, 0, 2 ** 31 - 1) ??
-      DSQL_DEFAULTS.thawThresholdMillis,
-    validationTimeoutMillis:
-      integerIn('validationTimeoutMillis', given.validationTimeoutMillis, 1, 2 ** 31 - 1) ??
-      DSQL_DEFAULTS.validationTimeoutMillis,
+    min: integerIn('min', given.min, 0, max) ?? DSQL_DEFAULTS.min,
     applicationName: applicationNameOf(nonEmptyString('applicationName', given.applicationName)),
     sslNegotiation: sslNegotiationOf('sslNegotiation', given.sslNegotiation) ?? DSQL_DEFAULTS.sslNegotiation,
-    ca: sslOf(given.ssl),
-    pgOptions: {} as Record<string, unknown>,
+    ca: caOf(given.ssl),
+    pgOptions: {},
   };
+  for (const [key, [min, maxValue]] of Object.entries(INTEGER_FIELDS)) {
+    resolved[key] =
+      integerIn(key, given[key], min, maxValue) ?? DSQL_DEFAULTS[key as keyof typeof INTEGER_FIELDS];
+  }
   for (const [key, value] of Object.entries(given)) {
-    if (!OWN_KEYS.has(key)) resolved.pgOptions[key] = value;
+    if (!OWN_KEYS.has(key)) (resolved.pgOptions as Record<string, unknown>)[key] = value;
   }
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.
-  Object.defineProperty(resolved, 'credentialSource', { enumerable: credentialSource.kind !== 'explicit' });
-  return resolved;
+  Object.defineProperty(resolved, 'credentialSource', { enumerable: !explicit });
+  return resolved as unknown as ResolvedDsqlConfig;
 }

@@ -31,6 +31,7 @@ let nodeRequire: NodeJS.Require | undefined;
  * Loads an optional dependency at run time without letting a bundler see it. CommonJS builds
  * (ours and users' bundles) have `require`; ESM gets one from `createRequire`, whose lookup also
  * honours `NODE_PATH`, where Lambda keeps its SDK.
+ * @param purpose What needs it, for the message ("profile credentials").
  * @throws {@link DsqlTokenError} telling the user to install it when the module is missing.
  */
 export function loadOptionalModule<T>(name: string, purpose: string): T {
@@ -38,80 +39,40 @@ export function loadOptionalModule<T>(name: string, purpose: string): T {
   try {
     return nodeRequire(name) as T;
   } catch (err) {
-    throw new DsqlTokenError(
-      `${purpose} needs the optional package ${name}; install it (npm install ${name}) or pass credentials explicitly`,
-      { cause: err },
-    );
+    throw new DsqlTokenError(`${purpose} need the optional package ${name}: npm install ${name}`, {
+      cause: err,
+    });
   }
-}
-
-/** Hides the secret parts of a credentials object from `JSON.stringify` and `console.log`. */
-function withHiddenSecrets(credentials: AwsCredentialIdentity): AwsCredentialIdentity {
-  const out = { accessKeyId: credentials.accessKeyId } as AwsCredentialIdentity;
-  Object.defineProperty(out, 'secretAccessKey', { value: credentials.secretAccessKey, enumerable: false });
-  if (credentials.sessionToken !== undefined) {
-    Object.defineProperty(out, 'sessionToken', { value: credentials.sessionToken, enumerable: false });
-  }
-  if (credentials.expiration !== undefined)
-    (out as { expiration?: Date }).expiration = credentials.expiration;
-  return out;
 }
 
 /**
  * Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
  * `AWS_CREDENTIAL_EXPIRATION` (what Lambda sets for the function's role), or `undefined` when the
- * key pair is not set. The returned object hides its secrets from JSON and `console.log`.
+ * key pair is not set. The secret parts of the returned object are non-enumerable, so they stay
+ * out of `JSON.stringify` and `console.log`.
  * @example
  * const creds = credentialsFromEnvironment(process.env);
  */
 export function credentialsFromEnvironment(env: Env = process.env): AwsCredentialIdentity | undefined {
-  const accessKeyId = env.AWS_ACCESS_KEY_ID;
-  const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
-  if (!accessKeyId || !secretAccessKey) return undefined;
-  const expiration = env.AWS_CREDENTIAL_EXPIRATION ? new Date(env.AWS_CREDENTIAL_EXPIRATION) : undefined;
-  return withHiddenSecrets({
-    accessKeyId,
-    secretAccessKey,
-    sessionToken: env.AWS_SESSION_TOKEN || undefined,
-    expiration: expiration && !Number.isNaN(expiration.getTime()) ? expiration : undefined,
-  });
-}
-
-function checkCredentials(value: unknown, source: string): AwsCredentialIdentity {
-  const c = value as Partial<AwsCredentialIdentity> | null | undefined;
-  if (
-    c === null ||
-    typeof c !== 'object' ||
-    typeof c.accessKeyId !== 'string' ||
-    c.accessKeyId === '' ||
-    typeof c.secretAccessKey !== 'string' ||
-    c.secretAccessKey === ''
-  ) {
-    throw new DsqlTokenError(
-      `${source} returned no usable credentials (accessKeyId and secretAccessKey required)`,
-    );
-  }
-  if (
-    c.expiration !== undefined &&
-    !(c.expiration instanceof Date && !Number.isNaN(c.expiration.getTime()))
-  ) {
-    throw new DsqlTokenError(`${source} returned credentials with an invalid expiration`);
-  }
-  return c as AwsCredentialIdentity;
+  const {
+    AWS_ACCESS_KEY_ID: accessKeyId,
+    AWS_SECRET_ACCESS_KEY: secret,
+    AWS_CREDENTIAL_EXPIRATION: expires,
+  } = env;
+  if (!accessKeyId || !secret) return undefined;
+  const expiration = expires ? new Date(expires) : undefined;
+  return Object.defineProperties(
+    { accessKeyId, expiration: expiration && expiration.getTime() >= 0 ? expiration : undefined },
+    {
+      secretAccessKey: { value: secret },
+      sessionToken: { value: env.AWS_SESSION_TOKEN || undefined },
+    },
+  ) as AwsCredentialIdentity;
 }
 
 /** A short, secret-free description of a credential source, for error messages. */
 export function describeCredentialSource(source: CredentialSource): string {
-  switch (source.kind) {
-    case 'explicit':
-      return 'the credentials option';
-    case 'profile':
-      return `AWS profile "${source.profile}"`;
-    case 'environment':
-      return 'the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables';
-    default:
-      return 'the AWS SDK default credential chain';
-  }
+  return `${source.kind === 'profile' ? `profile "${source.profile}"` : source.kind} credentials`;
 }
 
 /**
@@ -132,33 +93,36 @@ export function createCredentialsProvider(
   let sdkProvider: AwsCredentialIdentityProvider | undefined;
   const fromSdk = (): AwsCredentialIdentityProvider => {
     if (sdkProvider === undefined) {
-      const sdk = loadOptionalModule<CredentialProvidersModule>(
-        CREDENTIAL_PROVIDERS_MODULE,
-        source.kind === 'profile' ? 'Reading credentials from a profile' : 'The default credential chain',
-      );
+      const sdk = loadOptionalModule<CredentialProvidersModule>(CREDENTIAL_PROVIDERS_MODULE, description);
       sdkProvider =
         source.kind === 'profile' ? sdk.fromIni({ profile: source.profile }) : sdk.fromNodeProviderChain();
     }
     return sdkProvider;
   };
   return async function resolveDsqlCredentials(): Promise<AwsCredentialIdentity> {
-    let value: unknown;
+    let c: Partial<AwsCredentialIdentity> | undefined;
     try {
-      switch (source.kind) {
-        case 'explicit':
-          value = typeof source.value === 'function' ? await source.value() : source.value;
-          break;
-        case 'environment':
-          // Read on every call: cheap, and it follows a runtime that rotates the variables.
-          value = credentialsFromEnvironment(env) ?? (await fromSdk()());
-          break;
-        default:
-          value = await fromSdk()();
-      }
+      c =
+        source.kind === 'explicit'
+          ? typeof source.value === 'function'
+            ? await source.value()
+            : source.value
+          : // The environment is read on every call: cheap, and it follows rotated variables.
+            (source.kind === 'environment' && credentialsFromEnvironment(env)) || (await fromSdk()());
     } catch (err) {
-      if (err instanceof DsqlTokenError) throw err;
-      throw new DsqlTokenError(`Could not resolve AWS credentials from ${description}`, { cause: err });
+      throw err instanceof DsqlTokenError
+        ? err
+        : new DsqlTokenError(`Could not resolve AWS credentials from ${description}`, { cause: err });
     }
-    return checkCredentials(value, description);
+    if (
+      !c?.accessKeyId ||
+      !c.secretAccessKey ||
+      (c.expiration !== undefined && !(c.expiration instanceof Date && c.expiration.getTime() >= 0))
+    ) {
+      throw new DsqlTokenError(
+        `${description}: accessKeyId, secretAccessKey or expiration missing or invalid`,
+      );
+    }
+    return c as AwsCredentialIdentity;
   };
 }

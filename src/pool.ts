@@ -30,33 +30,15 @@ export interface DsqlConnectPolicy {
    * the connection is not retried, but the next one signs afresh with re-resolved credentials.
    */
   readonly onAuthFailure?: ((token: string) => void) | undefined;
-  /** Source of randomness for jitter, `[0, 1)`. Default: `Math.random`. */
-  readonly random?: (() => number) | undefined;
 }
 
-/** pg `Client` internals the retry loop has to reset between attempts (pg ≥ 8.22). */
+/** The pg `Client` internals the retry loop touches (pg ≥ 8.22). */
 interface ClientInternals {
   connection: pg.Connection;
-  connectionParameters: {
-    ssl: unknown;
-    sslnegotiation?: string;
-    client_encoding?: string;
-    password: unknown;
-  };
   connectionTimeoutHandle?: ReturnType<typeof setTimeout>;
   password: unknown;
   _connectionTimeoutMillis: number;
-  _connecting: boolean;
-  _connected: boolean;
-  _connectionError: boolean;
-  _connectionCallback: unknown;
   _ending: boolean;
-  _ended: boolean;
-  _queryable: boolean;
-  _txStatus: unknown;
-  _activeQuery: unknown;
-  processID: unknown;
-  secretKey: unknown;
 }
 
 function noop(): void {}
@@ -84,8 +66,8 @@ function messageOf(err: unknown): string {
  * reaches whoever uses the client (the next query fails; the pool discards the client).
  *
  * Retrying needs a fresh pg `Connection` per attempt on the same `Client` object (the pool holds
- * on to that object), which means resetting a few of pg's private fields; the integration tests
- * exercise this against pg's current release.
+ * on to that object), which means resetting pg's private per-connection state; the integration
+ * tests exercise this against pg's current release.
  * @example
  * const client = new DsqlClient(toPgConfig(resolved, () => cache.get()), { connectionTimeoutMillis: 5000 });
  * await client.connect();
@@ -93,8 +75,7 @@ function messageOf(err: unknown): string {
 export class DsqlClient extends pg.Client {
   readonly #policy: Required<Omit<DsqlConnectPolicy, 'onAuthFailure'>> &
     Pick<DsqlConnectPolicy, 'onAuthFailure'>;
-  readonly #password: unknown;
-  readonly #connectionOptions: Record<string, unknown>;
+  readonly #config: pg.ClientConfig;
 
   constructor(config: pg.ClientConfig, policy: DsqlConnectPolicy = {}) {
     super(config);
@@ -105,15 +86,9 @@ export class DsqlClient extends pg.Client {
         DSQL_DEFAULTS.connectionTimeoutMillis,
       retryBaseMillis: policy.retryBaseMillis ?? DSQL_DEFAULTS.connectRetryBaseMillis,
       retryMaxMillis: policy.retryMaxMillis ?? DSQL_DEFAULTS.connectRetryMaxMillis,
-      random: policy.random ?? Math.random,
       onAuthFailure: policy.onAuthFailure,
     };
-    this.#password = (this as unknown as ClientInternals).password;
-    this.#connectionOptions = {
-      stream: config.stream,
-      keepAlive: config.keepAlive ?? false,
-      keepAliveInitialDelayMillis: config.keepAliveInitialDelayMillis ?? 0,
-    };
+    this.#config = config;
     this.on('error', noop);
   }
 
@@ -135,7 +110,7 @@ export class DsqlClient extends pg.Client {
 
   async #connectWithRetry(): Promise<void> {
     const internals = this as unknown as ClientInternals;
-    const { connectionTimeoutMillis, retryBaseMillis, retryMaxMillis, random, onAuthFailure } = this.#policy;
+    const { connectionTimeoutMillis, retryBaseMillis, retryMaxMillis, onAuthFailure } = this.#policy;
     const deadline = Date.now() + connectionTimeoutMillis;
     let lastRefusal: unknown;
     for (let attempt = 1; ; attempt++) {
@@ -155,7 +130,7 @@ export class DsqlClient extends pg.Client {
         // Equal jitter: half the exponential step is fixed (so a refused burst really backs
         // off), half random (so many Lambdas refused together do not come back together).
         const step = Math.min(retryMaxMillis, retryBaseMillis * 2 ** (attempt - 1));
-        const delay = Math.round(step / 2 + random() * (step / 2));
+        const delay = Math.round(step / 2 + Math.random() * (step / 2));
         if (timedOut || now + delay >= deadline) {
           // An attempt cut short by the budget says less than the refusal that used it up.
           const cause = timedOut && lastRefusal !== undefined ? lastRefusal : err;
@@ -173,7 +148,11 @@ export class DsqlClient extends pg.Client {
     }
   }
 
-  /** Puts the client back into its never-connected state with a fresh pg `Connection`. */
+  /**
+   * Puts the client back into its never-connected state: every field pg keeps about a connection
+   * is copied from a fresh, never-connected `pg.Client` built from the same configuration
+   * (listeners excepted), so this follows pg's own idea of a new client.
+   */
   #resetForRetry(): void {
     const c = this as unknown as ClientInternals;
     const old = c.connection;
@@ -182,25 +161,12 @@ export class DsqlClient extends pg.Client {
     old.on('error', noop);
     (old as unknown as { stream?: { destroy?: () => void } }).stream?.destroy?.();
     clearTimeout(c.connectionTimeoutHandle);
-    c.connection = new pg.Connection({
-      ...this.#connectionOptions,
-      ssl: c.connectionParameters.ssl,
-      sslNegotiation: c.connectionParameters.sslnegotiation,
-      encoding: c.connectionParameters.client_encoding || 'utf8',
-    } as pg.ConnectionConfig);
-    c._connecting = false;
-    c._connected = false;
-    c._connectionError = false;
-    c._connectionCallback = null;
-    c._ended = false;
-    c._queryable = true;
-    c._txStatus = null;
-    c._activeQuery = null;
-    c.processID = null;
-    c.secretKey = null;
-    // pg replaced the password function with the token it returned; ask the cache again.
-    c.password = this.#password;
-    c.connectionParameters.password = this.#password;
+    const { _events, _eventsCount, _maxListeners, ...fresh } = new pg.Client(
+      this.#config,
+    ) as unknown as Record<string, unknown>;
+    Object.assign(this, fresh);
+    // pg keeps the password non-enumerable (not copied above): the function that asks the cache.
+    c.password = this.#config.password;
   }
 }
 
@@ -275,12 +241,8 @@ export function createPool(config?: DsqlConfig | string): pg.Pool {
   // pg-pool has already discarded the idle client it reports here; without a listener the
   // emit would throw and take the Lambda process down.
   pool.on('error', noop);
-  installFreezeGuard(pool, {
-    maxLifetimeSeconds: resolved.maxLifetimeSeconds,
-    maxIdleMillis: resolved.maxIdleMillis,
-    thawThresholdMillis: resolved.thawThresholdMillis,
-    validationTimeoutMillis: resolved.validationTimeoutMillis,
-  });
+  // The resolved configuration carries the four FreezeGuardOptions fields, validated.
+  installFreezeGuard(pool, resolved);
   return pool;
 }
 

