@@ -929,19 +929,18 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       core.stats.currentSessions = sessions.size;
     },
     unregister(conn) {
-      connections.delete(conn);
       admitted.delete(conn);
       if (sessions.get(conn.pid) === conn) sessions.delete(conn.pid);
       core.stats.currentSessions = sessions.size;
     },
   };
 
-  const silentSockets = new Set<Connection>();
   const server = net.createServer((raw) => {
     core.stats.connections.total++;
     const conn = new Connection(core, raw);
+    // Kept until the socket is really gone, so stop() also reaches half-open (silent) ones.
     connections.add(conn);
-    raw.once('close', () => silentSockets.delete(conn));
+    raw.once('close', () => connections.delete(conn));
   });
   server.on('error', () => {});
   await new Promise<void>((resolve, reject) => {
@@ -963,10 +962,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       const targets = liveConnections().filter((c) =>
         which === 'all' ? true : which === 'idle' ? c.idle : c.established && c.pid === which,
       );
-      for (const c of targets) {
-        if (how === 'silent') silentSockets.add(c);
-        c.drop(how);
-      }
+      for (const c of targets) c.drop(how);
       return targets.length;
     },
     failNextCommits(opts = {}) {
@@ -1058,12 +1054,11 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     stop() {
       stopping ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
-        for (const c of [...connections, ...silentSockets]) {
+        for (const c of [...connections]) {
           c.close();
           c.destroyClient();
         }
         connections.clear();
-        silentSockets.clear();
       });
       return stopping;
     },

@@ -104,6 +104,15 @@ describe('dropConnections', () => {
     discard(client);
   });
 
+  it('stop() also closes half-open (silent) connections', async () => {
+    const other = await startTestEndpoint();
+    const { client, pid, nextError } = await connect(other);
+    other.faults.dropConnections({ which: pid, how: 'silent' });
+    await other.stop();
+    expect((await nextError).message).toMatch(/Connection terminated/);
+    open.delete(client);
+  });
+
   it("'idle' spares sessions inside a transaction", async () => {
     const busy = await connect();
     const idle = await connect();
