@@ -1,0 +1,278 @@
+// createPool / connect against the local DSQL-like endpoint: TLS negotiation, IAM tokens and
+// their cache, credential sources, certificate checks and admission retries. No timing
+// assertions: the clock is moved (Date only) where expiry matters.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { type DsqlConfig, resolveConfig } from '../../src/config.js';
+import { DsqlConnectionError } from '../../src/errors.js';
+import type { LocalDsql } from '../../src/local/index.js';
+import { connect, createPool } from '../../src/pool.js';
+import { tokenCacheFor } from '../../src/token.js';
+import { startTestEndpoint, stopAllTestEndpoints } from '../helpers/endpoint.js';
+
+let endpoint: LocalDsql;
+const cleanups: Array<() => unknown> = [];
+
+beforeAll(async () => {
+  endpoint = await startTestEndpoint();
+});
+
+afterEach(async () => {
+  vi.useRealTimers();
+  endpoint.setClock(undefined);
+  endpoint.faults.clear();
+  endpoint.faults.setRateLimit({ perSecond: 100, burst: 1000 });
+  endpoint.faults.setMaxConnections(10_000);
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+afterAll(() => stopAllTestEndpoints());
+
+// Every test gets its own token cache: caches are shared by configuration, and a distinct
+// credentials object (or token lifetime) makes a distinct configuration.
+let nextDuration = 900;
+function config(extra: DsqlConfig = {}): DsqlConfig {
+  return {
+    host: endpoint.host,
+    hostaddr: endpoint.address,
+    port: endpoint.port,
+    ssl: { ca: endpoint.ca },
+    credentials: { ...endpoint.credentials },
+    tokenDurationSecs: nextDuration--,
+    ...extra,
+  };
+}
+
+function pool(extra: DsqlConfig = {}, full = config(extra)): pg.Pool {
+  const p = createPool(full);
+  cleanups.push(() => p.end());
+  return p;
+}
+
+async function checkoutMany(p: pg.Pool, n: number): Promise<pg.PoolClient[]> {
+  const clients = await Promise.all(Array.from({ length: n }, () => p.connect()));
+  for (const c of clients) {
+    cleanups.push(() => {
+      try {
+        c.release(true);
+      } catch {
+        // released by the test already
+      }
+    });
+  }
+  return clients;
+}
+
+describe('createPool against the local endpoint', () => {
+  it.each(['direct', 'postgres'] as const)('connects with %s TLS negotiation', async (sslNegotiation) => {
+    endpoint.resetStats();
+    const p = pool({ sslNegotiation });
+    const { rows } = await p.query('SELECT 1 AS one');
+    expect(rows[0].one).toBe(1);
+    const stats = endpoint.stats();
+    expect(stats.connections.byNegotiation[sslNegotiation]).toBe(1);
+    expect(stats.connections.bySni[endpoint.host]).toBe(1);
+    expect(stats.auth.ok).toBe(1);
+  });
+
+  it('signs DbConnectAdmin for admin and DbConnect for other users', async () => {
+    endpoint.resetStats();
+    await pool({ user: 'admin' }).query('SELECT 1');
+    await pool({ user: 'app_reader' }).query('SELECT 1');
+    const stats = endpoint.stats();
+    expect(stats.tokensByUser).toMatchObject({ admin: 1, app_reader: 1 });
+    expect(stats.auth.ok).toBe(2);
+  });
+
+  it('sends application_name and issues no SET at connect', async () => {
+    const p = pool({ applicationName: 'orders' });
+    const client = await p.connect();
+    try {
+      const { rows } = await client.query('SELECT pg_backend_pid() AS pid');
+      const session = endpoint.sessions().find((s) => s.id === rows[0].pid);
+      expect(session?.applicationName).toMatch(/^orders:dsql-lambda\/\d+\.\d+\.\d+/);
+    } finally {
+      client.release();
+    }
+  });
+
+  it('uses one token for many new connections, and a new one after expiry', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    endpoint.resetStats();
+    const p = pool({ max: 6 });
+    const first = await checkoutMany(p, 6);
+    let stats = endpoint.stats();
+    expect(stats.tokensAccepted).toBe(6);
+    expect(stats.distinctTokensAccepted).toBe(1);
+    for (const c of first) c.release(true);
+
+    // 20 minutes later (Date only: the endpoint's clock moves too), new connections need a new token.
+    vi.setSystemTime(Date.now() + 20 * 60_000);
+    const later = await checkoutMany(p, 3);
+    stats = endpoint.stats();
+    expect(stats.tokensAccepted).toBe(9);
+    expect(stats.distinctTokensAccepted).toBe(2);
+    expect(Object.keys(stats.tokensBySigningDate)).toHaveLength(2);
+    for (const c of later) c.release(true);
+  });
+
+  it('re-resolves credentials that carry an expiration', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    endpoint.resetStats();
+    let calls = 0;
+    const provider = async () => {
+      calls++;
+      return { ...endpoint.credentials, expiration: new Date(Date.now() + 10 * 60_000) };
+    };
+    const p = pool({ credentials: provider, tokenDurationSecs: 3600 });
+    await p.query('SELECT 1');
+    await checkoutMany(p, 2);
+    expect(calls).toBe(1);
+    // The token dies with the credentials (10 min); a minute before, both are renewed.
+    vi.setSystemTime(Date.now() + 9.5 * 60_000);
+    await checkoutMany(p, 1);
+    expect(calls).toBe(2);
+    expect(endpoint.stats().distinctTokensAccepted).toBe(2);
+  });
+
+  it('refuses an untrusted certificate authority without sending a token', async () => {
+    endpoint.resetStats();
+    const p = pool({ ssl: undefined });
+    const err = await p.query('SELECT 1').catch((e) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(String(err.code ?? err.cause?.code)).toMatch(/CERT|SIGNATURE|ISSUER/);
+    expect(endpoint.stats().auth.ok + endpoint.stats().auth.failed).toBe(0);
+  });
+
+  it('refuses a certificate for another host name', async () => {
+    endpoint.resetStats();
+    const p = pool({ host: 'db.example.com', region: endpoint.region });
+    const err = await p.query('SELECT 1').catch((e) => e);
+    expect(err.code ?? err.cause?.code).toBe('ERR_TLS_CERT_ALTNAME_INVALID');
+    expect(endpoint.stats().auth.ok + endpoint.stats().auth.failed).toBe(0);
+  });
+
+  it('does not retry an authentication failure, and re-signs for the next connection', async () => {
+    endpoint.resetStats();
+    const cfg = config({ credentials: { ...endpoint.credentials, secretAccessKey: 'wrong-secret' } });
+    const p = createPool(cfg);
+    cleanups.push(() => p.end());
+    const err = await p.query('SELECT 1').catch((e) => e);
+    expect(err.code).toBe('28000');
+    expect(endpoint.stats().auth.failed).toBe(1);
+    const cache = tokenCacheFor(resolveConfig(cfg));
+    expect(cache.expiresAt).toBeUndefined(); // the rejected token was dropped
+    expect(cache.signedCount).toBe(1);
+    await p.query('SELECT 1').catch(() => {});
+    expect(cache.signedCount).toBe(2);
+    expect(JSON.stringify(err)).not.toContain('wrong-secret');
+  });
+
+  it('retries rate-limit refusals (53400) until admitted', async () => {
+    endpoint.resetStats();
+    endpoint.faults.setRateLimit({ perSecond: 20, burst: 1 });
+    const p = pool({ max: 5 });
+    const clients = await checkoutMany(p, 5);
+    expect(clients).toHaveLength(5);
+    const stats = endpoint.stats();
+    expect(stats.admissionRefused['53400']).toBeGreaterThan(0);
+    expect(stats.auth.ok).toBe(5);
+  });
+
+  it('retries connection-cap refusals (53300) until a slot frees', async () => {
+    endpoint.resetStats();
+    const p = pool({ max: 3 });
+    const held = await checkoutMany(p, 2);
+    endpoint.faults.setMaxConnections(endpoint.stats().currentSessions);
+    const third = p.connect();
+    while (endpoint.stats().admissionRefused['53300'] === 0) await new Promise((r) => setTimeout(r, 10));
+    held[0]?.release(true); // closes one connection: a slot frees
+    const client = await third;
+    cleanups.push(() => client.release(true));
+    expect((await client.query('SELECT 2 AS two')).rows[0].two).toBe(2);
+  });
+
+  it('gives up with DsqlConnectionError when refusals outlast connectionTimeoutMillis', async () => {
+    endpoint.faults.setMaxConnections(0);
+    const p = pool({ connectionTimeoutMillis: 300 });
+    const err = await p.query('SELECT 1').catch((e) => e);
+    const connectionError = err instanceof DsqlConnectionError ? err : err.cause;
+    expect(connectionError).toBeInstanceOf(DsqlConnectionError);
+    expect(connectionError.attempts).toBeGreaterThan(1);
+    expect(connectionError.cause.code).toBe('53300');
+  });
+});
+
+describe('credential sources against the local endpoint', () => {
+  const saved = { ...process.env };
+  let dir: string;
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'dsql-connector-'));
+  });
+  afterEach(() => {
+    for (const key of Object.keys(process.env)) if (!(key in saved)) delete process.env[key];
+    Object.assign(process.env, saved);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  function base(extra: DsqlConfig = {}): DsqlConfig {
+    const { credentials: _omit, ...rest } = config(extra);
+    return rest;
+  }
+
+  it('reads a profile from a shared credentials file', async () => {
+    const c = endpoint.credentials;
+    writeFileSync(
+      join(dir, 'credentials'),
+      `[dsql-test]\naws_access_key_id = ${c.accessKeyId}\naws_secret_access_key = ${c.secretAccessKey}\n` +
+        (c.sessionToken ? `aws_session_token = ${c.sessionToken}\n` : ''),
+    );
+    writeFileSync(join(dir, 'config'), '[profile dsql-test]\nregion = us-east-1\n');
+    process.env.AWS_SHARED_CREDENTIALS_FILE = join(dir, 'credentials');
+    process.env.AWS_CONFIG_FILE = join(dir, 'config');
+    const p = pool({}, { ...base(), profile: 'dsql-test' });
+    expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+
+  it('takes credentials from the environment (the Lambda fast path)', async () => {
+    process.env.AWS_ACCESS_KEY_ID = endpoint.credentials.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = endpoint.credentials.secretAccessKey;
+    if (endpoint.credentials.sessionToken) process.env.AWS_SESSION_TOKEN = endpoint.credentials.sessionToken;
+    const resolved = resolveConfig(base());
+    expect(resolved.credentialSource.kind).toBe('environment');
+    const p = pool({}, base());
+    expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+
+  it('configures everything from the environment the endpoint describes', async () => {
+    Object.assign(process.env, endpoint.env);
+    const client = await connect({ ssl: { ca: endpoint.ca }, tokenDurationSecs: nextDuration-- });
+    cleanups.push(() => client.end());
+    expect((await client.query('SELECT current_user AS u')).rows[0].u).toBeTruthy();
+  });
+});
+
+describe('connect', () => {
+  it('returns a connected pg.Client for a non-admin user', async () => {
+    endpoint.resetStats();
+    const client = await connect(config({ user: 'app_writer' }));
+    cleanups.push(() => client.end());
+    expect((await client.query('SELECT 3 AS three')).rows[0].three).toBe(3);
+    expect(endpoint.stats().tokensByUser.app_writer).toBe(1);
+  });
+
+  it('accepts a connection string', async () => {
+    const url = `dsql://admin@${endpoint.host}:${endpoint.port}/postgres?hostaddr=${endpoint.address}&sslnegotiation=postgres&tokenDurationSecs=${nextDuration--}`;
+    const client = await connect({
+      connectionString: url,
+      ssl: { ca: endpoint.ca },
+      credentials: endpoint.credentials,
+    });
+    cleanups.push(() => client.end());
+    expect((await client.query('SELECT 4 AS four')).rows[0].four).toBe(4);
+  });
+});
