@@ -25,8 +25,12 @@ import {
  * How each backoff delay is randomised. `d` is the exponential delay for the attempt,
  * `min(maxDelayMs, baseDelayMs × 2^(failures − 1))`, and `U` a uniform random number in [0, 1).
  * - `'full'` (default): `U × d`. Spreads the transactions that just collided over the whole
- *   window, which is what breaks a conflict: two writers that retry at nearly the same instant
- *   conflict again. Lowest total work and time among the classic schemes.
+ *   window, which is what desynchronises them: losers that retry at nearly the same instant
+ *   conflict with each other again. Under DSQL's first-committer-wins an early retry is not
+ *   wasted in itself (the winner has already committed and the new snapshot sees it), so there
+ *   is no reason for the dead time of `'equal'`; in AWS's published simulations full jitter
+ *   completes contended work with the fewest calls. `bench/occ.ts` could not separate it from
+ *   `'equal'` or `'decorrelated'` beyond run-to-run noise; the base delay mattered far more.
  * - `'equal'`: `d/2 + U × d/2`. Never retries almost immediately; half the window is dead time.
  * - `'decorrelated'`: `min(maxDelayMs, baseDelayMs + U × (3 × previous − baseDelayMs))`, growing
  *   from the previous delay rather than the attempt number.
@@ -79,10 +83,10 @@ export interface RetryInfo {
 export interface RetryOptions {
   /**
    * Most attempts in total, the first included (1 disables retrying). Default
-   * {@link RETRY_DEFAULTS}`.maxAttempts` (8).
+   * {@link RETRY_DEFAULTS}`.maxAttempts`: 8.
    */
   maxAttempts?: number;
-  /** Exponential backoff base: the delay window after the first failure, in ms. Default 10. */
+  /** Exponential backoff base: the delay window after the first failure, in ms. Default 50. */
   baseDelayMs?: number;
   /** Largest delay window, in ms. Default 1000. */
   maxDelayMs?: number;
@@ -120,14 +124,21 @@ export interface RetryOptions {
 }
 
 /**
- * Default retry policy, chosen with `bench/occ.ts` (hot-account transfers under real conflicts on
- * the local endpoint; numbers in `bench/results/occ.json`):
- * - `maxAttempts: 8`: under heavy contention the official connectors' 4 attempts give up on a
- *   noticeable share of transactions that succeed on attempts 5–8; a Lambda deadline, not the
- *   attempt count, should be what finally stops a retrying handler.
- * - `baseDelayMs: 10`, `maxDelayMs: 1000`, `jitter: 'full'`: windows of 10, 20, 40 … ms spread the
- *   colliding transactions far enough apart to stop re-colliding, while the first retry still
- *   comes after 5 ms on average; the 1 s cap bounds the worst sleep well inside a Lambda timeout.
+ * Default retry policy, chosen with `bench/occ.ts` (16 workers moving money between 4 hot
+ * accounts through the local endpoint, real conflicts; numbers in `bench/results/occ.json`).
+ * What held in every run, whatever the noise of a shared 2-core machine:
+ * - `maxAttempts: 8`: with the official connectors' 4 attempts, 3–7 % of transfers gave up even
+ *   with the Go connector's long delays; with 8, 0–2 %. A Lambda's `deadline`, not the attempt
+ *   count, should be what finally stops a retrying handler, and it bounds the extra attempts.
+ * - `baseDelayMs: 50`: a small base is what hurts: the node connector's 1 ms base (100 ms cap)
+ *   gave up on 40–65 % of transfers and wasted 5–9 attempts per commit, and a 10 ms base gave up
+ *   on 3–10 % with 2.6–3.5 attempts per commit; from 20 to 100 ms the results were within noise,
+ *   and 50 ms (a first retry after 25 ms on average, about one contended transaction's time)
+ *   did best more often than not.
+ * - `maxDelayMs: 1000`: bounds the worst single sleep; the whole schedule sleeps at most
+ *   50 + 100 + 200 + 400 + 800 + 1000 + 1000 ms (about half that on average), within a Lambda
+ *   timeout, and the deadline check skips a sleep that would overrun.
+ * - `jitter: 'full'`: see {@link Jitter}.
  * @example
  * await withRetry(pool, fn, { ...RETRY_DEFAULTS, maxAttempts: RETRY_DEFAULTS.maxAttempts * 2 });
  */
@@ -136,7 +147,7 @@ export const RETRY_DEFAULTS: Readonly<{
   baseDelayMs: number;
   maxDelayMs: number;
   jitter: Jitter;
-}> = Object.freeze({ maxAttempts: 8, baseDelayMs: 10, maxDelayMs: 1000, jitter: 'full' as Jitter });
+}> = Object.freeze({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000, jitter: 'full' as Jitter });
 
 /**
  * The transaction handle given to the callback of {@link withRetry}: only `query`, so that the

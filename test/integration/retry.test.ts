@@ -64,7 +64,7 @@ beforeAll(async () => {
 });
 
 afterEach(() => {
-  endpoint.faults.reset?.();
+  endpoint.faults.clear();
 });
 
 afterAll(async () => {
@@ -201,7 +201,7 @@ describe('a ROLLBACK that fails destroys the connection', () => {
         pool,
         async (tx) => {
           session = await sessionOf(tx);
-          endpoint.faults.dropConnections({ session, how: 'silent' });
+          endpoint.faults.dropConnections({ which: session, how: 'silent' });
           throw mine;
         },
         quick,
@@ -222,7 +222,7 @@ describe('a ROLLBACK that fails destroys the connection', () => {
         pool,
         async (tx) => {
           const session = await sessionOf(tx);
-          endpoint.faults.dropConnections({ session, how: 'rst' });
+          endpoint.faults.dropConnections({ which: session, how: 'rst' });
           await new Promise((resolve) => setTimeout(resolve, 50)); // let the reset arrive
           throw mine;
         },
@@ -248,7 +248,7 @@ describe('connection lost', () => {
           const session = await sessionOf(tx);
           sessions.push(session);
           await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
-          if (sessions.length === 1) endpoint.faults.dropConnections({ session, how });
+          if (sessions.length === 1) endpoint.faults.dropConnections({ which: session, how });
           await tx.query('SELECT pg_sleep(0.05)');
         },
         { ...quick, onRetry: (info) => retries.push(info) },
@@ -367,10 +367,12 @@ describe('deadline and abort', () => {
     const pool = newPool();
     const controller = new AbortController();
     const id = randomUUID();
+    let session = 0;
     const err = await rejectionOf(
       withRetry(
         pool,
         async (tx) => {
+          session = await sessionOf(tx);
           await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
           setTimeout(() => controller.abort(), 20);
           await tx.query('SELECT pg_sleep(30)');
@@ -380,6 +382,9 @@ describe('deadline and abort', () => {
     );
     expect(err).toMatchObject({ reason: 'aborted', attempts: 1 });
     expect(pool.totalCount).toBe(0);
+    // PostgreSQL notices the closed socket only when pg_sleep ends: end the session now, so that
+    // its row lock does not hold up the table's cleanup for 30 s.
+    await admin().query('SELECT pg_terminate_backend($1)', [session]);
     expect(await rowCount(id)).toBe(0);
   });
 
