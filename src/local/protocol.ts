@@ -28,7 +28,11 @@ export interface Frame {
  * startup exchange is over.
  */
 export class FrameSplitter {
-  private buffered: Buffer = Buffer.alloc(0);
+  // Chunks are kept apart until a whole frame is there, so a large frame arriving in many chunks
+  // is copied once instead of once per chunk.
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private needed = 0;
 
   /**
    * @param typed - `true` for regular messages (type byte + length), `false` for startup-phase
@@ -43,34 +47,46 @@ export class FrameSplitter {
 
   /** Bytes received but not yet part of a complete frame. */
   get pendingBytes(): number {
-    return this.buffered.length;
+    return this.length;
   }
 
-  /** Takes whatever is buffered and not framed yet (used when handing the socket to TLS). */
+  /** Takes whatever is buffered and not framed yet. */
   drain(): Buffer {
-    const rest = this.buffered;
-    this.buffered = Buffer.alloc(0);
+    const rest = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.length);
+    this.chunks = [];
+    this.length = 0;
+    this.needed = 0;
     return rest;
   }
 
   /** Appends `chunk` and returns every frame now complete, in order. */
   push(chunk: Buffer): Frame[] {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    if (this.length < this.needed) return [];
+    const buf = this.drain();
     const frames: Frame[] = [];
     let offset = 0;
     const header = this.typed ? 5 : 4;
-    while (this.buffered.length - offset >= header) {
-      const len = this.typed ? this.buffered.readInt32BE(offset + 1) : this.buffered.readInt32BE(offset);
+    while (buf.length - offset >= header) {
+      const len = this.typed ? buf.readInt32BE(offset + 1) : buf.readInt32BE(offset);
       if (len < 4 || len > this.maxFrameBytes) throw new Error(`invalid frame length ${len}`);
       const total = this.typed ? len + 1 : len;
-      if (this.buffered.length - offset < total) break;
-      const bytes = this.buffered.subarray(offset, offset + total);
+      if (buf.length - offset < total) {
+        this.needed = total;
+        break;
+      }
+      const bytes = buf.subarray(offset, offset + total);
       frames.push({ type: this.typed ? String.fromCharCode(bytes[0]!) : '', bytes });
       offset += total;
       // Startup-phase framing ends after the first frame; the caller decides what comes next.
       if (!this.typed) break;
     }
-    this.buffered = offset === 0 ? this.buffered : this.buffered.subarray(offset);
+    if (offset < buf.length) {
+      this.chunks.push(offset === 0 ? buf : buf.subarray(offset));
+      this.length = buf.length - offset;
+      if (this.length < header) this.needed = header;
+    }
     return frames;
   }
 }
