@@ -155,11 +155,14 @@ async function openTarget(): Promise<Target> {
   }
   const helper = await import('../test/helpers/endpoint.js');
   const endpoint = await helper.startTestEndpoint({ occFromContention: true });
-  const config = helper.pgConfig(endpoint, { user: 'admin' });
+  const config = helper.pgConfig(endpoint, {
+    user: 'admin',
+    password: () => helper.signTestToken(endpoint, { user: 'admin' }),
+  });
   return {
     label: 'local DSQL-like endpoint, occFromContention',
     config,
-    close: () => endpoint.close(),
+    close: () => endpoint.stop(),
   };
 }
 

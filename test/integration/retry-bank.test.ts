@@ -13,7 +13,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
 import { type RetryCode, withRetry } from '../../src/retry.js';
-import { pgConfig, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 
 const WORKERS = 8;
 const TRANSFERS_PER_WORKER = 20;
@@ -45,8 +45,11 @@ const targets: Target[] = [
     name: 'local endpoint, occFromContention (40001 OC000)',
     open: async () => {
       const endpoint = await startTestEndpoint({ occFromContention: true });
-      cleanup.push(() => endpoint.close());
-      return pgConfig(endpoint, { user: 'admin' });
+      cleanup.push(() => endpoint.stop());
+      return pgConfig(endpoint, {
+        user: 'admin',
+        password: () => signTestToken(endpoint, { user: 'admin' }),
+      });
     },
   },
 ];

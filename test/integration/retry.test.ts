@@ -9,7 +9,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
 import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
-import { pgConfig, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
 
@@ -59,7 +59,8 @@ async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
 
 beforeAll(async () => {
   endpoint = await startTestEndpoint({});
-  config = pgConfig(endpoint, { user: 'admin' });
+  // A fresh token per new connection, as a Lambda's pool would do.
+  config = pgConfig(endpoint, { user: 'admin', password: () => signTestToken(endpoint, { user: 'admin' }) });
   await admin().query(`CREATE TABLE ${table} (id text PRIMARY KEY, n int NOT NULL DEFAULT 0)`);
 });
 
@@ -72,7 +73,7 @@ afterAll(async () => {
     .query(`DROP TABLE IF EXISTS ${table}`)
     .catch(() => {});
   await Promise.all(pools.map((p) => p.end().catch(() => {})));
-  await endpoint?.close();
+  await endpoint?.stop();
 });
 
 describe('OCC conflicts injected at COMMIT', () => {
