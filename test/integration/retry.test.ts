@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
+import { createPool } from '../../src/pool.js';
 import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
 import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 
@@ -210,6 +211,7 @@ describe('a ROLLBACK that fails destroys the connection', () => {
     );
     expect(err).toBe(mine);
     expect(pool.totalCount).toBe(0);
+    expect(endpoint.sessions().map((x) => x.id)).not.toContain(session);
     // The pool still works: a new connection, a new session.
     const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
     expect(rows[0]!.pid).not.toBe(session);
@@ -271,6 +273,7 @@ describe('connection lost', () => {
       const pool = newPool();
       const id = randomUUID();
       let calls = 0;
+      endpoint.resetStats();
       endpoint.faults.dropOnNextCommit({ how, afterCommit });
       const err = await rejectionOf(
         withRetry(
@@ -285,6 +288,8 @@ describe('connection lost', () => {
       expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
       expect(err).toMatchObject({ attempts: 1 });
       expect(calls).toBe(1);
+      // One COMMIT reached the endpoint: nothing was sent again.
+      expect(endpoint.stats().commits).toBe(1);
       expect(await rowCount(id)).toBe(rows);
       expect(pool.totalCount).toBe(0);
     },
@@ -417,5 +422,89 @@ describe('execWithRetry', () => {
     const pool = newPool();
     const err = await rejectionOf(execWithRetry(pool, 'SELECT * FROM no_such_table_anywhere', [], quick));
     expect(err).toMatchObject({ code: '42P01' });
+  });
+});
+
+describe('execWithRetry under real contention', () => {
+  it('a statement blocked by a concurrent writer gets OC000 and is retried to success', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    await admin().query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+    endpoint.faults.setOccFromContention(true);
+    const holder = await newPool({ max: 1 }).connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`UPDATE ${table} SET n = n + 10 WHERE id = $1`, [id]);
+      const retries: RetryInfo[] = [];
+      const pending = execWithRetry(pool, `UPDATE ${table} SET n = n + 1 WHERE id = $1`, [id], {
+        ...quick,
+        onRetry: (info) => retries.push(info),
+      });
+      // Commit the holder only once our statement waits on its row lock: then PostgreSQL's
+      // snapshot isolation must fail ours (40001), which the endpoint reports as OC000.
+      while (!(await waitingOnLock())) await new Promise((r) => setTimeout(r, 5));
+      await holder.query('COMMIT');
+      const res = await pending;
+      expect(res.rowCount).toBe(1);
+      expect(retries.length).toBeGreaterThanOrEqual(1);
+      expect(retries[0]?.code).toBe('OC000');
+      const { rows } = await admin().query(`SELECT n FROM ${table} WHERE id = $1`, [id]);
+      expect(rows).toEqual([{ n: 11 }]);
+    } finally {
+      holder.release();
+      endpoint.faults.setOccFromContention(false);
+    }
+  });
+
+  async function waitingOnLock(): Promise<boolean> {
+    const { rows } = await admin().query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+      [`UPDATE ${table} %`],
+    );
+    return rows[0]!.n > 0;
+  }
+});
+
+describe('on a createPool() pool', () => {
+  it('conflicts are retried, a lost COMMIT is outcome-unknown, and connections are accounted for', async () => {
+    const pool = createPool({
+      host: endpoint.host,
+      hostaddr: endpoint.address,
+      port: endpoint.port,
+      ssl: { ca: endpoint.ca },
+      credentials: { ...endpoint.credentials },
+      max: 2,
+    });
+    try {
+      const id = randomUUID();
+      endpoint.faults.failNextCommits({ count: 2, code: 'OC000' });
+      let calls = 0;
+      await withRetry(
+        pool,
+        async (tx) => {
+          calls++;
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        },
+        quick,
+      );
+      expect(calls).toBe(3);
+      expect(await rowCount(id)).toBe(1);
+      expect(pool.totalCount).toBe(1);
+
+      const other = randomUUID();
+      endpoint.faults.dropOnNextCommit({ how: 'rst', afterCommit: true });
+      const err = await rejectionOf(
+        withRetry(
+          pool,
+          async (tx) => void (await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [other])),
+          quick,
+        ),
+      );
+      expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
+      expect(await rowCount(other)).toBe(1);
+      expect(pool.totalCount).toBe(0);
+    } finally {
+      await pool.end();
+    }
   });
 });
