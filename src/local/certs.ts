@@ -71,7 +71,13 @@ async function makeCa(): Promise<CaMaterial> {
 }
 
 async function makeServerCert(hostnames: string[]): Promise<LocalCertificates> {
-  caPromise ??= makeCa();
+  if (!caPromise) {
+    caPromise = makeCa();
+    // A failed generation (e.g. no openssl on PATH) must not poison later attempts.
+    caPromise.catch(() => {
+      caPromise = undefined;
+    });
+  }
   const ca = await caPromise;
   const n = ++serial;
   const key = `server-${n}.key`;

@@ -61,7 +61,7 @@ it('errors, notices and a failed transaction relay like PostgreSQL', async () =>
   const client = new pg.Client(pgConfig(endpoint, { password: await signTestToken(endpoint) }));
   await client.connect();
   const notices: string[] = [];
-  client.on('notice', (n) => notices.push(n.message));
+  client.on('notice', (n) => notices.push(n.message ?? ''));
   try {
     await client.query('BEGIN');
     await expect(client.query('SELECT 1/0')).rejects.toMatchObject({ code: '22012' });
