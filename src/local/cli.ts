@@ -2,12 +2,12 @@
 /**
  * `dsql-local`: runs the local DSQL-like endpoint until Ctrl-C and takes fault commands on stdin.
  *
- *   dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention]
+ *   dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention] [--strict-sql]
  *
  * Commands (one per line; `help` lists them): `drop all|idle|<pid> fin|rst|fatal|silent`,
  * `occ [count] [OC000|OC001]`, `commit-drop fin|rst|silent [before]`, `age <seconds>`,
  * `rate <perSecond> [burst]`, `max <connections>`, `latency <toServerMs> [toClientMs]`,
- * `contention on|off`, `sessions`, `stats`, `reset`, `clear`, `env`, `quit`.
+ * `contention on|off`, `strict on|off`, `sessions`, `stats`, `reset`, `clear`, `env`, `quit`.
  * @packageDocumentation
  */
 import { createInterface } from 'node:readline';
@@ -24,6 +24,7 @@ const HELP = `commands:
   max <connections>                            cap on open connections
   latency <toServerMs> [toClientMs]            added delay per direction
   contention on|off                            upstream lock/serialization errors → OC000
+  strict on|off                                refuse SET, SAVEPOINT, TRUNCATE, … like DSQL
   sessions | stats | reset | clear | env | help | quit`;
 
 function exportLines(dsql: LocalDsql): string {
@@ -75,6 +76,9 @@ function runCommand(dsql: LocalDsql, line: string): string {
     case 'contention':
       f.setOccFromContention(args[0] !== 'off');
       return `occFromContention ${args[0] !== 'off'}`;
+    case 'strict':
+      f.setStrictSql(args[0] !== 'off');
+      return `strictSql ${args[0] !== 'off'}`;
     case 'sessions':
       return JSON.stringify(dsql.sessions(), null, 2);
     case 'stats':
@@ -101,11 +105,14 @@ async function main(): Promise<void> {
       upstream: { type: 'string' },
       region: { type: 'string' },
       'occ-from-contention': { type: 'boolean' },
+      'strict-sql': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
-    console.log('usage: dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention]\n');
+    console.log(
+      'usage: dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention] [--strict-sql]\n',
+    );
     console.log(HELP);
     return;
   }
@@ -114,6 +121,7 @@ async function main(): Promise<void> {
     ...(values.upstream ? { upstream: values.upstream } : {}),
     ...(values.region ? { region: values.region } : {}),
     occFromContention: values['occ-from-contention'] ?? false,
+    strictSql: values['strict-sql'] ?? false,
   });
   console.log(`local DSQL endpoint ${dsql.host} listening on ${dsql.address}:${dsql.port}`);
   console.log(`CA file: ${dsql.caFile}`);

@@ -210,3 +210,48 @@ const COMMIT_RE = /^\s*(?:commit|end)(?:\s+(?:work|transaction))?\s*;?\s*$/i;
 export function isCommitStatement(sql: string): boolean {
   return COMMIT_RE.test(sql);
 }
+
+/**
+ * DSQL-style refusal for statements DSQL does not support, or undefined when `sql` is fine.
+ * Looks at the first statement only. Only the SET text is DSQL's documented one; the others are
+ * ours.
+ */
+export function unsupportedStatement(sql: string): string | undefined {
+  const text = sql.replace(/^(\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*/, '');
+  const set =
+    /^set\s+(?:session\s+|local\s+)?(?!transaction\b|session\s+characteristics\b)("[^"]+"|[\w.]+)/i.exec(
+      text,
+    );
+  if (set)
+    return `setting configuration parameter "${set[1]!.replace(/"/g, '').toLowerCase()}" not supported`;
+  if (/^(set\s+transaction|set\s+session\s+characteristics)\b/i.test(text))
+    return 'SET TRANSACTION not supported';
+  if (/^(savepoint|release|rollback\s+(work\s+|transaction\s+)?to)\b/i.test(text))
+    return 'SAVEPOINT not supported';
+  if (/^truncate\b/i.test(text)) return 'TRUNCATE not supported';
+  if (/^(listen|unlisten|notify)\b/i.test(text)) return 'LISTEN/NOTIFY not supported';
+  if (/^create\s+(?:global\s+|local\s+)?(temp|temporary)\s+table\b/i.test(text))
+    return 'temporary tables not supported';
+  if (/^create\s+(or\s+replace\s+)?(constraint\s+)?trigger\b/i.test(text)) return 'triggers not supported';
+  return undefined;
+}
+
+/** SQL that makes PostgreSQL itself raise 0A000 with `message`, so transaction state stays right. */
+export function raiseFeatureNotSupported(message: string): string {
+  return `DO $dsql_local$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '${message.replace(/'/g, "''")}'; END $dsql_local$`;
+}
+
+/** A copy of Parse frame `bytes` with its query text replaced. */
+export function replaceParseText(bytes: Buffer, sql: string): Buffer {
+  const [, afterName] = readCString(bytes, 5);
+  const [, afterQuery] = readCString(bytes, afterName);
+  return frame(
+    'P',
+    Buffer.concat([
+      bytes.subarray(5, afterName),
+      Buffer.from(sql, 'utf8'),
+      Buffer.from([0]),
+      bytes.subarray(afterQuery),
+    ]),
+  );
+}

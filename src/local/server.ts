@@ -25,9 +25,12 @@ import {
   parseText,
   queryMessage,
   queryText,
+  raiseFeatureNotSupported,
   readyForQuery,
+  replaceParseText,
   SSL_REQUEST_CODE,
   startupMessage,
+  unsupportedStatement,
 } from './protocol.js';
 import type {
   DropConnectionsOptions,
@@ -107,6 +110,7 @@ function emptyStats(): LocalDsqlStats {
     tokensByUser: {},
     occInjected: { OC000: 0, OC001: 0 },
     occFromContention: 0,
+    unsupportedRejected: 0,
     commits: 0,
     dropped: { fin: 0, rst: 0, fatal: 0, silent: 0 },
     maxAgeClosed: 0,
@@ -182,6 +186,7 @@ interface EndpointCore {
   clockSkewSeconds: number;
   maxConnectionAgeMs: number;
   occFromContention: boolean;
+  strictSql: boolean;
   latency: { toClient: number; toServer: number };
   now(): number;
   mapUser(user: string): string;
@@ -625,10 +630,19 @@ class Connection {
 
   private relayClientFrames(frames: Frame[]): void {
     const out: Buffer[] = [];
-    for (const f of frames) {
+    for (let f of frames) {
       if (this.swallowClientUntilSync) {
         if (f.type === 'S') this.swallowClientUntilSync = false;
         continue;
+      }
+      if (this.core.strictSql && (f.type === 'Q' || f.type === 'P')) {
+        const refusal = unsupportedStatement(f.type === 'Q' ? queryText(f.bytes) : parseText(f.bytes));
+        if (refusal) {
+          // PostgreSQL raises the error itself, so the transaction state it reports stays true.
+          this.core.stats.unsupportedRejected++;
+          const sql = raiseFeatureNotSupported(refusal);
+          f = { type: f.type, bytes: f.type === 'Q' ? queryMessage(sql) : replaceParseText(f.bytes, sql) };
+        }
       }
       const isCommit =
         (f.type === 'Q' && isCommitStatement(queryText(f.bytes))) ||
@@ -885,6 +899,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     clockSkewSeconds: options.clockSkewSeconds ?? 300,
     maxConnectionAgeMs: (options.maxConnectionAgeSeconds ?? 3600) * 1000,
     occFromContention: options.occFromContention ?? false,
+    strictSql: options.strictSql ?? false,
     latency: { toClient: options.latencyMs?.toClient ?? 0, toServer: options.latencyMs?.toServer ?? 0 },
     now: () => (clock === undefined ? Date.now() : typeof clock === 'number' ? clock : clock()),
     mapUser(user) {
@@ -985,6 +1000,9 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     },
     setOccFromContention(on) {
       core.occFromContention = on;
+    },
+    setStrictSql(on) {
+      core.strictSql = on;
     },
     setMaxConnectionAge(seconds) {
       core.maxConnectionAgeMs = seconds * 1000;

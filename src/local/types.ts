@@ -51,6 +51,13 @@ export interface LocalDsqlOptions {
   maxConnectionAgeSeconds?: number;
   /** Turn upstream 40001 / 55P03 / 40P01 errors into DSQL's OC000 conflict. Default `false`. */
   occFromContention?: boolean;
+  /**
+   * Refuse, with SQLSTATE 0A000, statements DSQL does not support: `SET <parameter>` (DSQL's
+   * text: `setting configuration parameter "<name>" not supported`), `SET TRANSACTION`,
+   * SAVEPOINT, TRUNCATE, LISTEN/NOTIFY, temporary tables, triggers. Only the first statement of a
+   * query string is checked. Default `false` (PostgreSQL accepts everything).
+   */
+  strictSql?: boolean;
   /** Added delay per direction, in ms. Default `{ toClient: 0, toServer: 0 }`. */
   latencyMs?: { toClient?: number; toServer?: number };
   /**
@@ -118,6 +125,8 @@ export interface LocalDsqlStats {
   occInjected: Record<OccCode, number>;
   /** Upstream contention errors turned into OC000. */
   occFromContention: number;
+  /** Statements refused by `strictSql`. */
+  unsupportedRejected: number;
   /** COMMIT statements seen inside a transaction. */
   commits: number;
   /** Connections dropped by a fault, by how. */
@@ -161,6 +170,8 @@ export interface LocalDsqlFaults {
   }): void;
   /** Turns contention-to-OCC translation on or off (see {@link LocalDsqlOptions.occFromContention}). */
   setOccFromContention(on: boolean): void;
+  /** Turns the `strictSql` statement refusals on or off (see {@link LocalDsqlOptions.strictSql}). */
+  setStrictSql(on: boolean): void;
   /** Changes the maximum connection age (seconds, fractions allowed); applies to open connections too. */
   setMaxConnectionAge(seconds: number): void;
   /** Changes the new-connection token bucket; the bucket is refilled to the new burst. */

@@ -75,3 +75,38 @@ it('errors, notices and a failed transaction relay like PostgreSQL', async () =>
     await client.end();
   }
 });
+
+it('strictSql refuses what DSQL does not support, keeping transaction state right', async () => {
+  const strict = await startTestEndpoint({ strictSql: true });
+  const client = new pg.Client(
+    pgConfig(strict, { password: await signTestToken(strict), sslnegotiation: 'direct' }),
+  );
+  await client.connect();
+  try {
+    await expect(client.query('SET statement_timeout = 1000')).rejects.toMatchObject({
+      code: '0A000',
+      message: 'setting configuration parameter "statement_timeout" not supported',
+    });
+    await expect(client.query('  set session "TimeZone" to UTC')).rejects.toMatchObject({
+      message: 'setting configuration parameter "timezone" not supported',
+    });
+    await client.query('BEGIN');
+    await expect(
+      client.query({ text: 'SAVEPOINT a', queryMode: 'extended' } as pg.QueryConfig),
+    ).rejects.toMatchObject({ code: '0A000', message: 'SAVEPOINT not supported' });
+    expect(strict.sessions()[0]?.txStatus).toBe('E');
+    await client.query('ROLLBACK');
+    await expect(client.query('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE')).rejects.toMatchObject({
+      code: '0A000',
+    });
+    await expect(client.query('TRUNCATE foo')).rejects.toMatchObject({ message: 'TRUNCATE not supported' });
+    await expect(client.query('CREATE TEMP TABLE t (x int)')).rejects.toMatchObject({ code: '0A000' });
+    expect((await client.query("SELECT 'SET x' AS s")).rows).toEqual([{ s: 'SET x' }]);
+    expect(strict.stats().unsupportedRejected).toBe(6);
+    strict.faults.setStrictSql(false);
+    await client.query('SET statement_timeout = 1000');
+  } finally {
+    await client.end();
+    await strict.stop();
+  }
+});
