@@ -79,19 +79,19 @@ const POLICIES: Policy[] = [
   {
     name: 'full jitter, 10 ms base',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 10 ms base, 1 s cap, full jitter (first draft)`,
-    options: { baseDelayMs: 10 },
+    options: { baseDelayMs: 10, jitter: 'full' },
     role: 'candidate',
   },
   {
     name: 'full jitter, 20 ms base',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 20 ms base, 1 s cap, full jitter`,
-    options: { baseDelayMs: 20 },
+    options: { baseDelayMs: 20, jitter: 'full' },
     role: 'candidate',
   },
   {
-    name: 'equal jitter',
-    summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, equal jitter`,
-    options: { jitter: 'equal' },
+    name: 'full jitter',
+    summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, full jitter`,
+    options: { jitter: 'full' },
     role: 'candidate',
   },
   {

@@ -24,21 +24,23 @@ import {
 /**
  * How each backoff delay is randomised. `d` is the exponential delay for the attempt,
  * `min(maxDelayMs, baseDelayMs × 2^(failures − 1))`, and `U` a uniform random number in [0, 1).
- * - `'full'` (default): `U × d`. Spreads the transactions that just collided over the whole
- *   window, which is what desynchronises them: losers that retry at nearly the same instant
- *   conflict with each other again. Under DSQL's first-committer-wins an early retry is not
- *   wasted in itself (the winner has already committed and the new snapshot sees it), so there
- *   is no reason for the dead time of `'equal'`; in AWS's published simulations full jitter
- *   completes contended work with the fewest calls. `bench/occ.ts` could not separate it from
- *   `'equal'` or `'decorrelated'` beyond run-to-run noise; the base delay mattered far more.
- * - `'equal'`: `d/2 + U × d/2`. Never retries almost immediately; half the window is dead time.
+ * - `'equal'` (default): `d/2 + U × d/2`. Spreads the transactions that just collided over the
+ *   upper half of the window: enough spread to desynchronise them (losers that retry at nearly
+ *   the same instant conflict with each other again), and a guaranteed pause of `d/2` so that a
+ *   retry does not land while the transactions it lost to are still committing. Sleeps are
+ *   bounded on both sides, which keeps the deadline arithmetic predictable.
+ * - `'full'`: `U × d`. The most spread, but a share of retries come back almost at once. In AWS's
+ *   published simulations it needs the fewest calls; in `bench/occ.ts` (real conflicts on the
+ *   local endpoint) it gave up more often and spent more attempts per commit than `'equal'` or
+ *   `'decorrelated'` with the same base, in every run.
  * - `'decorrelated'`: `min(maxDelayMs, baseDelayMs + U × (3 × previous − baseDelayMs))`, growing
- *   from the previous delay rather than the attempt number.
+ *   from the previous delay rather than the attempt number. As good as `'equal'` in the bench,
+ *   but its sleeps can shrink again and are harder to reason about against a deadline.
  * - `'none'`: `d`. Deterministic; colliding transactions stay in lockstep. For tests.
  * - a number `f` in [0, 1]: `d × (1 + U × f)`, the scheme of the official DSQL connectors
  *   (`0.25`). Jitter proportional to the delay keeps retries nearly synchronised.
  * @example
- * await withRetry(pool, fn, { jitter: 'equal' });
+ * await withRetry(pool, fn, { jitter: 'full' });
  * await withRetry(pool, fn, { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 100, jitter: 0.25 }); // official node connector
  */
 export type Jitter = 'full' | 'equal' | 'decorrelated' | 'none' | number;
@@ -90,7 +92,7 @@ export interface RetryOptions {
   baseDelayMs?: number;
   /** Largest delay window, in ms. Default 1000. */
   maxDelayMs?: number;
-  /** How delays are randomised, see {@link Jitter}. Default `'full'`. */
+  /** How delays are randomised, see {@link Jitter}. Default `'equal'`. */
   jitter?: Jitter;
   /**
    * Absolute time (epoch milliseconds, as `Date.now()`) by which withRetry must have settled,
@@ -130,15 +132,16 @@ export interface RetryOptions {
  * - `maxAttempts: 8`: with the official connectors' 4 attempts, 3–7 % of transfers gave up even
  *   with the Go connector's long delays; with 8, 0–2 %. A Lambda's `deadline`, not the attempt
  *   count, should be what finally stops a retrying handler, and it bounds the extra attempts.
- * - `baseDelayMs: 50`: a small base is what hurts: the node connector's 1 ms base (100 ms cap)
- *   gave up on 40–65 % of transfers and wasted 5–9 attempts per commit, and a 10 ms base gave up
- *   on 3–10 % with 2.6–3.5 attempts per commit; from 20 to 100 ms the results were within noise,
- *   and 50 ms (a first retry after 25 ms on average, about one contended transaction's time)
- *   did best more often than not.
- * - `maxDelayMs: 1000`: bounds the worst single sleep; the whole schedule sleeps at most
- *   50 + 100 + 200 + 400 + 800 + 1000 + 1000 ms (about half that on average), within a Lambda
+ * - `baseDelayMs: 50`: a small base is what hurts most: the node connector's 1 ms base (100 ms
+ *   cap) gave up on 40–65 % of transfers and spent 5–9 attempts per commit, and a 10 ms base gave
+ *   up on 3–10 %; between 20 and 100 ms goodput differences were within the noise, and 50 ms
+ *   gave the fewest give-ups and attempts per commit while the first retry still comes after
+ *   25–50 ms (the Go connector waits 100–125 ms).
+ * - `jitter: 'equal'`: with the same base it gave up on 0–1 % of transfers with 1.3–1.5 attempts
+ *   per commit, where `'full'` gave up on 1.3–2.1 % with 1.8–2.4 (see {@link Jitter}).
+ * - `maxDelayMs: 1000`: bounds the worst single sleep; the whole schedule sleeps between 1.8 and
+ *   3.6 s (25–50, 50–100, 100–200, 200–400, 400–800, 500–1000, 500–1000 ms), within a Lambda
  *   timeout, and the deadline check skips a sleep that would overrun.
- * - `jitter: 'full'`: see {@link Jitter}.
  * @example
  * await withRetry(pool, fn, { ...RETRY_DEFAULTS, maxAttempts: RETRY_DEFAULTS.maxAttempts * 2 });
  */
@@ -147,7 +150,7 @@ export const RETRY_DEFAULTS: Readonly<{
   baseDelayMs: number;
   maxDelayMs: number;
   jitter: Jitter;
-}> = Object.freeze({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000, jitter: 'full' as Jitter });
+}> = Object.freeze({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000, jitter: 'equal' as Jitter });
 
 /**
  * The transaction handle given to the callback of {@link withRetry}: only `query`, so that the
