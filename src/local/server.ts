@@ -211,6 +211,7 @@ class Connection {
   established = false;
   admitted = false;
   closed = false;
+  ending = false;
   silent = false;
 
   private tls: tls.TLSSocket | undefined;
@@ -255,7 +256,8 @@ class Connection {
   }
 
   private expire(): void {
-    if (this.closed) return;
+    // Already closing, unless half-open: those the server side does close at max age.
+    if (this.closed || (this.ending && !this.silent)) return;
     if (Date.now() - this.acceptedAt < this.core.maxConnectionAgeMs) {
       this.scheduleAge();
       return;
@@ -401,7 +403,7 @@ class Connection {
   // ---- client data over TLS ----
 
   private readonly onClientData = (chunk: Buffer): void => {
-    if (this.closed || this.silent) return;
+    if (this.closed || this.ending) return;
     this.lastActivity = Date.now();
     let frames: Frame[];
     try {
@@ -557,7 +559,7 @@ class Connection {
   }
 
   private readonly onServerData = (chunk: Buffer): void => {
-    if (this.closed) return;
+    if (this.closed || this.ending) return;
     this.lastActivity = Date.now();
     let frames: Frame[];
     try {
@@ -772,6 +774,7 @@ class Connection {
   // ---- closing ----
 
   private fatalAndClose(code: string, message: string): void {
+    this.markEnding();
     this.writeClient(errorResponse('FATAL', code, message));
     this.toClient.push(() => this.tls?.end());
     this.upstream?.destroy();
@@ -781,7 +784,8 @@ class Connection {
 
   /** Drops the connection the way a fault asks for. */
   drop(how: DropHow): void {
-    if (this.closed) return;
+    if (this.closed || this.ending) return;
+    this.markEnding();
     this.core.stats.dropped[how]++;
     this.core.events.emit('fault', { kind: 'drop', how, session: this.pid });
     this.endSession(`drop-${how}`);
@@ -807,6 +811,15 @@ class Connection {
         this.core.unregister(this);
         break;
     }
+  }
+
+  /**
+   * From here on the connection is on its way out (a FATAL or FIN may still be in flight): it no
+   * longer counts as a session, is not selectable for faults and relays nothing more.
+   */
+  private markEnding(): void {
+    this.ending = true;
+    this.core.unregister(this);
   }
 
   /** Forwards a CancelRequest to the upstream; the key is the upstream's own, passed through. */
@@ -968,7 +981,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const port = (server.address() as net.AddressInfo).port;
   const address = listenHost === '0.0.0.0' || listenHost === '::' ? '127.0.0.1' : listenHost;
 
-  const liveConnections = (): Connection[] => [...connections].filter((c) => !c.closed && !c.silent);
+  const liveConnections = (): Connection[] => [...connections].filter((c) => !c.closed && !c.ending);
 
   const faults: LocalDsqlFaults = {
     dropConnections(opts: DropConnectionsOptions = {}) {
@@ -1065,7 +1078,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       Object.assign(core.stats, emptyStats(), { currentSessions: current });
       core.distinctTokens.clear();
     },
-    sessions: () => [...sessions.values()].filter((c) => !c.closed && !c.silent).map((c) => c.info()),
+    sessions: () => [...sessions.values()].filter((c) => !c.closed && !c.ending).map((c) => c.info()),
     setClock(now) {
       clock = now;
     },

@@ -289,3 +289,19 @@ describe('admission, age and latency', () => {
     limited.faults.setLatency({ toServer: 0, toClient: 0 });
   });
 });
+
+describe('upstream events', () => {
+  it('a backend terminated upstream reaches the client as 57P01; the session is gone at once after a drop', async () => {
+    const { pid, nextError } = await connect();
+    await upstreamQuery('SELECT pg_terminate_backend($1)', [pid]);
+    expect(await nextError).toMatchObject({ code: '57P01' });
+    await expect.poll(() => endpoint.sessions().some((s) => s.id === pid)).toBe(false);
+
+    const other = await connect();
+    expect(endpoint.faults.dropConnections({ which: other.pid, how: 'fin' })).toBe(1);
+    // Dropped sessions stop counting immediately and cannot be dropped twice.
+    expect(endpoint.sessions().some((s) => s.id === other.pid)).toBe(false);
+    expect(endpoint.faults.dropConnections({ which: other.pid, how: 'fin' })).toBe(0);
+    await other.nextError;
+  });
+});
