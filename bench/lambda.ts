@@ -190,7 +190,7 @@ async function main() {
   };
   console.table([thaw]);
 
-  await (endpoint as unknown as { close?: () => Promise<void> }).close?.();
+  await endpoint.stop();
   const major = Number(process.versions.node.split('.')[0]);
   const file = join(
     dirname(fileURLToPath(import.meta.url)),

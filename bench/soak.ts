@@ -17,8 +17,14 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { pgConfig, startTestEndpoint } from '../test/helpers/endpoint.js';
+import { startTestEndpoint } from '../test/helpers/endpoint.js';
 import { type LambdaChild, sleep, startLambdaChild } from '../test/lambda/harness.js';
+
+/**
+ * Rows are counted on the upstream PostgreSQL database the endpoint relays to, over a direct
+ * connection: the endpoint's faults (drop 'all') must not touch the observer.
+ */
+const UPSTREAM = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'dsql_local' };
 
 type Fault = 'none' | 'fin' | 'rst' | 'fatal' | 'silent' | 'age';
 const FAULTS: Fault[] = ['none', 'fin', 'rst', 'fatal', 'silent', 'age'];
@@ -64,7 +70,7 @@ function summary(values: number[]) {
 async function main() {
   const started = Date.now();
   const endpoint = await startTestEndpoint();
-  const admin = new pg.Client(pgConfig(endpoint));
+  const admin = new pg.Client(UPSTREAM);
   admin.on('error', () => {});
   await admin.connect();
   const table = `soak_${process.pid}`;
@@ -105,7 +111,7 @@ async function main() {
       if (fault === 'age') endpoint.faults.setMaxConnectionAge(0.001);
       else if (fault !== 'none') endpoint.faults.dropConnections({ which: 'all', how: fault });
       await sleep(pauseMs);
-      if (fault === 'age') endpoint.faults.setMaxConnectionAge(0);
+      if (fault === 'age') endpoint.faults.setMaxConnectionAge(3600);
       pending ??= invoke(tag);
       child.thaw();
       const r = await pending;
@@ -200,7 +206,7 @@ async function main() {
   };
   await admin.query(`DROP TABLE IF EXISTS ${table}`);
   await admin.end();
-  await (endpoint as unknown as { close?: () => Promise<void> }).close?.();
+  await endpoint.stop();
 
   const file = join(dirname(fileURLToPath(import.meta.url)), 'results', 'soak.json');
   mkdirSync(dirname(file), { recursive: true });

@@ -9,9 +9,9 @@
  *
  * - a reused connection past its maximum lifetime, or idle longer than `maxIdleMillis`, is
  *   destroyed and replaced before anyone sees it;
- * - every reused connection waits one macrotask turn before it is handed out, so socket events
- *   that arrived while the process was frozen (FIN, RST, a FATAL message) are processed first and
- *   a connection closed during even a short freeze is replaced, not used;
+ * - a reused connection idle for 50 ms or more waits a few event-loop turns before it is handed
+ *   out, so socket events that arrived while the process was frozen (FIN, RST, a FATAL message)
+ *   are processed first and a connection closed during even a short freeze is replaced, not used;
  * - a reused connection idle longer than `thawThresholdMillis` (which is what every connection
  *   looks like after a freeze) gets one cheap round trip to prove it is alive; a dead one is
  *   destroyed and replaced transparently. Warm checkouts make no extra round trip;
@@ -194,15 +194,46 @@ export function getFreezeGuardStats(pool: pg.Pool): Readonly<FreezeGuardStats> |
 /**
  * True when pg's client can still carry a statement. pg-pool itself reads these fields to decide
  * whether a released client may be pooled; pg has no public equivalent.
+ *
+ * The socket is checked too: pg only learns of a peer's FIN on the socket's `'close'`, which comes
+ * after our half of the shutdown completes, a loop turn or two after the FIN was read. The
+ * socket's own `readableEnded` is set as soon as the FIN is read, so checking it lets one turn
+ * suffice.
  */
 function isOpen(client: pg.PoolClient): boolean {
-  const c = client as unknown as { _queryable?: boolean; _ending?: boolean; _ended?: boolean };
-  return c._queryable !== false && c._ending !== true && c._ended !== true;
+  const c = client as unknown as {
+    _queryable?: boolean;
+    _ending?: boolean;
+    _ended?: boolean;
+    connection?: { stream?: { destroyed?: boolean; readableEnded?: boolean; writableEnded?: boolean } };
+  };
+  if (c._queryable === false || c._ending === true || c._ended === true) return false;
+  const stream = c.connection?.stream;
+  return !(stream?.destroyed || stream?.readableEnded || stream?.writableEnded);
 }
 
-/** Resolves after one macrotask turn, so socket events already received (FIN, RST, FATAL) run. */
-function socketEventsTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+/**
+ * Loop turns to let run before trusting a reused connection. Measured against the local
+ * endpoint over TLS: after a SIGCONT the drop (FIN, RST, FATAL) shows on the client within the
+ * first or second turn (TLS delivers what it decrypted a turn later than plain TCP); the third is
+ * margin. An idle turn costs a few microseconds.
+ */
+const SETTLE_TURNS = 3;
+/**
+ * Only a connection idle at least this long waits for those turns: a freeze (or anything else
+ * that could have closed it unseen) needs time; a connection handed straight from one invocation
+ * to the next, as under sustained load, skips the wait, which would cost whole loop iterations
+ * on a busy process.
+ */
+const SETTLE_IDLE_MILLIS = 50;
+
+/** Resolves after `turns` macrotask turns, so socket events already received (FIN, RST, FATAL) run. */
+function socketEventsTurns(turns: number): Promise<void> {
+  return new Promise((resolve) => {
+    let left = turns;
+    const turn = () => (--left <= 0 ? resolve() : setImmediate(turn));
+    setImmediate(turn);
+  });
 }
 
 async function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect): Promise<pg.PoolClient> {
@@ -264,10 +295,12 @@ async function inspectReused(
   if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
 
   // After a thaw the invocation can run before the socket events that arrived while the process
-  // was frozen (FIN, RST, a FATAL message). One macrotask turn (~10 µs, no I/O) lets them run, so
-  // a connection closed during even a short freeze is replaced instead of failing the statement.
-  await socketEventsTurn();
-  if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
+  // was frozen (FIN, RST, a FATAL message). A few macrotask turns (no I/O of our own) let them run,
+  // so a connection closed during even a short freeze is replaced instead of failing the statement.
+  if (idle >= SETTLE_IDLE_MILLIS) {
+    await socketEventsTurns(SETTLE_TURNS);
+    if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
+  }
   if (idle < options.thawThresholdMillis) return 'ok';
 
   // A thaw (or a long idle): a silently dropped path shows nothing until it is used; prove it.

@@ -25,7 +25,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await endLambdaPools();
-  await (endpoint as unknown as { close?: () => Promise<void> })?.close?.();
+  await endpoint?.stop();
 });
 
 function configFor(extra: Partial<DsqlConfig> = {}): DsqlConfig {
@@ -59,8 +59,7 @@ function lambdaContext(): Context & DsqlContext {
   };
 }
 
-const connectionsOpened = () =>
-  (endpoint.stats() as unknown as { connections?: { accepted?: number } }).connections?.accepted;
+const connectionsOpened = () => endpoint.stats().connections.total;
 const openSessions = () => endpoint.sessions().length;
 
 describe('lambdaPool', () => {
