@@ -4,6 +4,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { inspect } from 'node:util';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type DsqlConfig, resolveConfig } from '../../src/config.js';
@@ -94,6 +95,26 @@ describe('createPool against the local endpoint', () => {
       const { rows } = await client.query('SELECT pg_backend_pid() AS pid');
       const session = endpoint.sessions().find((s) => s.id === rows[0].pid);
       expect(session?.applicationName).toMatch(/^orders:dsql-lambda\/\d+\.\d+\.\d+/);
+    } finally {
+      client.release();
+    }
+  });
+
+  it('keeps the token and the secret out of inspect and JSON of the pool and its clients', async () => {
+    const p = pool();
+    const client = await p.connect();
+    try {
+      const token = String((client as unknown as { password: unknown }).password);
+      expect(token).toContain('X-Amz-Signature=');
+      const signature = /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] as string;
+      for (const text of [
+        inspect(p, { depth: 8 }),
+        inspect(client, { depth: 8 }),
+        JSON.stringify(p.options),
+      ]) {
+        expect(text).not.toContain(signature);
+        expect(text).not.toContain(endpoint.credentials.secretAccessKey);
+      }
     } finally {
       client.release();
     }

@@ -148,20 +148,18 @@ describe('createCredentialsProvider', () => {
 });
 
 describe('loadOptionalModule', () => {
-  it('tells the user to install a missing optional package', () => {
-    let err: unknown;
-    try {
-      loadOptionalModule('@dsql-lambda/definitely-not-installed', 'Reading credentials from a profile');
-    } catch (e) {
-      err = e;
-    }
+  it('tells the user to install a missing optional package', async () => {
+    const err = await loadOptionalModule(
+      '@dsql-lambda/definitely-not-installed',
+      'profile credentials',
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DsqlTokenError);
     expect((err as Error).message).toContain('npm install @dsql-lambda/definitely-not-installed');
     expect((err as Error).cause).toBeDefined();
   });
 
-  it('loads an installed one', () => {
-    const mod = loadOptionalModule<{ fromIni: unknown }>('@aws-sdk/credential-providers', 'test');
+  it('loads an installed one', async () => {
+    const mod = await loadOptionalModule<{ fromIni: unknown }>('@aws-sdk/credential-providers', 'test');
     expect(typeof mod.fromIni).toBe('function');
   });
 
