@@ -1,0 +1,147 @@
+/**
+ * The published shape of the package: the built ESM and CJS entry points load and export the
+ * same API, the `dsql-local` bin starts, and a minimal Lambda handler bundled with esbuild stays
+ * within the cold-start budget (≤ 1.2× the bytes of a bare `pg` handler). Bundle sizes are
+ * deterministic for a given lockfile, so they are checked here; timings live in bench/.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import * as esbuild from 'esbuild';
+import { beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error: esbuild.config.mjs is plain JavaScript without declarations.
+import { lambdaBundleOptions } from '../../esbuild.config.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const work = join(root, 'dist/test-bundles');
+const HOST = 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws';
+
+beforeAll(() => {
+  // `npm test` builds before running vitest; a bare `vitest run` builds here.
+  if (!existsSync(join(root, 'dist/esm/index.js')) || !existsSync(join(root, 'dist/cjs/index.js'))) {
+    execFileSync(process.execPath, [join(root, 'esbuild.config.mjs')], { cwd: root, stdio: 'inherit' });
+  }
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+}, 120_000);
+
+describe('built entry points', () => {
+  it('ESM and CJS builds export the same runtime API', async () => {
+    const esm = await import(pathToFileURL(join(root, 'dist/esm/index.js')).href);
+    const cjs = createRequire(import.meta.url)(join(root, 'dist/cjs/index.js'));
+    const names = Object.keys(esm).sort();
+    expect(names).toEqual(expect.arrayContaining(['createPool', 'connect', 'withRetry', 'execWithRetry']));
+    expect(names).toEqual(
+      expect.arrayContaining(['isOccError', 'lambdaPool', 'withDsql', 'DsqlConfigError']),
+    );
+    expect(Object.keys(cjs).sort()).toEqual(names);
+    // The same class in both builds behaves the same.
+    expect(() => cjs.createPool({ host: 'not a host' })).toThrow(cjs.DsqlConfigError);
+    expect(() => esm.createPool({ host: 'not a host' })).toThrow(esm.DsqlConfigError);
+  });
+
+  it('the middy and local entry points load in both formats', async () => {
+    const require = createRequire(import.meta.url);
+    for (const sub of ['middy', 'local/index']) {
+      const esm = await import(pathToFileURL(join(root, `dist/esm/${sub}.js`)).href);
+      const cjs = require(join(root, `dist/cjs/${sub}.js`));
+      expect(Object.keys(cjs).sort()).toEqual(Object.keys(esm).sort());
+    }
+    const middy = await import(pathToFileURL(join(root, 'dist/esm/middy.js')).href);
+    expect(typeof middy.dsql).toBe('function');
+    const local = await import(pathToFileURL(join(root, 'dist/esm/local/index.js')).href);
+    expect(typeof local.startLocalDsql).toBe('function');
+  });
+
+  it('the package resolves by name through its exports map', () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "const m = await import('dsql-lambda'); const y = await import('dsql-lambda/middy'); console.log(typeof m.createPool, typeof y.dsql)",
+      ],
+      { cwd: root, encoding: 'utf8' },
+    );
+    expect(out.trim()).toBe('function function');
+    const cjs = execFileSync(
+      process.execPath,
+      [
+        '-e',
+        "const m = require('dsql-lambda'); console.log(typeof m.withRetry, typeof require('dsql-lambda/local').startLocalDsql)",
+      ],
+      { cwd: root, encoding: 'utf8' },
+    );
+    expect(cjs.trim()).toBe('function function');
+  });
+
+  it('the dsql-local bin prints its usage', () => {
+    const res = spawnSync(process.execPath, [join(root, 'dist/esm/local/cli.js'), '--help'], {
+      cwd: root,
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(res.status).toBe(0);
+    expect(res.stdout + res.stderr).toMatch(/--port/);
+  });
+});
+
+async function bundle(name: string, source: string, options: esbuild.BuildOptions): Promise<string> {
+  const entry = join(work, `${name}.entry.mjs`);
+  writeFileSync(entry, source);
+  const outfile = join(work, `${name}.${options.format === 'esm' ? 'mjs' : 'cjs'}`);
+  await esbuild.build({
+    ...options,
+    outExtension: undefined,
+    entryPoints: [entry],
+    outfile,
+    logLevel: 'error',
+  });
+  return readFileSync(outfile, 'utf8');
+}
+
+describe('cold-start budget of a bundled handler', () => {
+  const pgHandler = `import pg from 'pg';\nconst pool = new pg.Pool({ host: '${HOST}', ssl: true });\nexport const handler = async () => { void pool; };\n`;
+  const ourHandler = (entry: string) =>
+    `import { createPool } from ${JSON.stringify(entry)};\nconst pool = createPool({ host: '${HOST}' });\nexport const handler = async () => { void pool; };\n`;
+  const builds: Record<string, esbuild.BuildOptions> = {
+    'esbuild defaults (CJS)': { bundle: true, platform: 'node', minify: true, format: 'cjs' },
+    lambdaBundleOptions: lambdaBundleOptions as esbuild.BuildOptions,
+  };
+
+  for (const [label, options] of Object.entries(builds)) {
+    it(`stays within 1.2× the bytes of bare pg under ${label}`, async () => {
+      const tag = label.replace(/\W+/g, '-');
+      const pg = await bundle(`pg-${tag}`, pgHandler, options);
+      for (const entry of ['dist/esm/index.js', 'dist/cjs/index.js']) {
+        const ours = await bundle(
+          `ours-${tag}-${entry.split('/')[1]}`,
+          ourHandler(join(root, entry)),
+          options,
+        );
+        const ratio = Buffer.byteLength(ours) / Buffer.byteLength(pg);
+        expect(
+          ratio,
+          `${entry}: ${Buffer.byteLength(ours)} bytes vs pg ${Buffer.byteLength(pg)}`,
+        ).toBeLessThanOrEqual(1.2);
+        // Nothing of the AWS SDK is bundled: credentials providers load lazily at run time only.
+        expect(ours).not.toMatch(/SignatureV4|fromNodeProviderChain\s*=|@smithy\/|dsql-signer/);
+      }
+    });
+  }
+
+  it('the middleware entry adds little on top of the runtime', async () => {
+    const options = lambdaBundleOptions as esbuild.BuildOptions;
+    const base = await bundle('runtime-only', ourHandler(join(root, 'dist/esm/index.js')), options);
+    const withMiddy = await bundle(
+      'with-middy',
+      `import { dsql } from ${JSON.stringify(join(root, 'dist/esm/middy.js'))};\nexport const m = dsql();\n`,
+      options,
+    );
+    // middy itself is not bundled by the middleware (type-only import).
+    expect(withMiddy).not.toMatch(/@middy\/core/);
+    expect(Buffer.byteLength(withMiddy) - Buffer.byteLength(base)).toBeLessThan(12_000);
+  });
+});
