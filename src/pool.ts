@@ -21,10 +21,6 @@ import { type TokenCache, tokenCacheFor } from './token.js';
 export interface DsqlConnectPolicy {
   /** Budget for all attempts together, milliseconds. Default: `10000`. */
   readonly connectionTimeoutMillis?: number | undefined;
-  /** First backoff, milliseconds; doubles per attempt. Default: `25`. */
-  readonly retryBaseMillis?: number | undefined;
-  /** Ceiling of one backoff, milliseconds. Default: `1000`. */
-  readonly retryMaxMillis?: number | undefined;
   /**
    * Told which token the server rejected (SQLSTATE 28000/28P01), so the cache can drop it:
    * the connection is not retried, but the next one signs afresh with re-resolved credentials.
@@ -73,21 +69,17 @@ function messageOf(err: unknown): string {
  * await client.connect();
  */
 export class DsqlClient extends pg.Client {
-  readonly #policy: Required<Omit<DsqlConnectPolicy, 'onAuthFailure'>> &
-    Pick<DsqlConnectPolicy, 'onAuthFailure'>;
+  readonly #timeout: number;
+  readonly #onAuthFailure: DsqlConnectPolicy['onAuthFailure'];
   readonly #config: pg.ClientConfig;
 
   constructor(config: pg.ClientConfig, policy: DsqlConnectPolicy = {}) {
     super(config);
-    this.#policy = {
-      connectionTimeoutMillis:
-        policy.connectionTimeoutMillis ??
-        config.connectionTimeoutMillis ??
-        DSQL_DEFAULTS.connectionTimeoutMillis,
-      retryBaseMillis: policy.retryBaseMillis ?? DSQL_DEFAULTS.connectRetryBaseMillis,
-      retryMaxMillis: policy.retryMaxMillis ?? DSQL_DEFAULTS.connectRetryMaxMillis,
-      onAuthFailure: policy.onAuthFailure,
-    };
+    this.#timeout =
+      policy.connectionTimeoutMillis ??
+      config.connectionTimeoutMillis ??
+      DSQL_DEFAULTS.connectionTimeoutMillis;
+    this.#onAuthFailure = policy.onAuthFailure;
     this.#config = config;
     this.on('error', noop);
   }
@@ -110,7 +102,7 @@ export class DsqlClient extends pg.Client {
 
   async #connectWithRetry(): Promise<void> {
     const internals = this as unknown as ClientInternals;
-    const { connectionTimeoutMillis, retryBaseMillis, retryMaxMillis, onAuthFailure } = this.#policy;
+    const connectionTimeoutMillis = this.#timeout;
     const deadline = Date.now() + connectionTimeoutMillis;
     let lastRefusal: unknown;
     for (let attempt = 1; ; attempt++) {
@@ -122,14 +114,18 @@ export class DsqlClient extends pg.Client {
         });
         return;
       } catch (err) {
-        if (isAuthFailure(err) && typeof internals.password === 'string') onAuthFailure?.(internals.password);
+        if (isAuthFailure(err) && typeof internals.password === 'string')
+          this.#onAuthFailure?.(internals.password);
         if (internals._ending || err instanceof DsqlTokenError) throw err;
         const now = Date.now();
         const timedOut = now >= deadline;
         if (!timedOut && !isRetryableConnectError(err)) throw err;
         // Equal jitter: half the exponential step is fixed (so a refused burst really backs
         // off), half random (so many Lambdas refused together do not come back together).
-        const step = Math.min(retryMaxMillis, retryBaseMillis * 2 ** (attempt - 1));
+        const step = Math.min(
+          DSQL_DEFAULTS.connectRetryMaxMillis,
+          DSQL_DEFAULTS.connectRetryBaseMillis * 2 ** (attempt - 1),
+        );
         const delay = Math.round(step / 2 + Math.random() * (step / 2));
         if (timedOut || now + delay >= deadline) {
           // An attempt cut short by the budget says less than the refusal that used it up.

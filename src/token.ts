@@ -32,10 +32,6 @@ export interface TokenCacheOptions {
   readonly credentials: AwsCredentialIdentityProvider;
   /** Wall clock, ms since the epoch. Default: `Date.now`. Tests inject a fake one. */
   readonly now?: (() => number) | undefined;
-  /** Renew once less than this is left (capped at a fifth of a token's life). Default: `60000`. */
-  readonly refreshMarginMillis?: number | undefined;
-  /** Re-resolve credentials expiring within this. Default: `300000`. */
-  readonly credentialsRefreshMarginMillis?: number | undefined;
 }
 
 interface CachedToken {
@@ -50,7 +46,9 @@ interface CachedToken {
  * - A token's expiry is the earlier of its signing time (whole seconds, as `X-Amz-Date` says)
  *   plus `tokenDurationSecs`, and the credentials' `expiration`: DSQL refuses a token whose
  *   temporary credentials have expired, whatever `X-Amz-Expires` says.
- * - It is renewed once less than `min(refreshMarginMillis, a fifth of its life)` remains.
+ * - It is renewed once less than `min(60 s, a fifth of its life)` remains (see
+ *   `DSQL_DEFAULTS.tokenRefreshMarginMillis`); credentials expiring within 5 minutes are
+ *   resolved again first.
  * - Concurrent `get()` calls during a renewal share one signing (single flight).
  * - Tokens and credentials live in `#private` fields, which `console.log`, `util.inspect` and
  *   `JSON.stringify` never show: printing a cache shows only host, Region, action and lifetime.
@@ -65,8 +63,6 @@ export class TokenCache {
   readonly tokenDurationSecs: number;
   readonly #provider: AwsCredentialIdentityProvider;
   readonly #now: () => number;
-  readonly #refreshMargin: number;
-  readonly #credentialsMargin: number;
   #credentials: AwsCredentialIdentity | undefined;
   #entry: CachedToken | undefined;
   #inflight: Promise<string> | undefined;
@@ -80,9 +76,6 @@ export class TokenCache {
     this.tokenDurationSecs = options.tokenDurationSecs ?? DSQL_DEFAULTS.tokenDurationSecs;
     this.#provider = options.credentials;
     this.#now = options.now ?? Date.now;
-    this.#refreshMargin = options.refreshMarginMillis ?? DSQL_DEFAULTS.tokenRefreshMarginMillis;
-    this.#credentialsMargin =
-      options.credentialsRefreshMarginMillis ?? DSQL_DEFAULTS.credentialsRefreshMarginMillis;
   }
 
   /**
@@ -126,7 +119,7 @@ export class TokenCache {
     const expiration = credentials?.expiration?.getTime();
     if (
       credentials === undefined ||
-      (expiration !== undefined && expiration - this.#now() <= this.#credentialsMargin)
+      (expiration !== undefined && expiration - this.#now() <= DSQL_DEFAULTS.credentialsRefreshMarginMillis)
     ) {
       try {
         credentials = await this.#provider();
@@ -159,7 +152,7 @@ export class TokenCache {
     // X-Amz-Date keeps whole seconds: the token's life starts at the truncated time.
     const signedAt = Math.floor(signingTime / 1000) * 1000;
     const expiresAt = Math.min(signedAt + this.tokenDurationSecs * 1000, credentialsExpire);
-    const margin = Math.min(this.#refreshMargin, (expiresAt - signedAt) / 5);
+    const margin = Math.min(DSQL_DEFAULTS.tokenRefreshMarginMillis, (expiresAt - signedAt) / 5);
     if (generation === this.#generation) {
       this.#entry = { token, expiresAt, renewAt: expiresAt - margin };
     }

@@ -82,7 +82,7 @@ function clientConfig(port: number, token = 'the-token'): pg.ClientConfig {
   return { host: '127.0.0.1', port, user: 'postgres', database: 'postgres', password: async () => token };
 }
 
-const fast: DsqlConnectPolicy = { connectionTimeoutMillis: 10_000, retryBaseMillis: 5, retryMaxMillis: 20 };
+const fast: DsqlConnectPolicy = { connectionTimeoutMillis: 10_000 };
 
 describe('DsqlClient.connect retries admission refusals', () => {
   it('retries 53400 and 53300 until admitted', async () => {
@@ -149,11 +149,7 @@ describe('DsqlClient.connect retries admission refusals', () => {
   it('stops retrying when the client is ended meanwhile', async () => {
     const server = await admissionServer(() => '53300');
     cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), {
-      connectionTimeoutMillis: 10_000,
-      retryBaseMillis: 50,
-      retryMaxMillis: 50,
-    });
+    const client = new DsqlClient(clientConfig(server.port), fast);
     const pending = client.connect().catch((e) => e);
     while (server.connections < 1) await new Promise((r) => setTimeout(r, 5));
     await client.end();
