@@ -161,27 +161,42 @@ export interface ResolvedDsqlConfig {
   readonly host: string;
   /** Address to dial, when it differs from `host`. */
   readonly hostaddr: string | undefined;
+  /** AWS Region tokens are signed for. */
   readonly region: string;
+  /** Database user. */
   readonly user: string;
+  /** Database name. */
   readonly database: string;
+  /** TCP port. */
   readonly port: number;
+  /** IAM action the tokens grant, from `user`. */
   readonly action: DsqlAction;
   /**
    * Credential source. For explicit credentials this property is non-enumerable, so neither
    * `JSON.stringify` nor `console.log` of the resolved configuration shows the secret.
    */
   readonly credentialSource: CredentialSource;
+  /** Token lifetime, seconds. */
   readonly tokenDurationSecs: number;
+  /** Pool size. */
   readonly max: number;
+  /** Minimum idle connections. */
   readonly min: number;
+  /** Connection lifetime, seconds (pg-pool's timer and the checkout's wall-clock check). */
   readonly maxLifetimeSeconds: number;
+  /** pg-pool's idle timer, milliseconds. */
   readonly idleTimeoutMillis: number;
+  /** Budget for opening a connection, retries included, milliseconds. */
   readonly connectionTimeoutMillis: number;
+  /** Idle limit checked at checkout, milliseconds. */
   readonly maxIdleMillis: number;
+  /** Pause that counts as a freeze/thaw, milliseconds. */
   readonly thawThresholdMillis: number;
+  /** Timeout of the post-thaw liveness check, milliseconds. */
   readonly validationTimeoutMillis: number;
   /** The `application_name` actually sent. */
   readonly applicationName: string;
+  /** TLS negotiation. */
   readonly sslNegotiation: 'direct' | 'postgres';
   /** Extra CAs to trust, if any. */
   readonly ca: string | Buffer | Array<string | Buffer> | undefined;

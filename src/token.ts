@@ -57,9 +57,13 @@ interface CachedToken {
  * const pool = new pg.Pool({ host, user: 'admin', password: () => cache.get(), ssl: true });
  */
 export class TokenCache {
+  /** Host name the tokens are signed for. */
   readonly host: string;
+  /** AWS Region the tokens are signed for. */
   readonly region: string;
+  /** IAM action the tokens grant. */
   readonly action: DsqlAction;
+  /** Lifetime of each token, seconds. */
   readonly tokenDurationSecs: number;
   readonly #provider: AwsCredentialIdentityProvider;
   readonly #now: () => number;
