@@ -11,6 +11,7 @@
  * - no `SET` at connect time (DSQL refuses most session parameters);
  * - no I/O until the first connection is needed.
  */
+import type { Socket } from 'node:net';
 import pg from 'pg';
 import { installFreezeGuard } from './checkout.js';
 import { DSQL_DEFAULTS, type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
@@ -167,11 +168,29 @@ export class DsqlClient extends pg.Client {
 }
 
 /**
+ * A socket factory (pg's `stream` option) whose sockets dial `address` whatever host pg asks
+ * for. Used for a hostaddr that is a DNS name: pg replaces `ssl.servername` with the host it
+ * dials when that host is a name, so dialling the name directly would send the wrong SNI.
+ */
+function dialing(address: string): () => Socket {
+  return () => {
+    // Fetched here, not imported: on Node 22 nothing else loads node:net before the first connect.
+    const net: typeof import('node:net') = process.getBuiltinModule?.('node:net') ?? require('node:net');
+    const socket = new net.Socket();
+    const connect = socket.connect.bind(socket) as (port: number, host: string) => Socket;
+    (socket as { connect: unknown }).connect = (port: number) => connect(port, address);
+    return socket;
+  };
+}
+
+/**
  * The pg pool configuration for a resolved configuration: what {@link createPool} passes to
  * `pg.Pool` (minus the `Client` class). For wiring dsql-lambda's settings into something that
  * builds its own pg clients.
- * - `host` is `hostaddr` when one is given; `ssl.servername` is always the cluster host name, so
- *   SNI, the certificate's host-name check and the token all name the cluster.
+ * - `ssl.servername` is always the cluster host name, so SNI, the certificate's host-name check
+ *   and the token all name the cluster, whatever address is dialled.
+ * - With `hostaddr`: an IP address becomes pg's `host` (pg sends no SNI of its own for an IP);
+ *   a DNS name is dialled through a `stream` factory while `host` stays the cluster name.
  * - `ssl.rejectUnauthorized` is always `true`.
  * @param config A resolved configuration.
  * @param password Returns the token; pg calls it once per new physical connection.
@@ -180,11 +199,14 @@ export class DsqlClient extends pg.Client {
  * const client = new pg.Client(toPgConfig(resolved, () => cache.get()));
  */
 export function toPgConfig(config: ResolvedDsqlConfig, password: () => Promise<string>): pg.PoolConfig {
-  const ssl: Record<string, unknown> = { rejectUnauthorized: true, servername: config.host };
+  const { host, hostaddr } = config;
+  const ssl: Record<string, unknown> = { rejectUnauthorized: true, servername: host };
   if (config.ca !== undefined) ssl.ca = config.ca;
+  const dialName = hostaddr !== undefined && !hostaddr.includes(':') && !/^[\d.]+$/.test(hostaddr);
   return {
     ...config.pgOptions,
-    host: config.hostaddr ?? config.host,
+    ...(dialName ? { stream: dialing(hostaddr) } : undefined),
+    host: dialName ? host : (hostaddr ?? host),
     port: config.port,
     user: config.user,
     database: config.database,

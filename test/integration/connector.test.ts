@@ -79,6 +79,14 @@ describe('createPool against the local endpoint', () => {
     expect(stats.auth.ok).toBe(1);
   });
 
+  it('dials a hostaddr that is a DNS name while SNI and the token name the cluster', async () => {
+    endpoint.resetStats();
+    const p = pool({ hostaddr: 'localhost' });
+    expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    expect(endpoint.stats().connections.bySni).toEqual({ [endpoint.host]: 1 });
+    expect(endpoint.stats().auth.ok).toBe(1);
+  });
+
   it('signs DbConnectAdmin for admin and DbConnect for other users', async () => {
     endpoint.resetStats();
     await pool({ user: 'admin' }).query('SELECT 1');

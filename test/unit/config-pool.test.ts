@@ -37,6 +37,16 @@ describe('toPgConfig', () => {
     expect(plain.ssl).toEqual({ rejectUnauthorized: true, servername: HOST });
   });
 
+  it('dials a DNS-name hostaddr through a stream factory, keeping host for SNI', () => {
+    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: 'vpce-1.example.com' }, {}), async () => 't');
+    expect(c.host).toBe(HOST);
+    expect(typeof c.stream).toBe('function');
+    expect((c.ssl as { servername: string }).servername).toBe(HOST);
+    const ipv6 = toPgConfig(resolveConfig({ host: HOST, hostaddr: '::1' }, {}), async () => 't');
+    expect(ipv6.host).toBe('::1');
+    expect(ipv6.stream).toBeUndefined();
+  });
+
   it('passes other pg options through', () => {
     const c = toPgConfig(
       resolveConfig({ host: HOST, query_timeout: 1234, keepAlive: true }, {}),
