@@ -375,22 +375,41 @@ function sourceOf(target: RetryTarget): Source {
     const client = target as pg.Client;
     return {
       reconnects: false,
-      acquire: async () =>
-        lease(client, (destroy) => {
+      acquire: async () => {
+        // BEGIN inside the caller's transaction would only warn, and our COMMIT or ROLLBACK would
+        // then end the caller's transaction: refuse instead.
+        if (inTransaction(client))
+          throw new DsqlError('withRetry: the client is inside a transaction; withRetry opens its own');
+        return lease(client, (destroy) => {
           if (destroy) client.end().catch(() => {});
-        }),
+        });
+      },
     };
   }
   const pool = target as { connect(): Promise<pg.PoolClient> };
   return {
     reconnects: true,
     acquire: async () => {
-      const client = await pool.connect();
-      if (typeof client?.release !== 'function')
-        throw new TypeError('withRetry: target.connect() must resolve to a client with release()');
-      return lease(client, (destroy) => client.release(destroy));
+      for (;;) {
+        const client = await pool.connect();
+        if (typeof client?.release !== 'function')
+          throw new TypeError('withRetry: target.connect() must resolve to a client with release()');
+        // Someone released this client with a transaction still open: it cannot be trusted.
+        // Each one is destroyed, so the pool runs out of them and opens clean connections.
+        if (inTransaction(client)) {
+          client.release(new DsqlError('pooled client was released inside a transaction'));
+          continue;
+        }
+        return lease(client, (destroy) => client.release(destroy));
+      }
     },
   };
+}
+
+/** The server's last word (ReadyForQuery, pg ≥ 8.23) says a transaction is open or failed. */
+function inTransaction(client: pg.ClientBase): boolean {
+  const status = client.getTransactionStatus?.();
+  return status === 'T' || status === 'E';
 }
 
 /** pg-native and other pg-compatible clients: `connect` and `query` like a pool, but escaping too. */

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
+import { CommitOutcomeUnknownError, DsqlError, OccRetryExhaustedError } from '../../src/errors.js';
 import { createPool } from '../../src/pool.js';
 import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
 import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
@@ -189,6 +189,33 @@ describe('errors that are not retried', () => {
     );
     expect(err).toBe(mine);
     expect(calls).toBe(1);
+  });
+});
+
+describe('fn that swallows a failed statement', () => {
+  it('COMMIT answered with ROLLBACK is reported, not returned as success', async () => {
+    const pool = newPool();
+    const id = randomUUID();
+    await admin().query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+    const other = randomUUID();
+    let calls = 0;
+    const err = await rejectionOf(
+      withRetry(
+        pool,
+        async (tx) => {
+          calls++;
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [other]);
+          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]).catch(() => {}); // duplicate, swallowed
+          return 'looks committed';
+        },
+        quick,
+      ),
+    );
+    expect(err).toBeInstanceOf(DsqlError);
+    expect((err as Error).cause).toMatchObject({ code: '23505' });
+    expect(calls).toBe(1);
+    expect(await rowCount(other)).toBe(0);
+    expect(pool.idleCount).toBe(1);
   });
 });
 

@@ -530,6 +530,30 @@ describe('withRetry', () => {
     });
   });
 
+  describe('clients already inside a transaction', () => {
+    it("a borrowed client in a transaction is refused (our COMMIT would end the caller's)", async () => {
+      const client = new FakeClient(() => undefined);
+      client.status = 'T';
+      const err = await rejectionOf(withRetry(client as unknown as pg.PoolClient, async () => 1, fast));
+      expect(err).toBeInstanceOf(DsqlError);
+      expect(client.log).toEqual([]);
+      expect(client.listenerCount('error')).toBe(0);
+    });
+
+    it('a pooled client left in a transaction is destroyed and another one used', async () => {
+      const pool = new FakePool(() => () => undefined);
+      const connect = pool.connect.bind(pool);
+      pool.connect = async () => {
+        const c = await connect();
+        if (pool.clients.length === 1) (c as unknown as FakeClient).status = 'E';
+        return c;
+      };
+      expect(await withRetry(pool, async () => 'ok', fast)).toBe('ok');
+      expect(pool.destroyed()).toEqual([true, false]);
+      expect(pool.clients[0]?.log).toEqual([]);
+    });
+  });
+
   describe('fn swallowing errors', () => {
     it('a swallowed non-OCC statement error turns COMMIT into ROLLBACK: DsqlError, not success', async () => {
       const dup = uniqueViolation();
