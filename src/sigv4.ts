@@ -28,8 +28,6 @@ export interface SignTokenInput {
 
 const SERVICE = 'dsql';
 const ALGORITHM = 'AWS4-HMAC-SHA256';
-/** SHA-256 of the empty payload of a GET. */
-const EMPTY_PAYLOAD_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 /** RFC 3986 encoding, as SigV4 wants it: `encodeURIComponent` leaves `!'()*` alone. */
 function uriEncode(value: string): string {
@@ -37,6 +35,10 @@ function uriEncode(value: string): string {
     /[!'()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
+}
+
+function sha256(data: string): string {
+  return createHash('sha256').update(data, 'utf8').digest('hex');
 }
 
 function hmac(key: string | Buffer, data: string): Buffer {
@@ -96,8 +98,9 @@ export function signAuthToken(input: SignTokenInput): string {
 
   // Header values are trimmed and inner whitespace runs collapsed, as SigV4 canonicalises them.
   const hostHeader = host.trim().replace(/\s+/g, ' ');
-  const canonicalRequest = `GET\n/\n${canonicalQuery}\nhost:${hostHeader}\n\nhost\n${EMPTY_PAYLOAD_SHA256}`;
-  const stringToSign = `${ALGORITHM}\n${dateTime}\n${scope}\n${createHash('sha256').update(canonicalRequest, 'utf8').digest('hex')}`;
+  // The payload of a GET is empty; its SHA-256 ends the canonical request.
+  const canonicalRequest = `GET\n/\n${canonicalQuery}\nhost:${hostHeader}\n\nhost\n${sha256('')}`;
+  const stringToSign = `${ALGORITHM}\n${dateTime}\n${scope}\n${sha256(canonicalRequest)}`;
 
   const kDate = hmac(`AWS4${credentials.secretAccessKey}`, date);
   const kRegion = hmac(kDate, region);
