@@ -90,7 +90,7 @@ export interface RetryOptions {
   maxAttempts?: number;
   /** Exponential backoff base: the delay window after the first failure, in ms. Default 50. */
   baseDelayMs?: number;
-  /** Largest delay window, in ms. Default 1000. */
+  /** Largest delay window, in ms; wins over `baseDelayMs` when smaller. Default 1000. */
   maxDelayMs?: number;
   /** How delays are randomised, see {@link Jitter}. Default `'equal'`. */
   jitter?: Jitter;
@@ -317,8 +317,10 @@ function resolveOptions(options: RetryOptions): ResolvedOptions {
     throw new DsqlConfigError('maxAttempts', 'must be an integer ≥ 1');
   if (!Number.isFinite(o.baseDelayMs) || o.baseDelayMs < 0)
     throw new DsqlConfigError('baseDelayMs', 'must be a finite number ≥ 0');
-  if (!Number.isFinite(o.maxDelayMs) || o.maxDelayMs < o.baseDelayMs)
-    throw new DsqlConfigError('maxDelayMs', 'must be a finite number ≥ baseDelayMs');
+  // A cap below the base is allowed and wins: `{ maxDelayMs: 20 }` alone means "never sleep more
+  // than 20 ms", whatever the default base.
+  if (!Number.isFinite(o.maxDelayMs) || o.maxDelayMs < 0)
+    throw new DsqlConfigError('maxDelayMs', 'must be a finite number ≥ 0');
   const j = o.jitter;
   if (typeof j === 'number' ? !(j >= 0 && j <= 1) : !['full', 'equal', 'decorrelated', 'none'].includes(j))
     throw new DsqlConfigError(

@@ -189,6 +189,11 @@ describe('backoffDelay', () => {
     expect(backoffDelay(8, 0, node, () => 1)).toBe(125);
   });
 
+  it('a cap below the base wins', () => {
+    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20, jitter: 'none' })).toBe(20);
+    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20, jitter: 'decorrelated' }, () => 1)).toBe(20);
+  });
+
   it('decorrelated jitter grows from the previous delay, within [base, cap]', () => {
     expect(backoffDelay(1, 0, { ...policy, jitter: 'decorrelated' }, () => 1)).toBe(30);
     expect(backoffDelay(2, 30, { ...policy, jitter: 'decorrelated' }, () => 1)).toBe(90);
@@ -206,8 +211,7 @@ describe('backoffDelay', () => {
           RetryOptions['jitter']
         >,
         fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
-        (failures, previous, base, extra, jitter, u) => {
-          const cap = base + extra;
+        (failures, previous, base, cap, jitter, u) => {
           const d = backoffDelay(failures, previous, { baseDelayMs: base, maxDelayMs: cap, jitter }, () => u);
           const upper = typeof jitter === 'number' ? cap * (1 + jitter) : cap;
           expect(d).toBeGreaterThanOrEqual(0);
@@ -623,7 +627,7 @@ describe('withRetry', () => {
       { maxAttempts: 0 },
       { maxAttempts: 1.5 },
       { baseDelayMs: -1 },
-      { baseDelayMs: 10, maxDelayMs: 5 },
+      { maxDelayMs: -1 },
       { jitter: 2 },
       { jitter: 'sometimes' as 'full' },
       { deadline: Number.NaN },
