@@ -65,12 +65,13 @@ it('errors, notices and a failed transaction relay like PostgreSQL', async () =>
   try {
     await client.query('BEGIN');
     await expect(client.query('SELECT 1/0')).rejects.toMatchObject({ code: '22012' });
-    expect(endpoint.sessions()[0]?.txStatus).toBe('E');
+    // The client may see the error before the endpoint has relayed ReadyForQuery.
+    await expect.poll(() => endpoint.sessions()[0]?.txStatus).toBe('E');
     await expect(client.query('SELECT 1')).rejects.toMatchObject({ code: '25P02' });
     await client.query('ROLLBACK');
     await client.query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$");
     expect(notices).toContain('hello');
-    expect(endpoint.sessions()[0]?.txStatus).toBe('I');
+    await expect.poll(() => endpoint.sessions()[0]?.txStatus).toBe('I');
   } finally {
     await client.end();
   }
@@ -94,7 +95,7 @@ it('strictSql refuses what DSQL does not support, keeping transaction state righ
     await expect(
       client.query({ text: 'SAVEPOINT a', queryMode: 'extended' } as pg.QueryConfig),
     ).rejects.toMatchObject({ code: '0A000', message: 'SAVEPOINT not supported' });
-    expect(strict.sessions()[0]?.txStatus).toBe('E');
+    await expect.poll(() => strict.sessions()[0]?.txStatus).toBe('E');
     await client.query('ROLLBACK');
     await expect(client.query('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE')).rejects.toMatchObject({
       code: '0A000',
