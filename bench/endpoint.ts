@@ -60,20 +60,23 @@ async function perQuery(config: pg.ClientConfig): Promise<Summary> {
   }
 }
 
-async function perConnection(target: Target): Promise<Summary> {
-  const samples: number[] = [];
+/** Connection cost, targets interleaved so that background noise hits them alike. */
+async function perConnection(targets: Target[]): Promise<Summary[]> {
+  const samples: number[][] = targets.map(() => []);
   for (let i = 0; i < CONNECTIONS + 5; i++) {
-    // Token signing is the client's cost, not the endpoint's: sign outside the timed section.
-    const config = await target.config();
-    const t0 = performance.now();
-    const client = new pg.Client(config);
-    await client.connect();
-    await client.query('SELECT 1');
-    const elapsed = performance.now() - t0;
-    await client.end();
-    if (i >= 5) samples.push(elapsed);
+    for (const [j, target] of targets.entries()) {
+      // Token signing is the client's cost, not the endpoint's: sign outside the timed section.
+      const config = await target.config();
+      const t0 = performance.now();
+      const client = new pg.Client(config);
+      await client.connect();
+      await client.query('SELECT 1');
+      const elapsed = performance.now() - t0;
+      await client.end();
+      if (i >= 5) samples[j]!.push(elapsed);
+    }
   }
-  return summarize(samples);
+  return samples.map(summarize);
 }
 
 async function main(): Promise<void> {
@@ -96,10 +99,9 @@ async function main(): Promise<void> {
       },
     ];
     const results: Record<string, { query: Summary; connection: Summary }> = {};
-    for (const t of targets) {
-      const query = await perQuery(await t.config());
-      const connection = await perConnection(t);
-      results[t.name] = { query, connection };
+    const connection = await perConnection(targets);
+    for (const [j, t] of targets.entries()) {
+      results[t.name] = { query: await perQuery(await t.config()), connection: connection[j]! };
     }
     const out = {
       node: process.version,
