@@ -196,6 +196,12 @@ export function queryText(bytes: Buffer): string {
   return readCString(bytes, 5)[0];
 }
 
+/** Prepared statement name a Bind ('B') frame refers to (after the portal name). */
+export function bindStatementName(bytes: Buffer): string {
+  const [, next] = readCString(bytes, 5);
+  return readCString(bytes, next)[0];
+}
+
 /** Query text of a Parse ('P') frame (after the statement name). */
 export function parseText(bytes: Buffer): string {
   const [, next] = readCString(bytes, 5);

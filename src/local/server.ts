@@ -11,6 +11,7 @@ import pg from 'pg';
 import { localCertificates } from './certs.js';
 import {
   authCleartextRequest,
+  bindStatementName,
   CANCEL_REQUEST_CODE,
   errorResponse,
   errorResponseFromFields,
@@ -26,6 +27,7 @@ import {
   queryMessage,
   queryText,
   raiseFeatureNotSupported,
+  readCString,
   readyForQuery,
   replaceParseText,
   SSL_REQUEST_CODE,
@@ -130,9 +132,10 @@ type CommitFault =
   | { kind: 'drop'; how: DropHow; afterCommit: boolean; session: number | undefined };
 
 /** What to do with the upstream replies that end at the `atZ`-th ReadyForQuery. */
-type ServerAction =
-  | { atZ: number; kind: 'replace'; frames: Buffer[] }
-  | { atZ: number; kind: 'drop'; how: DropHow };
+type ServerAction = { fromZ: number; atZ: number } & (
+  | { kind: 'replace'; frames: Buffer[] }
+  | { kind: 'drop'; how: DropHow }
+);
 
 /**
  * Delays writes by a per-direction amount while keeping their order; with no delay and nothing
@@ -222,7 +225,9 @@ class Connection {
   private startupParams: Record<string, string> = {};
   private syncsSent = 0;
   private zReceived = 0;
-  private swallowClientUntilSync = false;
+  private injecting: ServerAction | undefined;
+  private batchCommitSeen = false;
+  private readonly preparedCommits = new Set<string>();
   private readonly serverActions: ServerAction[] = [];
   private readonly toClient: DelayedWriter;
   private readonly toServer: DelayedWriter;
@@ -633,8 +638,20 @@ class Connection {
   private relayClientFrames(frames: Frame[]): void {
     const out: Buffer[] = [];
     for (let f of frames) {
-      if (this.swallowClientUntilSync) {
-        if (f.type === 'S') this.swallowClientUntilSync = false;
+      if (this.injecting) {
+        // An extended-protocol COMMIT turned into a conflict: statements are still prepared
+        // upstream (later Binds by name must work); everything else is dropped until Sync, which
+        // is followed by the ROLLBACK whose reply becomes the conflict.
+        if (f.type === 'P') {
+          this.notePrepared(f.bytes);
+          out.push(f.bytes);
+        } else if (f.type === 'S') {
+          out.push(f.bytes, queryMessage('ROLLBACK'));
+          this.syncsSent += 2;
+          this.serverActions.push({ ...this.injecting, atZ: this.syncsSent });
+          this.injecting = undefined;
+          this.batchCommitSeen = false;
+        }
         continue;
       }
       if (this.core.strictSql && (f.type === 'Q' || f.type === 'P')) {
@@ -646,9 +663,16 @@ class Connection {
           f = { type: f.type, bytes: f.type === 'Q' ? queryMessage(sql) : replaceParseText(f.bytes, sql) };
         }
       }
-      const isCommit =
-        (f.type === 'Q' && isCommitStatement(queryText(f.bytes))) ||
-        (f.type === 'P' && isCommitStatement(parseText(f.bytes)));
+      let isCommit = false;
+      if (f.type === 'Q') isCommit = isCommitStatement(queryText(f.bytes));
+      else if (f.type === 'P') isCommit = this.notePrepared(f.bytes);
+      else if (f.type === 'B') isCommit = this.preparedCommits.has(bindStatementName(f.bytes));
+      else if (f.type === 'C' && f.bytes[5] === 0x53) this.preparedCommits.delete(readCString(f.bytes, 6)[0]);
+      if (isCommit && f.type !== 'Q') {
+        // Parse and Bind of the same COMMIT arrive in one batch: count it once.
+        if (this.batchCommitSeen) isCommit = false;
+        this.batchCommitSeen = true;
+      }
       if (isCommit && this.txStatus === 'T') {
         this.core.stats.commits++;
         const fault = this.core.takeCommitFault(this);
@@ -657,17 +681,23 @@ class Connection {
           // and answer with the conflict instead of ROLLBACK's reply.
           this.core.stats.occInjected[fault.code]++;
           this.core.events.emit('fault', { kind: 'occ', code: fault.code, session: this.pid });
-          if (f.type === 'P') this.swallowClientUntilSync = true;
-          out.push(queryMessage('ROLLBACK'));
-          this.syncsSent++;
-          this.serverActions.push({
-            atZ: this.syncsSent,
+          const action: ServerAction = {
+            fromZ: this.syncsSent,
+            atZ: this.syncsSent + 1,
             kind: 'replace',
             frames: [
               errorResponse('ERROR', '40001', fault.code === 'OC000' ? OC000_MESSAGE : OC001_MESSAGE),
               readyForQuery('I'),
             ],
-          });
+          };
+          if (f.type === 'Q') {
+            out.push(queryMessage('ROLLBACK'));
+            this.syncsSent++;
+            this.serverActions.push(action);
+          } else {
+            if (f.type === 'P') out.push(f.bytes);
+            this.injecting = action;
+          }
           continue;
         }
         if (fault?.kind === 'drop') {
@@ -683,20 +713,31 @@ class Connection {
             return;
           }
           out.push(f.bytes);
-          if (f.type === 'Q') this.syncsSent++;
-          // For the extended protocol the reply ends at the ReadyForQuery after the next Sync.
+          // The reply ends at the ReadyForQuery of this Query, or of the batch's Sync.
           this.serverActions.push({
-            atZ: this.syncsSent + (f.type === 'Q' ? 0 : 1),
+            fromZ: this.syncsSent,
+            atZ: this.syncsSent + 1,
             kind: 'drop',
             how: fault.how,
           });
+          if (f.type === 'Q') this.syncsSent++;
           continue;
         }
       }
       if (f.type === 'Q' || f.type === 'S') this.syncsSent++;
+      if (f.type === 'S') this.batchCommitSeen = false;
       out.push(f.bytes);
     }
     this.flushServer(out);
+  }
+
+  /** Remembers whether a Parse prepares a COMMIT (by statement name); returns that. */
+  private notePrepared(bytes: Buffer): boolean {
+    const [name, next] = readCString(bytes, 5);
+    const isCommit = isCommitStatement(readCString(bytes, next)[0]);
+    if (isCommit) this.preparedCommits.add(name);
+    else this.preparedCommits.delete(name);
+    return isCommit;
   }
 
   private relayServerFrames(frames: Frame[]): void {
@@ -707,7 +748,8 @@ class Connection {
         this.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
       }
       const action = this.serverActions[0];
-      if (action && this.zReceived >= action.atZ - (f.type === 'Z' ? 0 : 1)) {
+      // The window is everything after the fromZ-th ReadyForQuery up to and including the atZ-th.
+      if (action && (f.type === 'Z' ? this.zReceived > action.fromZ : this.zReceived >= action.fromZ)) {
         // Inside the reply we replace or suppress.
         if (f.type === 'Z' && this.zReceived === action.atZ) {
           this.serverActions.shift();

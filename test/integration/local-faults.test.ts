@@ -158,6 +158,26 @@ describe('failNextCommits', () => {
     expect(await upstreamQuery(`SELECT v FROM ${table} WHERE id = 2`)).toEqual([{ v: 2 }]);
   });
 
+  it('named prepared COMMIT: detected on Bind when pg skips the Parse; the statement stays usable', async () => {
+    const { client } = await connect();
+    const commit = { name: 'local_ep_commit', text: 'COMMIT' };
+    const commitsBefore = endpoint.stats().commits;
+    await client.query('BEGIN');
+    await client.query(commit); // Parse + Bind + Execute: one COMMIT
+    expect(endpoint.stats().commits).toBe(commitsBefore + 1);
+    endpoint.faults.failNextCommits({ code: 'OC000' });
+    await client.query('BEGIN');
+    await client.query(`INSERT INTO ${table} VALUES (3, 3)`);
+    expect((await failure(client.query(commit))).message).toMatch(/OC000/); // Bind + Execute only
+    await client.query('BEGIN');
+    await client.query(`INSERT INTO ${table} VALUES (4, 4)`);
+    await client.query(commit);
+    expect(await upstreamQuery(`SELECT id FROM ${table} WHERE id IN (3, 4) ORDER BY id`)).toEqual([
+      { id: 4 },
+    ]);
+    expect(endpoint.stats().commits).toBe(commitsBefore + 3);
+  });
+
   it('session filter and COMMIT outside a transaction are left alone', async () => {
     const a = await connect();
     const b = await connect();
