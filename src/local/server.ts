@@ -521,7 +521,7 @@ class Connection {
       );
       return;
     }
-    if (this.closed) return;
+    if (this.closed || this.ending) return;
     this.connectUpstream();
   }
 
