@@ -126,7 +126,7 @@ export class DsqlClient extends pg.Client {
           // An attempt cut short by the budget says less than the refusal that used it up.
           const cause = timedOut && lastRefusal !== undefined ? lastRefusal : err;
           throw new DsqlConnectionError(
-            `Could not connect to Aurora DSQL within ${connectionTimeoutMillis} ms (${attempt} attempt${attempt > 1 ? 's' : ''}): ${(cause as Error).message}`,
+            `Could not connect within ${connectionTimeoutMillis} ms, ${attempt} attempts: ${(cause as Error).message}`,
             attempt,
             { cause },
           );

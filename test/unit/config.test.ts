@@ -88,8 +88,8 @@ describe('connection strings (the Go seed connector examples and more)', () => {
       { user: 'app', action: 'DbConnect' },
     ],
     [
-      'postgres://admin@cluster.dsql.us-east-1.on.aws?connect_timeout=3&sslmode=verify-full',
-      { connectionTimeoutMillis: 3000 },
+      'postgres://admin@cluster.dsql.us-east-1.on.aws?sslmode=verify-full',
+      { connectionTimeoutMillis: 10_000 },
     ],
     [
       'postgres://admin@cluster.dsql.us-east-1.on.aws?application_name=a%2Bb+c',
@@ -137,7 +137,7 @@ describe('connection strings (the Go seed connector examples and more)', () => {
     ['postgres://admin@db.example.com/postgres', 'region'],
     [`postgres://admin@${ID}`, 'region'],
     ['postgres:///postgres', 'host'],
-    ['postgres://admin@cluster.dsql.us-east-1.on.aws?connect_timeout=0', 'connect_timeout'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?connect_timeout=5', 'connectionString'],
   ];
   it.each(errors)('%s → DsqlConfigError(%s)', (url, field) => {
     expect(configError(() => resolveConfig(url, NO_ENV)).field).toBe(field);
@@ -441,6 +441,28 @@ describe('properties', () => {
         },
       ),
       { numRuns: 2000 },
+    );
+  });
+
+  it("regionFromHost agrees with the official connectors' pattern", () => {
+    const pattern = /\.dsql[^.]*\.([^.]+)\.on\.aws$/;
+    const label = fc.constantFrom(
+      '',
+      'abc',
+      'dsql',
+      'dsqlbeta',
+      'dsql-gamma',
+      'us-east-1',
+      'on',
+      'aws',
+      'x.y',
+    );
+    fc.assert(
+      fc.property(fc.array(label, { maxLength: 7 }), (labels) => {
+        const host = labels.join('.');
+        expect(regionFromHost(host)).toBe(pattern.exec(host)?.[1]);
+      }),
+      { numRuns: 3000 },
     );
   });
 
