@@ -294,3 +294,45 @@ describe('sessions and stats', () => {
     }
   });
 });
+
+describe('options', () => {
+  it('region, cluster id, long-term credentials, userMap and events', async () => {
+    const longTerm = { accessKeyId: 'AKIAEXAMPLEEXAMPLE00', secretAccessKey: 'long/term+secret' };
+    const custom = await startTestEndpoint({
+      region: 'eu-central-1',
+      clusterId: 'abcdefghijklmnopqrstuvwxyz',
+      credentials: [
+        longTerm,
+        { accessKeyId: 'ASIASECONDSECOND0000', secretAccessKey: 's2', sessionToken: 'tok' },
+      ],
+      userMap: { app: 'postgres' },
+    });
+    const seen: { ok: boolean; reason?: string }[] = [];
+    custom.events.on('auth', (e: { ok: boolean; reason?: string }) => seen.push(e));
+    try {
+      expect(custom.host).toBe('abcdefghijklmnopqrstuvwxyz.dsql.eu-central-1.on.aws');
+      expect(custom.credentials).toEqual(longTerm);
+      expect(custom.env).toMatchObject({ AWS_REGION: 'eu-central-1', DSQL_ENDPOINT: custom.host });
+      expect(custom.env.AWS_SESSION_TOKEN).toBeUndefined();
+      const rows = await roundTrip(
+        pgConfig(custom, { user: 'app', password: await signTestToken(custom, { user: 'app' }) }),
+        'SELECT current_user AS u',
+      );
+      expect(rows).toEqual([{ u: 'postgres' }]);
+      const second = { accessKeyId: 'ASIASECONDSECOND0000', secretAccessKey: 's2', sessionToken: 'tok' };
+      expect(
+        await roundTrip(pgConfig(custom, { password: await signTestToken(custom, { credentials: second }) })),
+      ).toEqual([{ one: 1 }]);
+      // A session token on a token signed with long-term credentials is refused.
+      const withSession = { ...longTerm, sessionToken: 'extra' };
+      const err = await connectError(
+        pgConfig(custom, { password: await signTestToken(custom, { credentials: withSession }) }),
+      );
+      expect(err.code).toBe('28000');
+      expect(seen.map((e) => e.ok)).toEqual([true, true, false]);
+      expect(seen[2]?.reason).toBe('session-token');
+    } finally {
+      await custom.stop();
+    }
+  });
+});
