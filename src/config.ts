@@ -125,7 +125,7 @@ export interface DsqlConfig extends Omit<pg.PoolConfig, OwnedPgKeys> {
   validationTimeoutMillis?: number | undefined;
   /**
    * Your application's name; sent as `application_name` `<name>:dsql-lambda/<version>`
-   * (printable ASCII, shortened to fit PostgreSQL's 63 bytes). Default: `dsql-lambda/<version>`.
+   * (shortened to fit PostgreSQL's 63 bytes). Default: `dsql-lambda/<version>`.
    */
   applicationName?: string | undefined;
   /**
@@ -428,12 +428,13 @@ export function regionFromHost(host: string): string | undefined {
     : undefined;
 }
 
-/** PostgreSQL keeps the first 63 bytes; the user's part is shortened so our suffix survives. */
+/**
+ * PostgreSQL keeps the first 63 bytes (and shows other than printable ASCII as `?`); the user's
+ * part is shortened so our suffix survives.
+ */
 function applicationNameOf(name: string | undefined): string {
   const suffix = `${PACKAGE_NAME}/${PACKAGE_VERSION}`;
-  if (name === undefined) return suffix;
-  if (!/^[\x20-\x7e]*$/.test(name)) fail('applicationName', 'must be printable ASCII');
-  return `${name.slice(0, 62 - suffix.length)}:${suffix}`;
+  return name === undefined ? suffix : `${name.slice(0, 62 - suffix.length)}:${suffix}`;
 }
 
 function caOf(value: unknown): DsqlSslConfig['ca'] {

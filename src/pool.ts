@@ -217,11 +217,21 @@ export function toPgConfig(config: ResolvedDsqlConfig, password: () => Promise<s
   };
 }
 
-function connectPolicy(config: ResolvedDsqlConfig, tokens: TokenCache): DsqlConnectPolicy {
-  return {
-    connectionTimeoutMillis: config.connectionTimeoutMillis,
-    onAuthFailure: (token) => tokens.invalidate(token),
+/**
+ * What both `createPool` and `connect` need: the resolved configuration, pg's configuration and
+ * the connect policy, sharing one token cache. The cache (and its credentials provider) is looked
+ * up when the first connection asks for a token, not at init: nothing on that path is needed
+ * before then, and every microsecond of init is paid on each cold start.
+ */
+function prepare(config: DsqlConfig | string | undefined) {
+  const resolved = resolveConfig(config);
+  let tokens: TokenCache | undefined;
+  const cache = () => (tokens ??= tokenCacheFor(resolved));
+  const policy: DsqlConnectPolicy = {
+    connectionTimeoutMillis: resolved.connectionTimeoutMillis,
+    onAuthFailure: (token) => cache().invalidate(token),
   };
+  return { resolved, pgConfig: toPgConfig(resolved, () => cache().get()), policy };
 }
 
 /**
@@ -239,18 +249,13 @@ function connectPolicy(config: ResolvedDsqlConfig, tokens: TokenCache): DsqlConn
  * export const handler = async () => (await pool.query('SELECT now() AS now')).rows[0];
  */
 export function createPool(config?: DsqlConfig | string): pg.Pool {
-  const resolved = resolveConfig(config);
-  const tokens = tokenCacheFor(resolved);
-  const policy = connectPolicy(resolved, tokens);
+  const { resolved, pgConfig, policy } = prepare(config);
   class DsqlPoolClient extends DsqlClient {
     constructor(options: pg.ClientConfig) {
       super(options, policy);
     }
   }
-  const pool = new pg.Pool({
-    ...toPgConfig(resolved, () => tokens.get()),
-    Client: DsqlPoolClient as unknown as pg.PoolConfig['Client'],
-  });
+  const pool = new pg.Pool({ ...pgConfig, Client: DsqlPoolClient as unknown as pg.PoolConfig['Client'] });
   // pg-pool has already discarded the idle client it reports here; without a listener the
   // emit would throw and take the Lambda process down.
   pool.on('error', noop);
@@ -270,12 +275,8 @@ export function createPool(config?: DsqlConfig | string): pg.Pool {
  * try { console.log((await client.query('SELECT 1 AS one')).rows); } finally { await client.end(); }
  */
 export async function connect(config?: DsqlConfig | string): Promise<pg.Client> {
-  const resolved = resolveConfig(config);
-  const tokens = tokenCacheFor(resolved);
-  const client = new DsqlClient(
-    toPgConfig(resolved, () => tokens.get()),
-    connectPolicy(resolved, tokens),
-  );
+  const { pgConfig, policy } = prepare(config);
+  const client = new DsqlClient(pgConfig, policy);
   await client.connect();
   return client;
 }

@@ -313,7 +313,7 @@ describe('defaults and validation', () => {
     ['thawThresholdMillis', { thawThresholdMillis: -5 }],
     ['validationTimeoutMillis', { validationTimeoutMillis: Number.NaN }],
     ['sslNegotiation', { sslNegotiation: 'tls' }],
-    ['applicationName', { applicationName: 'émoji' }],
+    ['applicationName', { applicationName: 42 }],
     ['user', { user: '' }],
     ['user', { user: 7 }],
     ['database', { database: '' }],
