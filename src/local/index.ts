@@ -7,6 +7,7 @@ export { type LocalCertificates, localCertificates } from './certs.js';
 export {
   DEFAULT_UPSTREAM,
   OC000_MESSAGE,
+  OC000_MESSAGE_NEW,
   OC001_MESSAGE,
   randomClusterId,
   randomCredentials,

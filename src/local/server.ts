@@ -47,8 +47,14 @@ import type {
 } from './types.js';
 import { type LocalCredentials, tokenFingerprint, verifyToken } from './verify.js';
 
-/** DSQL's message for a data conflict detected at COMMIT. */
+/**
+ * DSQL's message for a data conflict detected at COMMIT (the long-standing text; newer clusters
+ * say `mutation conflicts with another transaction, retry as needed (OC000)`, see
+ * {@link OC000_MESSAGE_NEW} and the `occMessages` option).
+ */
 export const OC000_MESSAGE = 'change conflicts with another transaction, please retry: (OC000)';
+/** Newer DSQL text for a data conflict. */
+export const OC000_MESSAGE_NEW = 'mutation conflicts with another transaction, retry as needed (OC000)';
 /** DSQL's message for a schema change seen by a transaction at COMMIT. */
 export const OC001_MESSAGE = 'schema has been updated by another transaction, please retry: (OC001)';
 /** Default upstream URL. */
@@ -190,6 +196,7 @@ interface EndpointCore {
   maxConnectionAgeMs: number;
   occFromContention: boolean;
   strictSql: boolean;
+  occMessages: Record<OccCode, string>;
   latency: { toClient: number; toServer: number };
   now(): number;
   mapUser(user: string): string;
@@ -685,10 +692,7 @@ class Connection {
             fromZ: this.syncsSent,
             atZ: this.syncsSent + 1,
             kind: 'replace',
-            frames: [
-              errorResponse('ERROR', '40001', fault.code === 'OC000' ? OC000_MESSAGE : OC001_MESSAGE),
-              readyForQuery('I'),
-            ],
+            frames: [errorResponse('ERROR', '40001', this.core.occMessages[fault.code]), readyForQuery('I')],
           };
           if (f.type === 'Q') {
             out.push(queryMessage('ROLLBACK'));
@@ -773,7 +777,9 @@ class Connection {
             upstreamCode: fields.C,
             session: this.pid,
           });
-          out.push(errorResponseFromFields({ S: 'ERROR', V: 'ERROR', C: '40001', M: OC000_MESSAGE }));
+          out.push(
+            errorResponseFromFields({ S: 'ERROR', V: 'ERROR', C: '40001', M: this.core.occMessages.OC000 }),
+          );
           continue;
         }
       }
@@ -955,6 +961,10 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     maxConnectionAgeMs: (options.maxConnectionAgeSeconds ?? 3600) * 1000,
     occFromContention: options.occFromContention ?? false,
     strictSql: options.strictSql ?? false,
+    occMessages: {
+      OC000: options.occMessages?.OC000 ?? OC000_MESSAGE,
+      OC001: options.occMessages?.OC001 ?? OC001_MESSAGE,
+    },
     latency: { toClient: options.latencyMs?.toClient ?? 0, toServer: options.latencyMs?.toServer ?? 0 },
     now: () => (clock === undefined ? Date.now() : typeof clock === 'number' ? clock : clock()),
     mapUser(user) {

@@ -58,6 +58,12 @@ export interface LocalDsqlOptions {
    * query string is checked. Default `false` (PostgreSQL accepts everything).
    */
   strictSql?: boolean;
+  /**
+   * Messages of injected and translated OCC conflicts (SQLSTATE is always 40001). Default
+   * `{ OC000: 'change conflicts with another transaction, please retry: (OC000)', OC001:
+   * 'schema has been updated by another transaction, please retry: (OC001)' }`.
+   */
+  occMessages?: { OC000?: string; OC001?: string };
   /** Added delay per direction, in ms. Default `{ toClient: 0, toServer: 0 }`. */
   latencyMs?: { toClient?: number; toServer?: number };
   /**

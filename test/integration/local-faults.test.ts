@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { LocalDsql } from '../../src/local/index.js';
+import { type LocalDsql, OC000_MESSAGE_NEW } from '../../src/local/index.js';
 import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 
 type PgError = Error & { code?: string };
@@ -176,6 +176,21 @@ describe('failNextCommits', () => {
       { id: 4 },
     ]);
     expect(endpoint.stats().commits).toBe(commitsBefore + 3);
+  });
+
+  it('occMessages swaps in the newer OC000 text', async () => {
+    const other = await startTestEndpoint({ occMessages: { OC000: OC000_MESSAGE_NEW } });
+    try {
+      const { client } = await connect(other);
+      other.faults.failNextCommits();
+      await client.query('BEGIN');
+      expect(await failure(client.query('COMMIT'))).toMatchObject({
+        code: '40001',
+        message: 'mutation conflicts with another transaction, retry as needed (OC000)',
+      });
+    } finally {
+      await other.stop();
+    }
   });
 
   it('session filter and COMMIT outside a transaction are left alone', async () => {

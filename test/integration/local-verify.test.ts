@@ -106,7 +106,7 @@ describe('verifyToken vs @aws-sdk/dsql-signer', () => {
       ok: false,
       reason: 'expired',
     });
-    expect(verifyToken(token, { ...ctx, now: Date.now() - 301_000 })).toEqual({
+    expect(verifyToken(token, { ...ctx, now: Date.now() - 310_000 })).toEqual({
       ok: false,
       reason: 'not-yet-valid',
     });
