@@ -559,8 +559,9 @@ function transactionClient(client: pg.ClientBase, log: QueryLog): TransactionCli
       };
     }
     const result = (client.query as (...a: unknown[]) => unknown).apply(client, args);
-    if (result instanceof Promise) {
-      return result.then(undefined, (err: unknown) => {
+    // A thenable rather than `instanceof Promise`: pg can be configured with another Promise class.
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+      return (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
         note(err);
         throw err;
       });
@@ -619,14 +620,22 @@ async function transactionAttempt<T>(
   }
   tx.close();
 
-  // fn is done and nothing of it is in flight: a clean ROLLBACK is possible where needed.
   const { deadline, now, signal } = watch.options;
-  if (signal?.aborted || (deadline !== undefined && now() >= deadline)) {
-    // Past the deadline a COMMIT could only end as "outcome unknown"; after an abort the caller
-    // no longer wants the result. Roll back instead.
-    const reason = signal?.aborted ? 'aborted' : 'deadline';
-    const cause = signal?.aborted ? signal.reason : new DsqlError('withRetry: deadline reached');
-    return { kind: 'stop', reason, error: cause, destroy: await rollbackIfNeeded(lease, watch) };
+  if (deadline !== undefined && now() >= deadline) {
+    // Past the deadline a COMMIT could only end as "outcome unknown", and there is no time left
+    // for a ROLLBACK round trip: closing the connection rolls the transaction back.
+    const cause = new DsqlError('withRetry: deadline reached');
+    return { kind: 'stop', reason: 'deadline', error: cause, destroy: cause };
+  }
+  if (signal?.aborted) {
+    // The caller no longer wants the result. fn is done, so nothing of it is in flight: a plain
+    // ROLLBACK keeps the connection for the pool.
+    return {
+      kind: 'stop',
+      reason: 'aborted',
+      error: signal.reason,
+      destroy: await rollbackIfNeeded(lease, watch),
+    };
   }
   if (lease.lost) {
     // The socket died while fn ran and fn swallowed the error: COMMIT would never be sent.
