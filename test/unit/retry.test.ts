@@ -873,6 +873,25 @@ describe('execWithRetry', () => {
     expect(pool.destroyed()).toEqual([true]);
   });
 
+  it('a pooled client already dead before sending: retried on another, not outcome unknown', async () => {
+    const pool = new FakePool(() => () => undefined);
+    const connect = pool.connect.bind(pool);
+    pool.connect = async () => {
+      const c = await connect();
+      if (pool.clients.length === 1) Object.assign(c, { _queryable: false });
+      return c;
+    };
+    const codes: string[] = [];
+    const res = await execWithRetry(pool, 'UPDATE t SET x = 1', [], {
+      ...fast,
+      onRetry: (i) => codes.push(i.code),
+    });
+    expect(res.command).toBe('SELECT');
+    expect(codes).toEqual(['connection-lost']);
+    expect(pool.clients[0]?.log).toEqual([]);
+    expect(pool.destroyed()).toEqual([true, false]);
+  });
+
   it('a single client already dead before sending: the connection error, not outcome unknown', async () => {
     const client = new FakeClient(() => undefined);
     client.on('error', () => {}); // the owner's listener
