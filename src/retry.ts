@@ -223,7 +223,14 @@ export type RetryTarget = pg.Pool | pg.PoolClient | pg.Client | { connect(): Pro
  *   await tx.query('UPDATE account SET balance = balance + $2 WHERE id = $1', [to, amount]);
  *   await tx.query('INSERT INTO transfer (id, amount) VALUES ($1, $2)', [transferId, amount]);
  * }, { deadline: Date.now() + context.getRemainingTimeInMillis() - 1000 });
- * await notifyCustomer(transferId); // side effect: after the commit, never inside fn
+ * await sendReceiptEmail(transferId); // side effect: after the commit, never inside fn
+ *
+ * // NOT safe: a conflict at COMMIT runs fn again, so the customer may get two emails, or an
+ * // email for a transfer that never committed (attempts exhausted).
+ * await withRetry(pool, async (tx) => {
+ *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [from, amount]);
+ *   await sendReceiptEmail(transferId); // ✗ runs once per attempt
+ * });
  * ```
  */
 export async function withRetry<T>(
