@@ -9,7 +9,7 @@
  *
  * - a reused connection past its maximum lifetime, or idle longer than `maxIdleMillis`, is
  *   destroyed and replaced before anyone sees it;
- * - a reused connection idle for 50 ms or more waits a few event-loop turns before it is handed
+ * - a reused connection idle for 10 ms or more waits a few event-loop turns before it is handed
  *   out, so socket events that arrived while the process was frozen (FIN, RST, a FATAL message)
  *   are processed first and a connection closed during even a short freeze is replaced, not used;
  * - a reused connection idle longer than `thawThresholdMillis` (which is what every connection
@@ -220,12 +220,12 @@ function isOpen(client: pg.PoolClient): boolean {
  */
 const SETTLE_TURNS = 3;
 /**
- * Only a connection idle at least this long waits for those turns: a freeze (or anything else
- * that could have closed it unseen) needs time; a connection handed straight from one invocation
- * to the next, as under sustained load, skips the wait, which would cost whole loop iterations
- * on a busy process.
+ * Only a connection idle at least this long waits for those turns: a connection handed straight
+ * from one invocation to the next, as under sustained load, skips the wait, which on a busy
+ * process would cost whole loop iterations. In a standard Lambda every invocation after a freeze
+ * of 10 ms or more settles (a few microseconds when the loop is idle, as it is after a thaw).
  */
-const SETTLE_IDLE_MILLIS = 50;
+const SETTLE_IDLE_MILLIS = 10;
 
 /** Resolves after `turns` macrotask turns, so socket events already received (FIN, RST, FATAL) run. */
 function socketEventsTurns(turns: number): Promise<void> {

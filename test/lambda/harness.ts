@@ -12,7 +12,10 @@ export const handlersPath = fileURLToPath(new URL('./fixtures/handlers.ts', impo
 export interface LambdaChild {
   readonly process: ChildProcess;
   /** Sends one invocation; resolves with the child's reply. Works while the child is stopped. */
-  invoke(event: unknown, options?: { timeoutMs?: number; concurrent?: boolean }): Promise<ResultMessage>;
+  invoke(
+    event: unknown,
+    options?: { timeoutMs?: number; concurrent?: boolean; waitMs?: number },
+  ): Promise<ResultMessage>;
   /** SIGSTOP: the whole process freezes (timers, sockets, everything). */
   freeze(): void;
   /** SIGCONT. */
@@ -91,7 +94,26 @@ export async function startLambdaChild(options: {
         ...(opts.concurrent ? { concurrent: true } : {}),
       };
       return new Promise<ResultMessage>((resolve) => {
-        pending.set(id, resolve);
+        // Like Lambda's function timeout, seen from outside: no answer in time is a failure
+        // (the caller decides whether to replace the process). Counted from thaw, not from send,
+        // is the caller's business: waitMs should cover the time it keeps the child stopped.
+        const timer =
+          opts.waitMs === undefined
+            ? undefined
+            : setTimeout(() => {
+                pending.delete(id);
+                resolve({
+                  kind: 'result',
+                  id,
+                  ok: false,
+                  error: { message: `no reply within ${opts.waitMs} ms` },
+                  ms: opts.waitMs ?? 0,
+                });
+              }, opts.waitMs);
+        pending.set(id, (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        });
         child.send(msg);
       });
     },
