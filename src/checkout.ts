@@ -97,8 +97,10 @@ interface GuardState {
   distrustReleasedBefore: number;
 }
 
-/** The pool's own `connect`, before the guard replaced it. */
-type RawConnect = () => Promise<pg.PoolClient>;
+/** The pool's own `connect` (callback form: no promise per checkout), before the guard replaced it. */
+type RawConnect = (callback: (err: Error | undefined, client?: pg.PoolClient) => void) => void;
+
+type Done = (err: Error | undefined, client?: pg.PoolClient) => void;
 
 const guarded = new WeakMap<pg.Pool, GuardState>();
 
@@ -166,15 +168,19 @@ export function installFreezeGuard(pool: pg.Pool, options: FreezeGuardOptions): 
   function guardedConnect(
     callback?: (err: Error | undefined, client?: pg.PoolClient, done?: unknown) => void,
   ) {
-    const checkedOut = checkout(pool, state, rawConnect);
-    if (!callback) return checkedOut;
-    // Call back outside the promise chain so an exception thrown by the callback behaves as it
-    // does with pg-pool (uncaught) instead of becoming an unhandled rejection.
-    checkedOut.then(
-      (client) => process.nextTick(callback, undefined, client, client.release),
-      (err: Error) => process.nextTick(callback, err, undefined, noop),
+    if (callback) {
+      // Like pg-pool: the callback runs outside any promise chain, so an exception it throws
+      // is uncaught rather than an unhandled rejection.
+      checkout(pool, state, rawConnect, 0, (err, client) =>
+        err || !client
+          ? callback(err ?? new Error('no client'), undefined, noop)
+          : callback(undefined, client, client.release),
+      );
+      return undefined;
+    }
+    return new Promise<pg.PoolClient>((resolve, reject) =>
+      checkout(pool, state, rawConnect, 0, (err, client) => (err || !client ? reject(err) : resolve(client))),
     );
-    return undefined;
   }
   (pool as { connect: unknown }).connect = guardedConnect;
 }
@@ -236,13 +242,30 @@ function socketEventsTurns(turns: number): Promise<void> {
   });
 }
 
-async function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect): Promise<pg.PoolClient> {
-  const { stats } = state;
-  // Every pass either returns or destroys one reused connection; brand-new connections are
-  // returned unconditionally, so this only bounds pathological churn from concurrent releases.
+/**
+ * One checkout, callback style so the warm path costs no promise: take a client from the pool;
+ * a new one is handed out as is, a reused one after the wall-clock checks (and, when it has been
+ * idle, the settle turns and the validation). A rejected one is destroyed and the next pass
+ * takes another.
+ */
+function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect, pass: number, done: Done): void {
+  // Every pass either hands out or destroys one reused connection; new connections are handed
+  // out unconditionally, so this only bounds pathological churn from concurrent releases.
   const maxPasses = (pool.options.max ?? 10) * 2 + 2;
-  for (let pass = 0; pass < maxPasses; pass++) {
-    const client = await rawConnect();
+  if (pass >= maxPasses) {
+    done(
+      new DsqlConnectionError(
+        'Could not check out a live connection: every pooled connection was stale or dead',
+        maxPasses,
+      ),
+    );
+    return;
+  }
+  rawConnect((err, client) => {
+    if (err || !client) {
+      done(err ?? new Error('pg-pool returned no client'));
+      return;
+    }
     let info = state.connections.get(client);
     if (!info) {
       // Opened before the guard was installed: nothing known, treat its age as starting now.
@@ -250,50 +273,67 @@ async function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect
       info = { openedAt: now, releasedAt: now, uses: 1, failure: undefined };
       state.connections.set(client, info);
     }
+    const conn = info;
     // Listen before anything can yield: a checked-out client with no 'error' listener crashes
     // the process when its socket fails between two statements.
-    const onError = (err: unknown) => {
-      info.failure ??= err ?? new Error('connection error');
+    const onError = (e: unknown) => {
+      conn.failure ??= e ?? new Error('connection error');
     };
     client.on('error', onError);
-    wrapRelease(client, info, state, onError);
+    wrapRelease(client, conn, state, onError);
 
-    const reused = info.uses > 0;
-    info.uses++;
-    if (reused) {
-      const verdict = await inspectReused(client, info, state);
-      if (verdict !== 'ok') {
-        stats[verdict]++;
-        client.release(EVICT);
-        continue;
+    const reused = conn.uses > 0;
+    conn.uses++;
+    const settle = (verdict: Verdict) => {
+      if (verdict === 'ok') {
+        state.stats.checkouts++;
+        done(undefined, client);
+        return;
       }
+      state.stats[verdict]++;
+      client.release(EVICT);
+      checkout(pool, state, rawConnect, pass + 1, done);
+    };
+    if (!reused) {
+      settle('ok');
+      return;
     }
-    stats.checkouts++;
-    return client;
-  }
-  throw new DsqlConnectionError(
-    'Could not check out a live connection: every pooled connection was stale or dead',
-    maxPasses,
-  );
+    const quick = quickVerdict(client, conn, state.options);
+    if (quick !== 'later') {
+      settle(quick);
+      return;
+    }
+    inspectIdle(client, conn, state).then(settle, (e: unknown) => {
+      // inspectIdle handles its own failures; anything else is a bug: fail safe.
+      conn.failure ??= e;
+      settle('evictedDead');
+    });
+  });
 }
 
 type Verdict = 'ok' | 'evictedExpired' | 'evictedIdle' | 'evictedDead';
 
-async function inspectReused(
+/** The synchronous, wall-clock part of the checks; `'later'` when the connection has been idle. */
+function quickVerdict(
   client: pg.PoolClient,
   info: ConnectionInfo,
-  state: GuardState,
-): Promise<Verdict> {
-  const { options } = state;
+  options: FreezeGuardOptions,
+): Verdict | 'later' {
   const now = Date.now();
-  // Synchronous wall-clock checks first: no timer can be trusted after a freeze.
+  // No timer can be trusted after a freeze: the wall clock decides.
   if (options.maxLifetimeSeconds > 0 && now - info.openedAt >= options.maxLifetimeSeconds * 1000) {
     return 'evictedExpired';
   }
   const idle = now - info.releasedAt;
   if (options.maxIdleMillis > 0 && idle >= options.maxIdleMillis) return 'evictedIdle';
   if (info.failure !== undefined || !isOpen(client)) return 'evictedDead';
+  return idle >= SETTLE_IDLE_MILLIS || idle >= options.thawThresholdMillis ? 'later' : 'ok';
+}
 
+/** The checks for a connection that has been idle: settle turns, then validation after a thaw. */
+async function inspectIdle(client: pg.PoolClient, info: ConnectionInfo, state: GuardState): Promise<Verdict> {
+  const { options } = state;
+  const idle = Date.now() - info.releasedAt;
   // After a thaw the invocation can run before the socket events that arrived while the process
   // was frozen (FIN, RST, a FATAL message). A few macrotask turns (no I/O of our own) let them run,
   // so a connection closed during even a short freeze is replaced instead of failing the statement.

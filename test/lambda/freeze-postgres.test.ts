@@ -96,4 +96,36 @@ describe('freeze with plain PostgreSQL', () => {
     expect((next.value as { guard: { evictedOnRelease: number } }).guard.evictedOnRelease).toBe(1);
     expect(child.exit).toBeUndefined();
   });
+
+  it.each([
+    ['maxLifetimeSeconds', { maxLifetimeSeconds: 1 }, 'evictedExpired'],
+    ['maxIdleMillis', { maxIdleMillis: 1_000 }, 'evictedIdle'],
+  ] as const)(
+    '%s is enforced by the wall clock at checkout (no pg-pool timer exists)',
+    async (_name, config, counter) => {
+      child = await startLambdaChild({
+        env: env({ ...config, thawThresholdMillis: 60_000 }),
+        handlerExport: 'raw',
+      });
+      const warm = await child.invoke({ op: 'select' });
+      const pid = (warm.value as { pid: number }).pid;
+      child.freeze();
+      const next = child.invoke({ op: 'insert', table, tag: `wall-${counter}` });
+      await sleep(1_300);
+      child.thaw();
+      const r = await next;
+      expect(r.error).toBeUndefined();
+      const info = r.value as { pid: number; guard: Record<string, number> };
+      expect(info.guard[counter]).toBe(1);
+      expect(info.guard.validations).toBe(0);
+      expect(info.pid).not.toBe(pid);
+      expect(await count(`wall-${counter}`)).toBe(1);
+      // The old session is gone server-side too: destroyed, not leaked.
+      await sleep(100);
+      const alive = await admin.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1', [
+        pid,
+      ]);
+      expect(alive.rows[0].n).toBe(0);
+    },
+  );
 });

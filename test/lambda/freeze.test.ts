@@ -156,12 +156,15 @@ describe('handler plain', () => {
     expect(info.pid).not.toBe(warm.pid);
   });
 
-  it('wall-clock max lifetime at checkout: a lifetime timer cannot fire while stopped', async () => {
+  it('max lifetime passed while stopped: the thawed invocation gets a new connection', async () => {
+    // pg-pool's own lifetime timer (createPool sets it too) may fire first after SIGCONT or not,
+    // depending on where the loop was stopped; either way the old connection is not used.
+    // freeze-postgres.test.ts proves the wall-clock check alone, with pg-pool's timers off.
     const c = await start('plain', { maxLifetimeSeconds: 1, thawThresholdMillis: 60_000 });
     const { warm, r } = await freezeCycle(c, 'none', 1_300);
     expect(r.error).toBeUndefined();
     const info = r.value as Info;
-    expect(info.guard.evictedExpired).toBe(1);
+    expect(info.guard.evictedExpired).toBeLessThanOrEqual(1);
     expect(info.pid).not.toBe(warm.pid);
   });
 
