@@ -51,27 +51,20 @@ export async function loadOptionalModule<T>(name: string, purpose: string): Prom
 }
 
 /**
- * Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
- * `AWS_CREDENTIAL_EXPIRATION` (what Lambda sets for the function's role), or `undefined` when the
- * key pair is not set. The secret parts of the returned object are non-enumerable, so they stay
- * out of `JSON.stringify` and `console.log`.
+ * Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (what
+ * Lambda sets for the function's role; they stay valid for the life of the execution
+ * environment, so no expiration is read), or `undefined` when the key pair is not set. The
+ * secret parts of the returned object are non-enumerable, so they stay out of `JSON.stringify`
+ * and `console.log`.
  * @example
  * const creds = credentialsFromEnvironment(process.env);
  */
 export function credentialsFromEnvironment(env: Env = process.env): AwsCredentialIdentity | undefined {
-  const {
-    AWS_ACCESS_KEY_ID: accessKeyId,
-    AWS_SECRET_ACCESS_KEY: secret,
-    AWS_CREDENTIAL_EXPIRATION: expires,
-  } = env;
+  const { AWS_ACCESS_KEY_ID: accessKeyId, AWS_SECRET_ACCESS_KEY: secret } = env;
   if (!accessKeyId || !secret) return undefined;
-  const expiration = expires ? new Date(expires) : undefined;
   return Object.defineProperties(
-    { accessKeyId, expiration: expiration && expiration.getTime() >= 0 ? expiration : undefined },
-    {
-      secretAccessKey: { value: secret },
-      sessionToken: { value: env.AWS_SESSION_TOKEN || undefined },
-    },
+    { accessKeyId },
+    { secretAccessKey: { value: secret }, sessionToken: { value: env.AWS_SESSION_TOKEN || undefined } },
   ) as AwsCredentialIdentity;
 }
 

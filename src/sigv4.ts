@@ -76,10 +76,9 @@ function amzDate(time: number): string {
  */
 export function signAuthToken(input: SignTokenInput): string {
   const { host, region, action, credentials, expiresInSecs, signingTime } = input;
-  if (
-    !(Number.isInteger(expiresInSecs) && expiresInSecs > 0 && expiresInSecs <= 604800 && signingTime >= 0)
-  ) {
-    throw new RangeError('expiresInSecs must be 1…604800 and signingTime a valid time');
+  // (An invalid signing time makes toISOString throw a RangeError of its own.)
+  if (!(Number.isInteger(expiresInSecs) && expiresInSecs > 0 && expiresInSecs <= 604800)) {
+    throw new RangeError('expiresInSecs must be 1…604800');
   }
   const dateTime = amzDate(signingTime);
   const date = dateTime.slice(0, 8);
