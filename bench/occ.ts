@@ -7,7 +7,7 @@
  * endpoint runs with `occFromContention`, turning PostgreSQL's serialization failures and lock
  * timeouts into DSQL's `40001 OC000`. Two scenarios: `hot` (16 workers, 4 accounts: most
  * transactions conflict; every policy) and `moderate` (12 workers, 64 accounts; the compared
- * policies and the closest alternative), so that a policy tuned for heavy contention is also
+ * policies and the two other jitter schemes), so that a policy tuned for heavy contention is also
  * seen where conflicts are occasional.
  *
  * Policies, all run by the same `withRetry` so only the policy differs:
@@ -27,7 +27,7 @@
  * Closed loop: a worker whose transfer gave up starts a new one at once, so giving up early can
  * raise goodput while failing users; read goodput together with "gave up".
  *
- * Options (environment): OCC_ROUNDS (2), OCC_ROUND_MS (3000 hot, 2000 moderate), OCC_DIRECT=1 to run against PostgreSQL at 127.0.0.1:5432 in REPEATABLE READ instead of the
+ * Options (environment): OCC_ROUNDS (2), OCC_ROUND_MS (2500 hot, 2000 moderate), OCC_DIRECT=1 to run against PostgreSQL at 127.0.0.1:5432 in REPEATABLE READ instead of the
  * local endpoint (conflicts then block on row locks before failing, unlike DSQL).
  */
 import { randomUUID } from 'node:crypto';
@@ -98,9 +98,15 @@ const POLICIES: Policy[] = [
     role: 'candidate',
   },
   {
-    name: 'decorrelated jitter',
-    summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, decorrelated`,
-    options: { jitter: 'decorrelated' },
+    name: 'equal jitter',
+    summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, equal jitter`,
+    options: { jitter: 'equal' },
+    role: 'candidate',
+  },
+  {
+    name: 'decorrelated, 25 ms base',
+    summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 25 ms base, 1 s cap, decorrelated`,
+    options: { baseDelayMs: 25, jitter: 'decorrelated' },
     role: 'candidate',
   },
 ];
@@ -114,13 +120,15 @@ interface Scenario {
 }
 
 const SCENARIOS: Scenario[] = [
-  { name: 'hot', workers: 16, accounts: 4, roundMs: ROUND_MS ?? 3000, policies: POLICIES },
+  { name: 'hot', workers: 16, accounts: 4, roundMs: ROUND_MS ?? 2500, policies: POLICIES },
   {
     name: 'moderate',
     workers: 12,
     accounts: 64,
     roundMs: ROUND_MS ?? 2000,
-    policies: POLICIES.filter((p) => p.role === 'compared' || p.name === 'full jitter'),
+    policies: POLICIES.filter(
+      (p) => p.role === 'compared' || p.name === 'full jitter' || p.name === 'equal jitter',
+    ),
   },
 ];
 

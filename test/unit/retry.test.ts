@@ -222,12 +222,21 @@ describe('backoffDelay', () => {
     );
   });
 
-  it('has the documented defaults and schedule (1.8–3.6 s of sleep over 8 attempts)', () => {
-    expect(RETRY_DEFAULTS).toEqual({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000, jitter: 'equal' });
-    const schedule = (u: number) =>
-      Array.from({ length: RETRY_DEFAULTS.maxAttempts - 1 }, (_, i) => backoffDelay(i + 1, 0, {}, () => u));
-    expect(schedule(0)).toEqual([25, 50, 100, 200, 400, 500, 500]);
-    expect(schedule(0.999_999).map(Math.round)).toEqual([50, 100, 200, 400, 800, 1000, 1000]);
+  it('has the documented defaults and schedule (0.35–5.6 s of sleep over 8 attempts)', () => {
+    expect(RETRY_DEFAULTS).toEqual({
+      maxAttempts: 8,
+      baseDelayMs: 50,
+      maxDelayMs: 1000,
+      jitter: 'decorrelated',
+    });
+    const schedule = (u: number) => {
+      const delays: number[] = [];
+      for (let i = 1; i < RETRY_DEFAULTS.maxAttempts; i++)
+        delays.push(backoffDelay(i, delays.at(-1) ?? 0, {}, () => u));
+      return delays;
+    };
+    expect(schedule(0)).toEqual([50, 50, 50, 50, 50, 50, 50]);
+    expect(schedule(0.999_999).map(Math.round)).toEqual([150, 450, 1000, 1000, 1000, 1000, 1000]);
   });
 });
 
