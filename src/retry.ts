@@ -30,8 +30,8 @@ import {
  *   land while the transactions it lost to are still committing, and the window grows from the
  *   delay actually slept rather than from the attempt number, so colliding transactions drift
  *   apart faster than with a fixed schedule. In `bench/occ.ts` it spent the fewest attempts per
- *   commit in every run and, under heavy contention, had the highest goodput of the three
- *   schemes in every run.
+ *   commit of the three schemes in every run, gave up least or as little, and under heavy
+ *   contention had the highest goodput in 5 of 7 runs.
  * - `'equal'`: `d/2 + U × d/2`. A close second; its sleeps follow the attempt number.
  * - `'full'`: `U × d`. The most spread, but a share of retries come back almost at once. In AWS's
  *   published simulations it needs the fewest calls; in `bench/occ.ts` (real conflicts on the
@@ -134,18 +134,19 @@ export interface RetryOptions {
  * `bench/results/occ.json`; what follows held across all runs made to choose, on a shared
  * 2-core machine where goodput varied by ±50 % from run to run:
  * - `maxAttempts: 8`: with the official connectors' 4 attempts, 2–9 % of hot transfers gave up
- *   even with the Go connector's long delays, and our own backoff with 4 attempts gave up on
- *   13–32 %; with 8, 0–2 %. A Lambda's `deadline`, not the attempt count, should be what finally
+ *   even with the Go connector's long delays, and our own backoffs with 4 attempts gave up on
+ *   6–32 %; with 8, 0–2 %. A Lambda's `deadline`, not the attempt count, should be what finally
  *   stops a retrying handler, and it bounds the extra attempts.
  * - `baseDelayMs: 50`: a small base hurts most: the node connector's 1 ms base (100 ms cap)
  *   gave up on 40–65 % of hot transfers with 5–9 attempts per commit, and a 10 ms base on
- *   3–12 %; 20 ms was still worse than 50 ms, and decorrelated jitter with a 25 ms base gave up
- *   4× as often as with 50 ms. The first retry comes after 50–150 ms, like the Go connector's
+ *   3–12 %; 20 ms still gave up more than 50 ms, and decorrelated jitter with a 25 ms base gave
+ *   up several times as often as with 50 ms. The first retry comes after 50–150 ms, like the Go connector's
  *   100–125 ms.
  * - `jitter: 'decorrelated'`: see {@link Jitter}. In the moderate scenario every 8-attempt
  *   policy committed everything and goodput differences were within the noise.
- * - `maxDelayMs: 1000`: bounds any single sleep. Seven sleeps take 0.35–5.6 s (about 3 s on
- *   average); the deadline check skips a sleep that would overrun.
+ * - `maxDelayMs: 1000`: bounds any single sleep. The seven sleeps of a transaction that uses
+ *   every attempt take 0.35–5.6 s, 2.6 s on average; the deadline check skips a sleep that would
+ *   overrun.
  * @example
  * await withRetry(pool, fn, { ...RETRY_DEFAULTS, maxAttempts: RETRY_DEFAULTS.maxAttempts * 2 });
  */
