@@ -206,6 +206,29 @@ describe('TokenCache', () => {
     expect(tokens.expiresAt).toBeUndefined();
   });
 
+  it('does not cache a token whose signing was overtaken by invalidate()', async () => {
+    const c = clock();
+    let release: (() => void) | undefined;
+    let calls = 0;
+    const provider = () =>
+      new Promise<AwsCredentialIdentity>((resolve) => {
+        calls++;
+        release = () => resolve(staticCreds(calls));
+      });
+    const tokens = cache({ credentials: provider, now: c.now });
+    const pending = tokens.get();
+    await Promise.resolve();
+    tokens.invalidate();
+    release?.();
+    expect(await pending).toContain('AKID1');
+    expect(tokens.expiresAt).toBeUndefined();
+    const next = tokens.get();
+    await Promise.resolve();
+    release?.();
+    expect(await next).toContain('AKID2');
+    expect(tokens.expiresAt).toBeDefined();
+  });
+
   it('keeps tokens and secrets out of inspect, JSON and errors', async () => {
     const c = clock();
     const tokens = cache({ credentials: countingProvider(staticCreds).provider, now: c.now });
