@@ -12,6 +12,7 @@
  *    longer than the thaw threshold (one validation round trip on the pooled connection), and one
  *    after a freeze longer than maxIdleMillis (a fresh connection: TLS, token, startup).
  */
+import { EventEmitter } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -26,6 +27,7 @@ import {
   type DsqlContext,
   endLambdaPools,
   getFreezeGuardStats,
+  installFreezeGuard,
   lambdaPool,
   withDsql,
 } from '../src/lambda.js';
@@ -35,8 +37,8 @@ import { tokenCacheFor } from '../src/token.js';
 import { startTestEndpoint } from '../test/helpers/endpoint.js';
 import { sleep, startLambdaChild } from '../test/lambda/harness.js';
 
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 15);
-const PER_ROUND = Number(process.env.BENCH_PER_ROUND ?? 200);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 60);
+const PER_ROUND = Number(process.env.BENCH_PER_ROUND ?? 50);
 const THAW_SAMPLES = Number(process.env.BENCH_THAW_SAMPLES ?? 15);
 
 function context(): Context & DsqlContext {
@@ -64,18 +66,81 @@ const median = (xs: number[]) => {
 };
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
-/** Statements the endpoint has seen, if its statistics count them. */
-function statementsSeen(stats: unknown): number | undefined {
-  const s = stats as Record<string, unknown>;
-  for (const key of ['queries', 'statements', 'queriesRelayed']) {
-    if (typeof s?.[key] === 'number') return s[key] as number;
+/**
+ * Statements sent by every pg client of this process (pg.Client#query, which pool.query and the
+ * freeze guard's validation both go through): the round trips each variant costs.
+ */
+let statementsSent = 0;
+const clientQuery = pg.Client.prototype.query;
+pg.Client.prototype.query = function countedQuery(this: pg.Client, ...args: unknown[]) {
+  statementsSent++;
+  return (clientQuery as (...a: unknown[]) => unknown).apply(this, args);
+} as typeof clientQuery;
+
+/** Per-invocation CPU cost of each layer, with an in-memory pg client (no I/O at all). */
+async function cpuOverhead() {
+  class MemoryClient extends EventEmitter {
+    _queryable = true;
+    _ending = false;
+    connect(cb: (err?: Error) => void) {
+      setImmediate(() => cb());
+    }
+    getTransactionStatus() {
+      return 'I';
+    }
+    query(_text: unknown, values: unknown, cb?: (err: Error | undefined, res: unknown) => void) {
+      const callback = typeof values === 'function' ? (values as typeof cb) : cb;
+      queueMicrotask(() => callback?.(undefined, { rows: [{ one: 1 }] }));
+    }
+    end(cb?: () => void) {
+      cb?.();
+    }
   }
-  const nested = s?.queries as Record<string, unknown> | undefined;
-  if (nested && typeof nested.total === 'number') return nested.total;
-  return undefined;
+  const bareMem = new pg.Pool({ max: 1, Client: MemoryClient as never });
+  const guardedMem = new pg.Pool({ max: 1, Client: MemoryClient as never });
+  installFreezeGuard(guardedMem, {
+    maxLifetimeSeconds: 3300,
+    maxIdleMillis: 300_000,
+    thawThresholdMillis: 5_000,
+    validationTimeoutMillis: 1_000,
+  });
+  const q = async (pool: pg.Pool) => (await pool.query('SELECT 1 AS one')).rows[0];
+  const m7 = middy<unknown, unknown, Error, Context>().handler(() => q(bareMem));
+  const m7d = middy<unknown, unknown, Error, Context>()
+    .use(dsql({ pool: guardedMem }))
+    .handler((_e, c) => q(c.dsql.pool));
+  const w = withDsql(async (_e: unknown, c) => q(c.dsql.pool), { pool: guardedMem });
+  const fns: Record<string, () => Promise<unknown>> = {
+    'bare pg.Pool': () => q(bareMem),
+    'freeze guard': () => q(guardedMem),
+    withDsql: () => w({}, context()),
+    'middy 7': () => m7({}, context()),
+    'middy 7 + dsql()': () => m7d({}, context()),
+  };
+  const out: Record<string, number[]> = {};
+  for (const [name, fn] of Object.entries(fns)) {
+    out[name] = [];
+    for (let i = 0; i < 5_000; i++) await fn();
+  }
+  for (let r = 0; r < 15; r++) {
+    for (const [name, fn] of Object.entries(fns)) {
+      const t0 = performance.now();
+      for (let i = 0; i < 2_000; i++) await fn();
+      out[name]!.push(((performance.now() - t0) / 2_000) * 1000);
+    }
+  }
+  const us = Object.fromEntries(Object.entries(out).map(([k, v]) => [k, round(median(v), 2)]));
+  return {
+    usPerInvocation: us,
+    addedByFreezeGuardUs: round(us['freeze guard']! - us['bare pg.Pool']!, 2),
+    addedByWithDsqlUs: round(us.withDsql! - us['bare pg.Pool']!, 2),
+    addedByDsqlMiddlewareUs: round(us['middy 7 + dsql()']! - us['middy 7']!, 2),
+  };
 }
 
 async function main() {
+  const cpu = await cpuOverhead();
+  console.table([cpu.usPerInvocation]);
   const endpoint = await startTestEndpoint();
   const config: DsqlConfig = {
     host: endpoint.host,
@@ -103,8 +168,15 @@ async function main() {
   const middy5Handler = middy5(
     async (_e: unknown, c: Context & DsqlContext) => (await c.dsql.query('SELECT 1 AS one')).rows[0],
   ).use(dsql({ pool: guardedPool }));
+  // middy's own cost, to tell it apart from the middleware's.
+  const middy7Bare = middy<unknown, unknown, Error, Context>().handler(
+    async () => (await bare.query('SELECT 1 AS one')).rows[0],
+  );
+  const middy5Bare = middy5(async () => (await bare.query('SELECT 1 AS one')).rows[0]);
   const variants: Record<string, (ctx: Context & DsqlContext) => Promise<unknown>> = {
     'bare pg.Pool': async () => (await bare.query('SELECT 1 AS one')).rows[0],
+    'middy 7 + bare pg.Pool': (ctx) => middy7Bare({}, ctx),
+    'middy 5 + bare pg.Pool': (ctx) => middy5Bare({}, ctx),
     'lambdaPool (freeze guard)': async () => (await guardedPool.query('SELECT 1 AS one')).rows[0],
     withDsql: (ctx) => wrapped({}, ctx),
     'middy 7 + dsql()': (ctx) => middy7({}, ctx),
@@ -119,17 +191,17 @@ async function main() {
   for (const name of names) for (let i = 0; i < 300; i++) await variants[name]!(context());
 
   for (let r = 0; r < ROUNDS; r++) {
-    const order = r % 2 === 0 ? names : [...names].reverse();
+    // Interleaved, in a fresh random order each round: load from other processes hits all alike.
+    const order = [...names].sort(() => Math.random() - 0.5);
     for (const name of order) {
       const fn = variants[name]!;
       const v0 = getFreezeGuardStats(guardedPool)?.validations ?? 0;
-      const s0 = statementsSeen(endpoint.stats());
+      const s0 = statementsSent;
       const t0 = performance.now();
       for (let i = 0; i < PER_ROUND; i++) await fn(context());
       const t1 = performance.now();
-      const s1 = statementsSeen(endpoint.stats());
       times.get(name)!.push(((t1 - t0) / PER_ROUND) * 1000);
-      if (s0 !== undefined && s1 !== undefined) statements.get(name)!.push((s1 - s0) / PER_ROUND);
+      statements.get(name)!.push((statementsSent - s0) / PER_ROUND);
       validations.set(
         name,
         validations.get(name)! + (getFreezeGuardStats(guardedPool)?.validations ?? 0) - v0,
@@ -137,14 +209,24 @@ async function main() {
     }
   }
   const reference = median(times.get('bare pg.Pool')!);
+  // The middleware against middy with the same handler on a bare pool; the rest against the bare pool.
+  const baseOf = (name: string) =>
+    name.startsWith('middy 7 + dsql')
+      ? 'middy 7 + bare pg.Pool'
+      : name.startsWith('middy 5 + dsql')
+        ? 'middy 5 + bare pg.Pool'
+        : 'bare pg.Pool';
   const warm = names.map((name) => {
     const us = median(times.get(name)!);
     const st = statements.get(name)!;
+    const base = median(times.get(baseOf(name))!);
     return {
       variant: name,
       usPerInvocation: round(us),
-      overheadPct: round(((us - reference) / reference) * 100, 2),
-      statementsPerInvocation: st.length > 0 ? round(median(st), 3) : null,
+      overheadVsBarePoolPct: round(((us - reference) / reference) * 100, 2),
+      comparedWith: baseOf(name),
+      overheadPct: round(((us - base) / base) * 100, 2),
+      statementsPerInvocation: round(st.reduce((a, b) => a + b, 0) / st.length, 3),
       validationRoundTrips: validations.get(name),
     };
   });
@@ -205,6 +287,7 @@ async function main() {
         date: new Date().toISOString(),
         node: process.version,
         settings: { rounds: ROUNDS, perRound: PER_ROUND, thawSamples: THAW_SAMPLES },
+        cpu,
         warm,
         thaw,
       },
