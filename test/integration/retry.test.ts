@@ -1,8 +1,10 @@
 /**
  * withRetry / execWithRetry against the local DSQL-like endpoint: injected OCC conflicts at
- * COMMIT, dropped connections before and during COMMIT, a ROLLBACK that cannot complete,
- * deadline and abort, all on plain pg.Pool / pg.Client built from the endpoint's pgConfig.
- * Assertions are on counts (rows, attempts, pool size) and ordering, never on durations.
+ * COMMIT, dropped connections before and during COMMIT, a ROLLBACK that cannot complete, a
+ * swallowed statement error, deadline and abort, a real conflict for execWithRetry, mostly on
+ * plain pg.Pool / pg.Client built from the endpoint's pgConfig, and once on createPool().
+ * Assertions are on counts (rows, attempts, COMMITs seen, pool size, sessions) and ordering,
+ * never on durations.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
