@@ -30,7 +30,7 @@ type Fault = 'none' | 'fin' | 'rst' | 'fatal' | 'silent' | 'age';
 const FAULTS: Fault[] = ['none', 'fin', 'rst', 'fatal', 'silent', 'age'];
 
 const cycles = Number(process.argv[2] ?? 240);
-const baselineCycles = Math.min(60, Math.round(cycles / 4));
+const baselineCycles = Math.min(30, Math.round(cycles / 8));
 const THAW_MS = 150;
 // Thresholds scaled down with the pauses so a short soak exercises both sides of each.
 const config = { thawThresholdMillis: THAW_MS, validationTimeoutMillis: 300, maxIdleMillis: 300_000 };
