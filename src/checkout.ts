@@ -24,7 +24,17 @@
 import type pg from 'pg';
 import { DsqlConnectionError, isConnectionLostError } from './errors.js';
 
-/** Freeze-safe checkout settings. All comparisons use the wall clock (`Date.now()`) at checkout. */
+/**
+ * Freeze-safe checkout settings. All comparisons use the wall clock (`Date.now()`) at checkout.
+ * `createPool` fills them from the configuration (defaults: `maxLifetimeSeconds` 3300,
+ * `maxIdleMillis` 300000, `thawThresholdMillis` 5000, `validationTimeoutMillis` 1000).
+ * @example
+ * ```ts
+ * const options: FreezeGuardOptions = {
+ *   maxLifetimeSeconds: 3300, maxIdleMillis: 300_000, thawThresholdMillis: 5_000, validationTimeoutMillis: 1_000,
+ * };
+ * ```
+ */
 export interface FreezeGuardOptions {
   /**
    * A reused connection older than this (seconds since it was opened) is destroyed at checkout
@@ -51,7 +61,14 @@ export interface FreezeGuardOptions {
   validationTimeoutMillis: number;
 }
 
-/** Counters kept per guarded pool, for tests, benchmarks and diagnostics. */
+/**
+ * Counters kept per guarded pool, for tests, benchmarks and diagnostics (see
+ * {@link getFreezeGuardStats}).
+ * @example
+ * ```ts
+ * const stats: FreezeGuardStats | undefined = getFreezeGuardStats(pool);
+ * ```
+ */
 export interface FreezeGuardStats {
   /** Checkouts served (each successful `connect()`, including the ones made by `pool.query()`). */
   checkouts: number;

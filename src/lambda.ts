@@ -21,7 +21,13 @@ export {
   installFreezeGuard,
 } from './checkout.js';
 
-/** Where warnings go. Anything with a `warn(message)` method: `console`, a Powertools `Logger`, pino. */
+/**
+ * Where warnings go. Anything with a `warn(message)` method: `console`, a Powertools `Logger`, pino.
+ * @example
+ * ```ts
+ * withDsql(handler, { logger: { warn: (message) => metrics.leak(message) } });
+ * ```
+ */
 export interface DsqlLogger {
   warn(message: string, ...details: unknown[]): void;
 }
@@ -72,13 +78,28 @@ export interface Dsql {
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: RetryOptions): Promise<T>;
 }
 
-/** What the wrapper and the middleware add to the Lambda context. */
+/**
+ * What the wrapper and the middleware add to the Lambda context.
+ * @example
+ * ```ts
+ * import type { Context } from 'aws-lambda';
+ * async function handler(event: unknown, context: Context & DsqlContext) {
+ *   return (await context.dsql.query('SELECT 1 AS one')).rows[0];
+ * }
+ * ```
+ */
 export interface DsqlContext {
   /** The per-invocation database handle. */
   dsql: Dsql;
 }
 
-/** Options of the per-invocation handle, shared by {@link withDsql} and the middy middleware. */
+/**
+ * Options of the per-invocation handle, shared by {@link withDsql} and the middy middleware.
+ * @example
+ * ```ts
+ * dsql({ deadlineMarginMs: 1_000, retry: { maxAttempts: 5 }, logger: powertoolsLogger });
+ * ```
+ */
 export interface DsqlLifecycleOptions {
   /**
    * Milliseconds kept free at the end of the invocation: OCC retries stop starting new attempts
@@ -95,6 +116,13 @@ export interface DsqlLifecycleOptions {
  * Options of {@link withDsql} and `dsql()` (middy): a connection string, a {@link DsqlConfig}
  * (with lifecycle options mixed in), or an existing pool (`{ pool }`). Default: the
  * configuration from the environment (`DSQL_ENDPOINT`, `AWS_REGION`, …).
+ * @example
+ * ```ts
+ * withDsql(handler);                                                  // environment
+ * withDsql(handler, 'postgres://admin@abc…xyz.dsql.us-east-1.on.aws'); // connection string
+ * withDsql(handler, { host: process.env.CLUSTER, deadlineMarginMs: 250 });
+ * withDsql(handler, { pool: myPool });
+ * ```
  */
 export type DsqlHandlerOptions =
   | string
@@ -209,7 +237,13 @@ function configKey(config: DsqlConfig | string | undefined): string {
   return createHash('sha256').update(JSON.stringify(input)).digest('base64');
 }
 
-/** A per-invocation handle and the function that ends it. */
+/**
+ * A per-invocation handle and the function that ends it (see {@link createDsqlContext}).
+ * @example
+ * ```ts
+ * const invocation: DsqlInvocation = createDsqlContext(pool, context);
+ * ```
+ */
 export interface DsqlInvocation {
   /** The handle to put on the context. */
   readonly dsql: Dsql;
@@ -312,7 +346,16 @@ export function createDsqlContext(
   return { dsql, cleanup };
 }
 
-/** Splits {@link DsqlHandlerOptions} into a pool source and lifecycle options. */
+/**
+ * Splits {@link DsqlHandlerOptions} into a pool source and the lifecycle options; the pool source
+ * resolves nothing until called. Shared by {@link withDsql} and the middy middleware, and useful
+ * to build another integration the same way.
+ * @example
+ * ```ts
+ * const { getPool, lifecycle } = splitHandlerOptions({ host: 'abc…xyz', deadlineMarginMs: 250 });
+ * const { dsql, cleanup } = createDsqlContext(getPool(), context, lifecycle);
+ * ```
+ */
 export function splitHandlerOptions(options: DsqlHandlerOptions | undefined): {
   getPool: () => pg.Pool;
   lifecycle: DsqlLifecycleOptions;

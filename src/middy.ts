@@ -31,10 +31,23 @@ export type {
   DsqlLogger,
 } from './lambda.js';
 
-/** Key in `request.internal` holding this middleware's cleanup function. */
+/**
+ * Key in `request.internal` holding this middleware's cleanup function (a function of no
+ * arguments, idempotent).
+ * @example
+ * ```ts
+ * (request.internal[DSQL_CLEANUP_KEY] as (() => void) | undefined)?.();
+ * ```
+ */
 export const DSQL_CLEANUP_KEY = 'dsql-lambda.cleanup';
 
-/** The middleware `dsql()` returns: adds `context.dsql` to the handler's context type. */
+/**
+ * The middleware `dsql()` returns: `.use()` adds `context.dsql` to the handler's context type.
+ * @example
+ * ```ts
+ * const middleware: DsqlMiddleware = dsql();
+ * ```
+ */
 export type DsqlMiddleware = MiddlewareObj<unknown, unknown, Error, Context & DsqlContext>;
 
 type AnyRequest = Pick<Request, 'context' | 'internal' | 'response'> & { earlyResponse?: unknown };
