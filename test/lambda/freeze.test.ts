@@ -213,4 +213,11 @@ describe('handler plain', () => {
     expect(r.ok).toBe(false);
     expect((await c.invoke({ op: 'select' })).ok).toBe(true);
   });
+
+  it('configuration from the environment alone (what a deployed handler has): thaw after a drop', async () => {
+    const c = await start('middy7', {});
+    const { r, tag } = await freezeCycle(c, 'fatal', 100);
+    expect(r.error).toBeUndefined();
+    expect(await count(tag)).toBe(1);
+  });
 });

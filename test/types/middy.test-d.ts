@@ -17,6 +17,10 @@ describe('dsql() middleware types', () => {
       .use(dsql())
       .handler(async (_event, context) => {
         expectTypeOf(context.dsql).toEqualTypeOf<Dsql>();
+        expectTypeOf(context.dsql.query).toEqualTypeOf<Dsql['query']>();
+        expectTypeOf(context.dsql.query<{ n: number }>).returns.resolves.toEqualTypeOf<
+          pg.QueryResult<{ n: number }>
+        >();
         expectTypeOf(context.dsql.pool).toEqualTypeOf<pg.Pool>();
         expectTypeOf(context.dsql.connect).returns.resolves.toEqualTypeOf<pg.PoolClient>();
         expectTypeOf(context.getRemainingTimeInMillis).returns.toBeNumber();
