@@ -371,7 +371,7 @@ const RENAMED: Record<string, string> = {
  */
 export function parseConnectionString(connectionString: string): DsqlConfig {
   const field = 'connectionString';
-  if (!/^(postgres|postgresql|dsql):\/\//i.test(String(connectionString))) {
+  if (typeof connectionString !== 'string' || !/^(postgres|postgresql|dsql):\/\//i.test(connectionString)) {
     fail(field, 'must be a postgres:// or dsql:// URL');
   }
   let url: URL;

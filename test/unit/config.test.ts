@@ -142,6 +142,11 @@ describe('connection strings (the Go seed connector examples and more)', () => {
     expect(configError(() => resolveConfig(url, NO_ENV)).field).toBe(field);
   });
 
+  it('refuses a connectionString that is not a string, whatever it converts to', () => {
+    const weird = { connectionString: { toString: 0 } } as unknown as DsqlConfig;
+    expect(configError(() => resolveConfig(weird, NO_ENV)).field).toBe('connectionString');
+  });
+
   it('never repeats a password from the string', () => {
     const err = configError(() =>
       resolveConfig('postgres://admin:S3cr3tValue@cluster.dsql.us-east-1.on.aws', NO_ENV),
@@ -428,7 +433,18 @@ describe('properties', () => {
     ];
     fc.assert(
       fc.property(
-        fc.dictionary(fc.constantFrom(...keys), fc.anything()),
+        fc.dictionary(
+          fc.constantFrom(...keys),
+          fc.anything({
+            withBoxedValues: true,
+            withObjectString: true,
+            withNullPrototype: true,
+            withMap: true,
+            withDate: true,
+            withBigInt: true,
+            withTypedArray: true,
+          }),
+        ),
         fc.boolean(),
         (config, withHost) => {
           const input = withHost ? { host: 'abc.dsql.us-east-1.on.aws', ...config } : config;
