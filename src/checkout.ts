@@ -235,6 +235,13 @@ function isOpen(client: pg.PoolClient): boolean {
   return !(stream?.destroyed || stream?.readableEnded || stream?.writableEnded);
 }
 
+/** Closes the client's socket at once (pg has no public way to abort a connection). */
+function destroySocket(client: pg.PoolClient): void {
+  const stream = (client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection
+    ?.stream;
+  stream?.destroy?.();
+}
+
 /**
  * Loop turns to let run before trusting a reused connection. Measured against the local
  * endpoint over TLS: after a SIGCONT the drop (FIN, RST, FATAL) shows on the client within the
@@ -309,6 +316,9 @@ function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect, pass
       }
       state.stats[verdict]++;
       client.release(EVICT);
+      // A dead connection gets no goodbye: pg's graceful end waits for the server to close its
+      // side, which on a silently dropped path never happens, leaving the socket open.
+      if (verdict === 'evictedDead') destroySocket(client);
       checkout(pool, state, rawConnect, pass + 1, done);
     };
     if (!reused) {

@@ -220,4 +220,37 @@ describe('handler plain', () => {
     expect(r.error).toBeUndefined();
     expect(await count(tag)).toBe(1);
   });
+
+  it.each(['fin', 'silent'] as const)(
+    'Managed-Instance style: 8 concurrent invocations queued while frozen, 4 pooled connections dropped (%s)',
+    async (drop) => {
+      const c = await start('middy7', { ...fastConfig, max: 4 });
+      // Open four connections: four invocations holding a client at the same time.
+      const opened = await Promise.all(
+        Array.from({ length: 4 }, () => c.invoke({ op: 'sleep', ms: 100 }, { concurrent: true })),
+      );
+      expect(opened.every((r) => r.ok)).toBe(true);
+      expect((opened[0]!.value as Info).total).toBe(4);
+      c.freeze();
+      const tags = Array.from({ length: 8 }, () => `mi-${drop}-${++seq}`);
+      const pending = tags.map((tag) => c.invoke({ op: 'insert', table, tag }, { concurrent: true }));
+      await sleep(20);
+      endpoint.faults.dropConnections({ which: 'all', how: drop });
+      await sleep(400);
+      const thawedAt = Date.now();
+      c.thaw();
+      const results = await Promise.all(pending);
+      const elapsed = Date.now() - thawedAt;
+      expect(results.map((r) => r.error)).toEqual(tags.map(() => undefined));
+      for (const tag of tags) expect(await count(tag)).toBe(1);
+      const info = (await c.invoke({ op: 'stats' })).value as Info;
+      expect(info.total).toBeLessThanOrEqual(4);
+      if (drop === 'silent') {
+        // One validation timeout (500 ms) condemns every connection idle through the same
+        // freeze, not one timeout per connection.
+        expect(info.guard.validations).toBeLessThanOrEqual(4);
+        expect(elapsed).toBeLessThan(4 * 500);
+      }
+    },
+  );
 });
