@@ -65,8 +65,8 @@ export interface Dsql {
   ): Promise<pg.QueryResult<R>>;
   /**
    * Checks out a client for several statements. Release it (`client.release()`) in a `finally`;
-   * a client still checked out when the invocation ends is released with a warning (destroyed if
-   * it failed or is inside a transaction).
+   * a client still checked out when the invocation ends is taken back with a warning and its
+   * connection closed (the code that leaked it may still use it, so it is never pooled again).
    */
   connect(): Promise<pg.PoolClient>;
   /**
@@ -248,9 +248,9 @@ export interface DsqlInvocation {
   /** The handle to put on the context. */
   readonly dsql: Dsql;
   /**
-   * Releases every client checked out through `dsql.connect()` and not released yet, with a
-   * warning naming each; destroys the ones that failed or sit inside a transaction. Idempotent.
-   * Returns the number of leaked clients.
+   * Takes back every client checked out through `dsql.connect()` and not released yet, with a
+   * warning naming where each was checked out, and closes its connection (never pooled again:
+   * the leaker may still hold it). Idempotent. Returns the number of leaked clients.
    */
   cleanup(): number;
 }
@@ -334,11 +334,13 @@ export function createDsqlContext(
     for (const { origin, release } of leaked) {
       logger.warn(
         `dsql-lambda: a client from dsql.connect() was not released before the invocation ended${request}; ` +
-          'releasing it now (destroyed if it failed or is inside a transaction). Release clients in a finally block.',
+          'closing its connection. Release clients in a finally block.',
         origin.stack,
       );
-      // The freeze guard's release destroys a failed client or one left inside a transaction.
-      release();
+      // Destroyed, not pooled: whoever leaked it may still hold it (a handler still running after
+      // middy's timeoutEarly response, an un-awaited promise) and would then share a connection,
+      // maybe mid-transaction, with the next invocation. A reconnect is the cheaper risk.
+      release(true);
     }
     return leaked.length;
   }
@@ -375,7 +377,7 @@ export function splitHandlerOptions(options: DsqlHandlerOptions | undefined): {
  * Wraps an async Lambda handler so it receives `context.dsql` (query, connect, transaction,
  * pool), without middy. The pool is resolved on the first invocation (not when the module loads,
  * so a test can import the handler without DSQL settings) and reused by every later invocation;
- * after each invocation, leaked clients are released with a warning.
+ * after each invocation, leaked clients are taken back (connection closed) with a warning.
  *
  * @param handler - an async handler; its context gains `dsql`.
  * @param options - config / connection string / `{ pool }`, plus `deadlineMarginMs` (default 500),

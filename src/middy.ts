@@ -58,7 +58,7 @@ type AnyRequest = Pick<Request, 'context' | 'internal' | 'response'> & { earlyRe
  * invocation, so importing the handler needs no DSQL settings) unless `{ pool }` is given. No
  * connection is opened unless a statement runs. `transaction()` retries OCC conflicts until the
  * Lambda deadline minus `deadlineMarginMs`. Clients checked out with `context.dsql.connect()` and
- * not released are released at the end of the invocation, with a warning.
+ * not released are taken back at the end of the invocation (connection closed), with a warning.
  *
  * @param options - connection string, config (+ lifecycle options), or `{ pool }`;
  *   `deadlineMarginMs` default 500, `retry` default `withRetry`'s, `logger` default `console`.
@@ -68,10 +68,13 @@ type AnyRequest = Pick<Request, 'context' | 'internal' | 'response'> & { earlyRe
  * import middy from '@middy/core';
  * import { dsql } from 'dsql-lambda/middy';
  *
- * export const handler = middy(async (event: { id: string }, context) => {
- *   const { rows } = await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id]);
- *   return rows[0];
- * }).use(dsql());
+ * // `.use()` before `.handler()`, so the handler's context is typed with `dsql`.
+ * export const handler = middy()
+ *   .use(dsql())
+ *   .handler(async (event: { id: string }, context) => {
+ *     const { rows } = await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id]);
+ *     return rows[0];
+ *   });
  * ```
  */
 export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {

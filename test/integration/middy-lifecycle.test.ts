@@ -74,20 +74,24 @@ describe.each(flavours)('dsql() with $name', ({ make }) => {
     expect(logger.warn).not.toHaveBeenCalled();
   });
 
-  it('releases a leaked client after the invocation, with a warning naming it', async () => {
-    const idleBefore = pool.totalCount;
+  it('takes a leaked client back after the invocation and closes it, with a warning naming it', async () => {
+    let leaked: pg.PoolClient | undefined;
     const handler = make(async (_event, context) => {
-      const client = await context.dsql.connect();
-      await client.query('SELECT 1');
+      leaked = await context.dsql.connect();
+      await leaked.query('SELECT 1');
       return 'leaked';
     }).use(dsql({ pool, logger }));
     const context = lambdaContext();
     await handler({}, context);
     expect(logger.warn).toHaveBeenCalledOnce();
     expect(String(logger.warn.mock.calls[0]?.[0])).toContain(context.awsRequestId);
+    // Names the leak: where the client was checked out.
     expect(String(logger.warn.mock.calls[0]?.[1])).toContain('middy-lifecycle.test.ts');
-    expect(pool.idleCount).toBe(Math.max(1, idleBefore));
+    // Nothing is left checked out, and the leaked connection is closed, not pooled.
+    expect(pool.totalCount - pool.idleCount).toBe(0);
     expect(pool.waitingCount).toBe(0);
+    expect((leaked as unknown as { _ending: boolean })._ending).toBe(true);
+    await expect(leaked!.query('SELECT 1')).rejects.toThrow();
   });
 
   it('destroys a leaked client left inside a transaction', async () => {
