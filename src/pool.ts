@@ -109,6 +109,9 @@ export class DsqlClient extends pg.Client {
         });
         return;
       } catch (err) {
+        // Whatever follows, this attempt's socket is done: one left open (no token to send, say)
+        // would hold a connection slot until the server's authentication timeout.
+        (internals.connection as unknown as { stream: Socket }).stream.destroy();
         if (isAuthFailure(err) && typeof internals.password === 'string')
           this.#onAuthFailure?.(internals.password);
         if (internals._ending || err instanceof DsqlTokenError) throw err;
@@ -150,7 +153,6 @@ export class DsqlClient extends pg.Client {
     // The failed connection must not drive this client any more, nor crash on a late error.
     old.removeAllListeners();
     old.on('error', noop);
-    (old as unknown as { stream?: { destroy?: () => void } }).stream?.destroy?.();
     clearTimeout(c.connectionTimeoutHandle);
     const { _events, _eventsCount, _maxListeners, ...fresh } = new pg.Client(
       this.#config,
@@ -195,8 +197,8 @@ function dialing(address: string): () => Socket {
  */
 export function toPgConfig(config: ResolvedDsqlConfig, password: () => Promise<string>): pg.PoolConfig {
   const { host, hostaddr } = config;
-  const ssl: Record<string, unknown> = { rejectUnauthorized: true, servername: host };
-  if (config.ca !== undefined) ssl.ca = config.ca;
+  // (`ca: undefined` is what tls takes as "the system roots".)
+  const ssl = { rejectUnauthorized: true, servername: host, ca: config.ca };
   const dialName = hostaddr !== undefined && !hostaddr.includes(':') && !/^[\d.]+$/.test(hostaddr);
   return {
     ...config.pgOptions,

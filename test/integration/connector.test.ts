@@ -8,7 +8,7 @@ import { inspect } from 'node:util';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type DsqlConfig, resolveConfig } from '../../src/config.js';
-import { DsqlConnectionError } from '../../src/errors.js';
+import { DsqlConnectionError, DsqlTokenError } from '../../src/errors.js';
 import type { LocalDsql } from '../../src/local/index.js';
 import { connect, createPool } from '../../src/pool.js';
 import { tokenCacheFor } from '../../src/token.js';
@@ -198,6 +198,22 @@ describe('createPool against the local endpoint', () => {
     await p.query('SELECT 1').catch(() => {});
     expect(cache.signedCount).toBe(2);
     expect(JSON.stringify(err)).not.toContain('wrong-secret');
+  });
+
+  it('closes the connection when it has no token to send, so it holds no connection slot', async () => {
+    endpoint.faults.setMaxConnections(1);
+    let calls = 0;
+    const p = pool({
+      connectionTimeoutMillis: 2000,
+      credentials: async () => {
+        if (++calls === 1) throw new Error('credentials not ready');
+        return { ...endpoint.credentials };
+      },
+    });
+    // The server asked for the password; there is none to send. Left open, the socket would
+    // keep the only slot until the server's own authentication timeout (30 s here).
+    await expect(p.query('SELECT 1')).rejects.toBeInstanceOf(DsqlTokenError);
+    expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
   });
 
   it('retries rate-limit refusals (53400) until admitted', async () => {
