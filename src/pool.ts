@@ -34,6 +34,7 @@ interface ClientInternals {
   connection: pg.Connection;
   connectionTimeoutHandle?: ReturnType<typeof setTimeout>;
   password: unknown;
+  connectionParameters: { password: unknown };
   _connectionTimeoutMillis: number;
   _ending: boolean;
 }
@@ -107,6 +108,9 @@ export class DsqlClient extends pg.Client {
         await new Promise<void>((resolve, reject) => {
           super.connect((err: Error | null) => (err ? reject(err) : resolve()));
         });
+        // pg replaced the password function with the token it returned (non-enumerable, but
+        // `inspect(client, { showHidden: true })` shows it): put the function back.
+        internals.password = internals.connectionParameters.password = this.#config.password;
         return;
       } catch (err) {
         // Whatever follows, this attempt's socket is done: one left open (no token to send, say)
@@ -229,10 +233,8 @@ function prepare(config: DsqlConfig | string | undefined) {
   const resolved = resolveConfig(config);
   let tokens: TokenCache | undefined;
   const cache = () => (tokens ??= tokenCacheFor(resolved));
-  const policy: DsqlConnectPolicy = {
-    connectionTimeoutMillis: resolved.connectionTimeoutMillis,
-    onAuthFailure: (token) => cache().invalidate(token),
-  };
+  // (No connectionTimeoutMillis here: the client reads it from pgConfig.)
+  const policy: DsqlConnectPolicy = { onAuthFailure: (token) => cache().invalidate(token) };
   return { resolved, pgConfig: toPgConfig(resolved, () => cache().get()), policy };
 }
 

@@ -212,10 +212,7 @@ export function tokenCacheFor(
   let cache = sharedCaches.get(key);
   if (cache === undefined) {
     cache = new TokenCache({
-      host: config.host,
-      region: config.region,
-      action: config.action,
-      tokenDurationSecs: config.tokenDurationSecs,
+      ...config,
       credentials: createCredentialsProvider(config.credentialSource, env),
     });
     if (sharedCaches.size >= MAX_SHARED_CACHES) {
