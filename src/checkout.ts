@@ -171,8 +171,7 @@ export function installFreezeGuard(pool: pg.Pool, options: FreezeGuardOptions): 
 
   // 'connect' fires once per physical connection, right before its first checkout.
   pool.on('connect', (client: pg.PoolClient) => {
-    const now = Date.now();
-    state.connections.set(client, { openedAt: now, releasedAt: now, uses: 0, failure: undefined });
+    track(state, client, 0);
   });
   // pg-pool has already removed the failed idle connection when it emits this; without a
   // listener the emit would throw and kill the Lambda process.
@@ -290,21 +289,9 @@ function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect, pass
       done(err ?? new Error('pg-pool returned no client'));
       return;
     }
-    let info = state.connections.get(client);
-    if (!info) {
-      // Opened before the guard was installed: nothing known, treat its age as starting now.
-      const now = Date.now();
-      info = { openedAt: now, releasedAt: now, uses: 1, failure: undefined };
-      state.connections.set(client, info);
-    }
-    const conn = info;
-    // Listen before anything can yield: a checked-out client with no 'error' listener crashes
-    // the process when its socket fails between two statements.
-    const onError = (e: unknown) => {
-      conn.failure ??= e ?? new Error('connection error');
-    };
-    client.on('error', onError);
-    wrapRelease(client, conn, state, onError);
+    // Opened before the guard was installed: nothing known, its age starts now.
+    const conn = state.connections.get(client) ?? track(state, client, 1);
+    wrapRelease(client, conn, state);
 
     const reused = conn.uses > 0;
     conn.uses++;
@@ -425,12 +412,7 @@ function validate(client: pg.PoolClient, timeoutMillis: number): Promise<void> {
  * time is recorded on the wall clock and a connection that failed, or that is handed back
  * inside a transaction, is destroyed instead of pooled.
  */
-function wrapRelease(
-  client: pg.PoolClient,
-  info: ConnectionInfo,
-  state: GuardState,
-  onError: (err: unknown) => void,
-): void {
+function wrapRelease(client: pg.PoolClient, info: ConnectionInfo, state: GuardState): void {
   const poolRelease = client.release;
   client.release = function releaseGuarded(err?: Error | boolean) {
     let destroy: Error | boolean | undefined = err;
@@ -444,9 +426,23 @@ function wrapRelease(
       }
     }
     info.releasedAt = Date.now();
-    // pg-pool re-attaches its own idle listener inside release, synchronously, so no error can
-    // slip in between.
     poolRelease(destroy);
-    client.removeListener('error', onError);
   };
+}
+
+/**
+ * Starts tracking a connection. Its `'error'` listener stays for the connection's life: while it
+ * is checked out pg-pool listens no more, and a checked-out client with no `'error'` listener
+ * crashes the process when its socket fails between two statements. (While idle, pg-pool's own
+ * listener discards it; the failure noted here is then never read.) One listener per connection
+ * rather than one per checkout keeps the warm path free of listener churn.
+ */
+function track(state: GuardState, client: pg.PoolClient, uses: number): ConnectionInfo {
+  const now = Date.now();
+  const info: ConnectionInfo = { openedAt: now, releasedAt: now, uses, failure: undefined };
+  state.connections.set(client, info);
+  client.on('error', (err: unknown) => {
+    info.failure ??= err ?? new Error('connection error');
+  });
+  return info;
 }
