@@ -113,12 +113,14 @@ export class DsqlClient extends pg.Client {
         internals.password = internals.connectionParameters.password = this.#config.password;
         return;
       } catch (err) {
-        // Whatever follows, this attempt's socket is done: one left open (no token to send, say)
-        // would hold a connection slot until the server's authentication timeout.
-        (internals.connection as unknown as { stream: Socket }).stream.destroy();
         if (isAuthFailure(err) && typeof internals.password === 'string')
           this.#onAuthFailure?.(internals.password);
-        if (internals._ending || err instanceof DsqlTokenError) throw err;
+        if (internals._ending || err instanceof DsqlTokenError) {
+          // No token to send: pg leaves the socket open while the server waits for a password,
+          // holding a connection slot until the server's authentication timeout.
+          (internals.connection as unknown as { stream: Socket }).stream.destroy();
+          throw err;
+        }
         const now = Date.now();
         const timedOut = now >= deadline;
         if (!timedOut && !isRetryableConnectError(err)) throw err;
@@ -157,6 +159,7 @@ export class DsqlClient extends pg.Client {
     // The failed connection must not drive this client any more, nor crash on a late error.
     old.removeAllListeners();
     old.on('error', noop);
+    (old as unknown as { stream: Socket }).stream.destroy();
     clearTimeout(c.connectionTimeoutHandle);
     const { _events, _eventsCount, _maxListeners, ...fresh } = new pg.Client(
       this.#config,

@@ -157,4 +157,14 @@ describe('DsqlClient.connect retries admission refusals', () => {
     expect(err).toBeInstanceOf(Error);
     expect(server.connections).toBeLessThanOrEqual(2);
   });
+
+  it('a second connect() is refused as pg refuses it, and the connection stays usable', async () => {
+    const server = await admissionServer(() => 'relay');
+    cleanups.push(server.close);
+    const client = new DsqlClient(clientConfig(server.port), fast);
+    cleanups.push(() => client.end());
+    await client.connect();
+    await expect(client.connect()).rejects.toThrow(/already been connected/);
+    expect((await client.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
 });
