@@ -147,7 +147,13 @@ async function main(): Promise<void> {
       void stop();
       return;
     }
-    const out = runCommand(dsql, line);
+    let out: string;
+    try {
+      out = runCommand(dsql, line);
+    } catch (err) {
+      // A bad argument (`latency 50ms`) must not take the endpoint down.
+      out = err instanceof Error ? err.message : String(err);
+    }
     if (out) console.log(out);
   });
 }

@@ -1033,6 +1033,11 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const port = (server.address() as net.AddressInfo).port;
   const address = listenHost === '0.0.0.0' || listenHost === '::' ? '127.0.0.1' : listenHost;
 
+  /** A fault setting must be a number ≥ 0: NaN would stall every write or close every connection. */
+  const check = (name: string, value: number | undefined): void => {
+    if (value !== undefined && !(value >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
+  };
+
   const liveConnections = (): Connection[] => [...connections].filter((c) => !c.closed && !c.ending);
 
   const faults: LocalDsqlFaults = {
@@ -1070,17 +1075,23 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       core.strictSql = on;
     },
     setMaxConnectionAge(seconds) {
+      check('max connection age', seconds);
       core.maxConnectionAgeMs = seconds * 1000;
       for (const c of connections) c.scheduleAge();
     },
     setRateLimit(limit) {
+      check('perSecond', limit.perSecond);
+      check('burst', limit.burst);
       rate = { perSecond: limit.perSecond ?? rate.perSecond, burst: limit.burst ?? rate.burst };
       bucket = { tokens: rate.burst, at: Date.now() };
     },
     setMaxConnections(max) {
+      check('max connections', max);
       maxConnections = max;
     },
     setLatency(latency) {
+      check('toServer', latency.toServer);
+      check('toClient', latency.toClient);
       if (latency.toClient !== undefined) core.latency.toClient = latency.toClient;
       if (latency.toServer !== undefined) core.latency.toServer = latency.toServer;
     },

@@ -61,6 +61,8 @@ it('dsql-local prints the env a handler needs, takes fault commands on stdin, st
   });
   client.on('error', () => {});
   await client.connect();
+  child.stdin.write('latency 50ms\n');
+  await waitFor(/toServer must be a number/);
   child.stdin.write('occ 1 OC001\n');
   await waitFor(/next 1 COMMIT\(s\) fail with OC001/);
   await client.query('BEGIN');

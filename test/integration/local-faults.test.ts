@@ -340,3 +340,17 @@ describe('upstream events', () => {
     await other.nextError;
   });
 });
+
+describe('fault settings', () => {
+  it('refuses a value that is not a number, instead of stalling or closing every connection', async () => {
+    const { client } = await connect();
+    // NaN latency queued every write forever; NaN age closed every connection at once; NaN caps
+    // admitted everything.
+    expect(() => endpoint.faults.setLatency({ toServer: Number.NaN })).toThrow(RangeError);
+    expect(() => endpoint.faults.setLatency({ toClient: -1 })).toThrow(RangeError);
+    expect(() => endpoint.faults.setMaxConnectionAge(Number.NaN)).toThrow(RangeError);
+    expect(() => endpoint.faults.setRateLimit({ perSecond: Number.NaN })).toThrow(RangeError);
+    expect(() => endpoint.faults.setMaxConnections(Number.NaN)).toThrow(RangeError);
+    expect((await client.query('SELECT 1 AS ok')).rows).toEqual([{ ok: 1 }]);
+  });
+});
