@@ -426,12 +426,15 @@ export function regionFromHost(host: string): string | undefined {
 }
 
 /**
- * PostgreSQL keeps the first 63 bytes (and shows other than printable ASCII as `?`); the user's
- * part is shortened so our suffix survives.
+ * PostgreSQL keeps the first 63 bytes, after turning every byte other than printable ASCII into
+ * `?` (16 and later: `\xNN`): the user's part is made printable ASCII here, one `?` per UTF-16
+ * unit, then shortened so our suffix survives.
  */
 function applicationNameOf(name: string | undefined): string {
   const suffix = `${PACKAGE_NAME}/${PACKAGE_VERSION}`;
-  return name === undefined ? suffix : `${name.slice(0, 62 - suffix.length)}:${suffix}`;
+  return name === undefined
+    ? suffix
+    : `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`;
 }
 
 function caOf(value: unknown): DsqlSslConfig['ca'] {

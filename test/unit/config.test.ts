@@ -260,6 +260,13 @@ describe('defaults and validation', () => {
     const r = resolveConfig({ host, applicationName: 'x'.repeat(100) }, NO_ENV);
     expect(r.applicationName.length).toBeLessThanOrEqual(63);
     expect(r.applicationName.endsWith(`:dsql-lambda/${PACKAGE_VERSION}`)).toBe(true);
+    // 63 bytes, not characters: PostgreSQL turns every non-ASCII byte into '?' (16+: '\xNN')
+    // before truncating, which pushed the suffix out of a name like this.
+    for (const name of ['é'.repeat(60), '🙂'.repeat(40), `a\tb${'ü'.repeat(50)}`]) {
+      const sent = resolveConfig({ host, applicationName: name }, NO_ENV).applicationName;
+      expect(sent).toMatch(/^[ -~]{1,63}$/);
+      expect(sent.endsWith(`:dsql-lambda/${PACKAGE_VERSION}`)).toBe(true);
+    }
     // pg's own spelling cannot override ours: it passes through and toPgConfig sets its own.
     const r2 = resolveConfig({ host, application_name: 'pgname' } as DsqlConfig, NO_ENV);
     expect(r2.applicationName).toBe(`dsql-lambda/${PACKAGE_VERSION}`);
