@@ -89,9 +89,13 @@ export class TokenCache {
   get(): Promise<string> {
     const entry = this.#entry;
     if (entry !== undefined && this.#now() < entry.renewAt) return Promise.resolve(entry.token);
-    this.#inflight ??= this.#renew().finally(() => {
-      this.#inflight = undefined;
-    });
+    if (!this.#inflight) {
+      // Cleared only if still the one in flight: invalidate() may have started another since.
+      const renewal: Promise<string> = this.#renew().finally(() => {
+        if (this.#inflight === renewal) this.#inflight = undefined;
+      });
+      this.#inflight = renewal;
+    }
     return this.#inflight;
   }
 
@@ -104,6 +108,8 @@ export class TokenCache {
     if (token !== undefined && this.#entry?.token !== token) return;
     this.#entry = undefined;
     this.#credentials = undefined;
+    // A signing already in flight started from what is now distrusted: later callers do not join it.
+    this.#inflight = undefined;
     this.#generation++;
   }
 
@@ -134,7 +140,7 @@ export class TokenCache {
       if (generation === this.#generation) this.#credentials = credentials;
     }
     const signingTime = this.#now();
-    const credentialsExpire = credentials.expiration?.getTime() ?? Number.POSITIVE_INFINITY;
+    const credentialsExpire = credentials.expiration?.getTime() ?? Infinity;
     if (credentialsExpire <= signingTime) {
       if (generation === this.#generation) this.#credentials = undefined;
       throw new DsqlTokenError('AWS credentials have expired');

@@ -229,6 +229,30 @@ describe('TokenCache', () => {
     expect(tokens.expiresAt).toBeDefined();
   });
 
+  it('after invalidate(), the next get() resolves and signs afresh, not joining an older signing', async () => {
+    const c = clock();
+    const releases: Array<() => void> = [];
+    let calls = 0;
+    const provider = () =>
+      new Promise<AwsCredentialIdentity>((resolve) => {
+        const call = ++calls;
+        releases.push(() => resolve(staticCreds(call)));
+      });
+    const tokens = cache({ credentials: provider, now: c.now });
+    const stale = tokens.get(); // started before the server rejected a token
+    await Promise.resolve();
+    tokens.invalidate();
+    const fresh = tokens.get();
+    await Promise.resolve();
+    expect(calls).toBe(2);
+    for (const release of releases) release();
+    expect(await stale).toContain('AKID1');
+    expect(await fresh).toContain('AKID2');
+    // The older signing, finishing last or first, never replaces the newer one in flight or cached.
+    expect(await tokens.get()).toBe(await fresh);
+    expect(tokens.signedCount).toBe(2);
+  });
+
   it('keeps tokens and secrets out of inspect, JSON and errors', async () => {
     const c = clock();
     const tokens = cache({ credentials: countingProvider(staticCreds).provider, now: c.now });
