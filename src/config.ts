@@ -37,8 +37,10 @@ export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>
 /** TLS settings. Verification is always full (chain and host name); nothing here can relax it. */
 export interface DsqlSslConfig {
   /**
-   * Extra certificate authorities to trust, PEM. For the local endpoint or a TLS-terminating
-   * proxy. Default: the system's trusted roots (what Aurora DSQL's certificates chain to).
+   * Certificate authorities to trust, PEM, for the local endpoint or a TLS-terminating proxy.
+   * They replace Node's trusted roots (as `tls.connect`'s `ca` does), so a real cluster
+   * behind this setting needs its root (Amazon's) in the list too. Default: Node's trusted roots
+   * (what Aurora DSQL's certificates chain to).
    */
   ca?: string | Buffer | Array<string | Buffer> | undefined;
 }
@@ -198,7 +200,7 @@ export interface ResolvedDsqlConfig {
   readonly applicationName: string;
   /** TLS negotiation. */
   readonly sslNegotiation: 'direct' | 'postgres';
-  /** Extra CAs to trust, if any. */
+  /** CAs to trust instead of Node's roots, if any. */
   readonly ca: string | Buffer | Array<string | Buffer> | undefined;
   /** Options passed through to pg untouched. */
   readonly pgOptions: Readonly<Record<string, unknown>>;
