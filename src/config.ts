@@ -318,7 +318,7 @@ function integerIn(field: string, value: unknown, min: number, max: number): num
 /** A decimal integer from text (environment, connection string), strictly. */
 function integerText(field: string, text: string | undefined, min: number, max: number): number | undefined {
   if (text === undefined) return undefined;
-  return integerIn(field, /^\d{1,9}$/.test(text) ? Number(text) : Number.NaN, min, max);
+  return integerIn(field, /^\d{1,9}$/.test(text) ? Number(text) : NaN, min, max);
 }
 
 function sslNegotiationOf(field: string, value: unknown): 'direct' | 'postgres' | undefined {

@@ -9,12 +9,12 @@
 /** Name of this package, used in `cause`-style metadata and `application_name`. */
 export const PACKAGE_NAME = 'dsql-lambda';
 
-/** Base class of every error this library throws. */
+/**
+ * Base class of every error this library throws. Each class names itself in a string: a
+ * minifying bundler renames classes, and `new.target.name` would then say `N` or `p`.
+ */
 export class DsqlError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
+  override name = 'DsqlError';
 }
 
 /**
@@ -22,6 +22,7 @@ export class DsqlError extends Error {
  * resolved, before any I/O.
  */
 export class DsqlConfigError extends DsqlError {
+  override name = 'DsqlConfigError';
   /** The configuration field at fault, e.g. `"host"`, `"tokenDurationSecs"`. */
   readonly field: string;
   constructor(field: string, message: string, options?: { cause?: unknown }) {
@@ -31,10 +32,13 @@ export class DsqlConfigError extends DsqlError {
 }
 
 /** Resolving credentials or signing an IAM authentication token failed; `cause` holds the reason. */
-export class DsqlTokenError extends DsqlError {}
+export class DsqlTokenError extends DsqlError {
+  override name = 'DsqlTokenError';
+}
 
 /** Opening a connection failed after every allowed attempt; `cause` holds the last error. */
 export class DsqlConnectionError extends DsqlError {
+  override name = 'DsqlConnectionError';
   /** Number of connection attempts made. */
   readonly attempts: number;
   constructor(message: string, attempts: number, options?: { cause?: unknown }) {
@@ -48,6 +52,7 @@ export class DsqlConnectionError extends DsqlError {
  * `cause` is the last error seen (usually an OCC conflict).
  */
 export class OccRetryExhaustedError extends DsqlError {
+  override name = 'OccRetryExhaustedError';
   /** Number of transaction attempts made. */
   readonly attempts: number;
   /** Milliseconds between the first attempt's start and giving up. */
@@ -71,6 +76,7 @@ export class OccRetryExhaustedError extends DsqlError {
  * committed. Never retried automatically; the caller must check (idempotency key, read-back).
  */
 export class CommitOutcomeUnknownError extends DsqlError {
+  override name = 'CommitOutcomeUnknownError';
   /** Transaction attempts made, including the one whose outcome is unknown. */
   readonly attempts: number;
   constructor(message: string, attempts: number, options?: { cause?: unknown }) {

@@ -174,20 +174,13 @@ let nextSourceId = 1;
 const explicitSourceIds = new WeakMap<object, number>();
 
 function sourceKey(source: CredentialSource): string {
-  switch (source.kind) {
-    case 'explicit': {
-      let id = explicitSourceIds.get(source.value);
-      if (id === undefined) {
-        id = nextSourceId++;
-        explicitSourceIds.set(source.value, id);
-      }
-      return `explicit#${id}`;
-    }
-    case 'profile':
-      return `profile:${source.profile}`;
-    default:
-      return source.kind;
+  if (source.kind !== 'explicit') return `${source.kind}:${source.kind === 'profile' && source.profile}`;
+  let id = explicitSourceIds.get(source.value);
+  if (id === undefined) {
+    id = nextSourceId++;
+    explicitSourceIds.set(source.value, id);
   }
+  return `explicit#${id}`;
 }
 
 /** Bound on the shared registry; a Lambda uses one or two clusters, this only guards misuse. */
