@@ -664,13 +664,7 @@ async function transactionAttempt<T>(
   try {
     result = await guarded(client.query('COMMIT'), watch);
   } catch (err) {
-    watch.phase = 'settled';
-    if (err instanceof Interrupt) return { kind: 'unknown', error: err.cause, destroy: asError(err.cause) };
-    if (lease.lost || isConnectionLostError(err))
-      return { kind: 'unknown', error: err, destroy: asError(err) };
-    const destroy = await rollbackIfNeeded(lease, watch);
-    if (isOccError(err)) return { kind: 'retry', error: err, code: retryCode(err), destroy };
-    return { kind: 'fail', error: err, destroy };
+    return failedCommit(err, lease, watch);
   }
   watch.phase = 'settled';
   if (result.command === 'ROLLBACK') {
@@ -723,15 +717,23 @@ async function statementAttempt<R extends pg.QueryResultRow>(
   try {
     return { kind: 'ok', value: await guarded(lease.client.query<R>(sql, params), watch) };
   } catch (err) {
-    watch.phase = 'settled';
-    if (err instanceof Interrupt) return { kind: 'unknown', error: err.cause, destroy: asError(err.cause) };
-    if (lease.lost || isConnectionLostError(err))
-      return { kind: 'unknown', error: err, destroy: asError(err) };
-    // A statement such as BEGIN could leave a transaction open: make sure the connection is idle.
-    const destroy = await rollbackIfNeeded(lease, watch);
-    if (isOccError(err)) return { kind: 'retry', error: err, code: retryCode(err), destroy };
-    return { kind: 'fail', error: err, destroy };
+    return failedCommit(err, lease, watch);
   }
+}
+
+/**
+ * A COMMIT (or an autocommit statement) failed. If the connection went away or the attempt was
+ * interrupted while it was in flight, nobody knows whether it committed; any other error is the
+ * server's answer, so the outcome is known (nothing committed) and an OCC conflict is retryable.
+ */
+async function failedCommit(err: unknown, lease: Lease, watch: Watch): Promise<Outcome<never>> {
+  watch.phase = 'settled';
+  if (err instanceof Interrupt) return { kind: 'unknown', error: err.cause, destroy: asError(err.cause) };
+  if (lease.lost || isConnectionLostError(err)) return { kind: 'unknown', error: err, destroy: asError(err) };
+  // A statement such as BEGIN could leave a transaction open: make sure the connection is idle.
+  const destroy = await rollbackIfNeeded(lease, watch);
+  if (isOccError(err)) return { kind: 'retry', error: err, code: retryCode(err), destroy };
+  return { kind: 'fail', error: err, destroy };
 }
 
 function asError(e: unknown): Error {
