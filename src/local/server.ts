@@ -1106,8 +1106,6 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const env: Record<string, string> = {
     DSQL_ENDPOINT: host,
     DSQL_HOSTADDR: address,
-    DSQL_PORT: String(port),
-    DSQL_REGION: region,
     PGHOSTADDR: address,
     PGPORT: String(port),
     PGUSER: 'admin',
