@@ -56,7 +56,11 @@ export interface Dsql {
   readonly pool: pg.Pool;
   /**
    * Runs one statement on a pooled connection (`pool.query`). No connection is opened until the
-   * first call. A statement is never sent twice: if it fails, its error is thrown.
+   * first call. A statement is never sent twice: if it fails, its error is thrown. Unless the
+   * statement or the pool sets `query_timeout`, the wait for its result is bounded by the
+   * invocation's deadline (remaining time minus `deadlineMarginMs`): a statement lost on a
+   * silently dropped connection fails with `Query read timeout` before Lambda's timeout, and
+   * that connection is destroyed.
    */
   // biome-ignore lint/suspicious/noExplicitAny: same defaults as pg's own query(), so rows stay usable untyped
   query<R extends pg.QueryResultRow = any, I = any[]>(
@@ -285,10 +289,24 @@ export function createDsqlContext(
   let tracked: Map<pg.PoolClient, TrackedClient> | undefined;
   let ended = false;
 
+  // A statement sent on a connection that died silently (a half-open path noticed by nothing)
+  // would wait forever; bound it by the invocation's deadline so the handler gets an error while
+  // it can still answer, and the dead connection is destroyed instead of pooled again. Only when
+  // neither the statement nor the pool sets a query_timeout of its own.
+  const poolTimeout = (pool as unknown as { options?: { query_timeout?: number } }).options?.query_timeout;
+  const boundedByDeadline = (text: string | pg.QueryConfig): string | pg.QueryConfig => {
+    const remaining = context?.getRemainingTimeInMillis?.();
+    if (remaining === undefined || poolTimeout || typeof (text as { submit?: unknown }).submit === 'function')
+      return text;
+    const config = typeof text === 'string' ? { text } : text;
+    if ((config as { query_timeout?: number }).query_timeout) return text;
+    return { ...config, query_timeout: Math.max(1, Math.floor(remaining - margin)) } as pg.QueryConfig;
+  };
+
   const dsql: Dsql = {
     pool,
     query(text: string | pg.QueryConfig, values?: unknown) {
-      return pool.query(text as string, values as unknown[]);
+      return pool.query(boundedByDeadline(text) as string, values as unknown[]);
     },
     async connect() {
       // Captured now, formatted only if the client leaks (V8 formats stacks lazily).

@@ -40,8 +40,8 @@ function configFor(extra: Partial<DsqlConfig> = {}): DsqlConfig {
   };
 }
 
-function lambdaContext(): Context & DsqlContext {
-  const deadline = Date.now() + 30_000;
+function lambdaContext(remainingMs = 30_000): Context & DsqlContext {
+  const deadline = Date.now() + remainingMs;
   return {
     dsql: undefined as unknown as DsqlContext['dsql'],
     awsRequestId: `req-${Math.random().toString(36).slice(2)}`,
@@ -102,6 +102,45 @@ describe('invocations', () => {
     expect(openSessions()).toBe(before);
     expect(connectionsOpened()).toBe(statsBefore);
     expect(lambdaPool(config).totalCount).toBe(0);
+  });
+
+  it('a statement lost on a silently dropped connection fails before the deadline; the next invocation recovers', async () => {
+    const config = configFor({ applicationName: 'half-open', max: 1 });
+    const handler = withDsql(
+      async (_event: unknown, context) =>
+        (await context.dsql.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid,
+      { ...config, deadlineMarginMs: 200 },
+    );
+    const pid = await handler({}, lambdaContext());
+    // The path goes dead without a FIN or RST, right after use: no thaw, so no validation.
+    expect(endpoint.faults.dropConnections({ which: pid, how: 'silent' })).toBe(1);
+    const err = await handler({}, lambdaContext(1_500)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/Query read timeout/);
+    // The dead connection was destroyed, not pooled: with max 1 the next invocation gets a new one.
+    const next = await handler({}, lambdaContext());
+    expect(next).not.toBe(pid);
+    expect(lambdaPool(config).totalCount).toBe(1);
+  });
+
+  it('a query_timeout of the statement or the pool wins over the deadline', async () => {
+    const config = configFor({ applicationName: 'own-timeout', query_timeout: 60_000 });
+    let seen: unknown;
+    const handler = withDsql(async (_event: unknown, context) => {
+      const pool = context.dsql.pool;
+      const original = pool.query.bind(pool);
+      (pool as { query: unknown }).query = (text: unknown, values: unknown) => {
+        seen = text;
+        return original(text as string, values as unknown[]);
+      };
+      try {
+        return (await context.dsql.query('SELECT 1 AS one')).rows[0].one;
+      } finally {
+        (pool as { query: unknown }).query = original;
+      }
+    }, config);
+    expect(await handler({}, lambdaContext(2_000))).toBe(1);
+    expect(seen).toBe('SELECT 1 AS one');
   });
 
   it('64 concurrent invocations share one pool: all succeed, the pool never exceeds max', async () => {
