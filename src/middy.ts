@@ -33,13 +33,20 @@ export type {
 
 /**
  * Key in `request.internal` holding this middleware's cleanup function (a function of no
- * arguments, idempotent).
+ * arguments, idempotent). Prefer {@link cleanupDsql}: when `request.internal` is shared between
+ * requests (middy 5 with the plugin option `internal`), the key holds the latest request's.
  * @example
  * ```ts
  * (request.internal[DSQL_CLEANUP_KEY] as (() => void) | undefined)?.();
  * ```
  */
 export const DSQL_CLEANUP_KEY = 'dsql-lambda.cleanup';
+
+// Cleanup per request object. `request.internal` is not always per request: middy 5 gives every
+// request the same object when the plugin option `internal` is set, so under concurrent
+// invocations the key there holds only the latest request's cleanup. This map is what
+// `after`/`onError`/`cleanupDsql` read; the key stays for code that reads it directly.
+const cleanups = new WeakMap<object, () => void>();
 
 /**
  * The middleware `dsql()` returns: `.use()` adds `context.dsql` to the handler's context type.
@@ -101,8 +108,7 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
 
   const runCleanup = (request: AnyRequest) => {
     open.delete(request);
-    const cleanup = (request.internal as Record<string, unknown>)[DSQL_CLEANUP_KEY];
-    if (typeof cleanup === 'function') cleanup();
+    cleanups.get(request)?.();
   };
 
   return {
@@ -114,12 +120,15 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
       const invocation: DsqlInvocation = createDsqlContext(pool, request.context, lifecycle);
       (request.context as Context & DsqlContext).dsql = invocation.dsql;
       let done = false;
-      (request.internal as Record<string, unknown>)[DSQL_CLEANUP_KEY] = () => {
+      const cleanup = () => {
         if (done) return;
         done = true;
         open.delete(req);
+        cleanups.delete(req);
         invocation.cleanup();
       };
+      cleanups.set(req, cleanup);
+      (request.internal as Record<string, unknown>)[DSQL_CLEANUP_KEY] = cleanup;
       open.add(req);
     },
     after: function dsqlMiddlewareAfter(request) {
@@ -148,6 +157,5 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
  * ```
  */
 export function cleanupDsql(request: { internal: object }): void {
-  const cleanup = (request.internal as Record<string, unknown>)[DSQL_CLEANUP_KEY];
-  if (typeof cleanup === 'function') cleanup();
+  cleanups.get(request)?.();
 }

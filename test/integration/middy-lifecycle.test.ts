@@ -215,6 +215,46 @@ describe('middy 7 specifics', () => {
   });
 });
 
+describe('middy 5 specifics', () => {
+  it('concurrent requests sharing one request.internal (plugin.internal) each clean up their own clients', async () => {
+    // middy 5 hands every request the same object when the plugin option `internal` is set.
+    let aDone!: () => void;
+    const aFinished = new Promise<void>((resolve) => {
+      aDone = resolve;
+    });
+    let bChecked!: () => void;
+    const bCheckedOut = new Promise<void>((resolve) => {
+      bChecked = resolve;
+    });
+    const handler = middy5(
+      async (event: { name: string }, context: Context & DsqlContext) => {
+        if (event.name === 'a') {
+          await bCheckedOut;
+          return 'a';
+        }
+        const client = await context.dsql.connect();
+        try {
+          bChecked();
+          await aFinished; // request a ends (and cleans up) while b holds its client
+          return (await client.query('SELECT 1 AS one')).rows[0].one;
+        } finally {
+          client.release();
+        }
+      },
+      { internal: {} },
+    ).use(dsql({ pool, logger }));
+    const a = handler({ name: 'a' }, lambdaContext()).then((r: unknown) => {
+      aDone();
+      return r;
+    });
+    const b = handler({ name: 'b' }, lambdaContext());
+    expect(await a).toBe('a');
+    expect(await b).toBe(1);
+    expect(logger.warn).not.toHaveBeenCalled();
+    expect(pool.idleCount).toBe(pool.totalCount);
+  });
+});
+
 describe('withDsql', () => {
   it('gives the same handle and cleans up leaks', async () => {
     const handler = withDsql(
