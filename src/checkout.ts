@@ -95,7 +95,7 @@ interface ConnectionInfo {
   openedAt: number;
   /** Wall-clock time it was last released (or opened, before its first use). */
   releasedAt: number;
-  /** Completed checkouts; 0 means the connection is brand new and needs no checks. */
+  /** Releases to the pool; 0 means the connection is brand new and needs no checks. */
   uses: number;
   /** First error seen while checked out; the connection must not be pooled again. */
   failure: unknown;
@@ -173,6 +173,15 @@ export function installFreezeGuard(pool: pg.Pool, options: FreezeGuardOptions): 
   pool.on('connect', (client: pg.PoolClient) => {
     track(state, client, 0);
   });
+  // Every release, ours or pg-pool's own (it pools a new connection whose waiter timed out
+  // without handing it out): only a connection never released is new and skips the checks.
+  pool.on('release', (_: unknown, client: pg.PoolClient) => {
+    const info = state.connections.get(client);
+    if (info) {
+      info.uses++;
+      info.releasedAt = Date.now();
+    }
+  });
   // pg-pool has already removed the failed idle connection when it emits this; without a
   // listener the emit would throw and kill the Lambda process.
   pool.on('error', () => {
@@ -188,14 +197,14 @@ export function installFreezeGuard(pool: pg.Pool, options: FreezeGuardOptions): 
       // Like pg-pool: the callback runs outside any promise chain, so an exception it throws
       // is uncaught rather than an unhandled rejection.
       checkout(pool, state, rawConnect, 0, (err, client) =>
-        err || !client
-          ? callback(err ?? new Error('no client'), undefined, noop)
-          : callback(undefined, client, client.release),
+        err ? callback(err, undefined, noop) : callback(undefined, client, client?.release),
       );
       return undefined;
     }
     return new Promise<pg.PoolClient>((resolve, reject) =>
-      checkout(pool, state, rawConnect, 0, (err, client) => (err || !client ? reject(err) : resolve(client))),
+      checkout(pool, state, rawConnect, 0, (err, client) =>
+        err ? reject(err) : resolve(client as pg.PoolClient),
+      ),
     );
   }
   (pool as { connect: unknown }).connect = guardedConnect;
@@ -284,17 +293,18 @@ function checkout(pool: pg.Pool, state: GuardState, rawConnect: RawConnect, pass
     );
     return;
   }
-  rawConnect((err, client) => {
-    if (err || !client) {
-      done(err ?? new Error('pg-pool returned no client'));
+  // pg-pool hands out a client whenever it reports no error.
+  rawConnect((err, c) => {
+    if (err) {
+      done(err);
       return;
     }
+    const client = c as pg.PoolClient;
     // Opened before the guard was installed: nothing known, its age starts now.
     const conn = state.connections.get(client) ?? track(state, client, 1);
     wrapRelease(client, conn, state);
 
     const reused = conn.uses > 0;
-    conn.uses++;
     const settle = (verdict: Verdict) => {
       if (verdict === 'ok') {
         state.stats.checkouts++;
@@ -425,7 +435,6 @@ function wrapRelease(client: pg.PoolClient, info: ConnectionInfo, state: GuardSt
         state.stats.evictedOnRelease++;
       }
     }
-    info.releasedAt = Date.now();
     poolRelease(destroy);
   };
 }

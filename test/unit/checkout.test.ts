@@ -25,8 +25,11 @@ class FakeClient extends EventEmitter {
     super();
     this.id = FakeClient.created.push(this);
   }
+  /** Milliseconds the next connections take to open (0: the next loop turn). */
+  static connectDelay = 0;
   connect(cb: (err?: Error) => void) {
-    setImmediate(() => cb());
+    if (FakeClient.connectDelay > 0) setTimeout(() => cb(), FakeClient.connectDelay);
+    else setImmediate(() => cb());
   }
   getTransactionStatus() {
     return this.txStatus;
@@ -90,6 +93,7 @@ async function use(pool: pg.Pool): Promise<FakeClient> {
 
 beforeEach(() => {
   FakeClient.created = [];
+  FakeClient.connectDelay = 0;
   vi.spyOn(Date, 'now').mockImplementation(() => now);
 });
 afterEach(() => {
@@ -201,6 +205,35 @@ describe('installFreezeGuard', () => {
     const b = await use(pool);
     expect(b).not.toBe(a);
     expect(a.sent).toEqual([]);
+  });
+
+  it('checks a connection pooled by pg-pool without ever being handed out (its waiter timed out) like any reused one', async () => {
+    const pool = new pg.Pool({
+      max: 1,
+      idleTimeoutMillis: 0,
+      connectionTimeoutMillis: 30,
+      Client: FakeClient as never,
+    });
+    installFreezeGuard(pool, defaults);
+    const held = await pool.connect();
+    const waiting = pool.connect().then(
+      () => 'got one',
+      (e: Error) => e.message,
+    );
+    // The slot frees up and a new connection is opened for the waiter, but slower than its
+    // connectionTimeoutMillis: pg-pool pools that connection itself once it is open.
+    FakeClient.connectDelay = 100;
+    held.release(true);
+    expect(await waiting).toMatch(/timeout exceeded/);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(pool.idleCount).toBe(1);
+    const orphan = FakeClient.created[1]!;
+    FakeClient.connectDelay = 0;
+    advance(3_600_000); // a long freeze: past maxIdleMillis and maxLifetimeSeconds
+    const next = await use(pool);
+    expect(next).not.toBe(orphan);
+    expect(orphan.ended).toBe(true);
+    expect(orphan.sent).toEqual([]);
   });
 
   it('keeps an errored checked-out client alive as an object (no crash) and destroys it on release', async () => {
