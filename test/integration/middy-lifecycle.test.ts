@@ -178,6 +178,37 @@ describe.each(flavours)('dsql() with $name', ({ make }) => {
     }
   });
 
+  it('timeoutEarly: cleanup runs when middy answers before the handler ends; the late handler cannot check out again', async () => {
+    let held: pg.PoolClient | undefined;
+    let finish!: () => void;
+    const handlerMayFinish = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    let late: unknown;
+    let handlerEnded!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      handlerEnded = resolve;
+    });
+    const handler = make(async (_event, context) => {
+      held = await context.dsql.connect();
+      await handlerMayFinish; // still running when middy's timeoutEarly fires
+      held.release(); // a late release of the client cleanup took back: harmless
+      late = await context.dsql.connect().catch((e: Error) => e.message);
+      handlerEnded();
+      return 'too late';
+    }).use(dsql({ pool, logger }));
+    // middy's default timeoutEarlyInMillis (5) rejects with a TimeoutError ~295 ms in.
+    const err = await handler({}, lambdaContext(300)).catch((e: Error) => e);
+    expect((err as Error).name).toBe('TimeoutError');
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect((held as unknown as { _ending: boolean })._ending).toBe(true);
+    expect(pool.totalCount - pool.idleCount).toBe(0);
+    finish();
+    await ended;
+    expect(late).toMatch(/after the invocation ended/);
+    expect(pool.totalCount - pool.idleCount).toBe(0);
+  });
+
   it('stops retrying OCC conflicts at the Lambda deadline minus deadlineMarginMs', async () => {
     const handler = make(async (_event, context) =>
       context.dsql.transaction(async (tx) => {
