@@ -31,6 +31,10 @@ class FakeClient extends EventEmitter {
     if (FakeClient.connectDelay > 0) setTimeout(() => cb(), FakeClient.connectDelay);
     else setImmediate(() => cb());
   }
+  /** pg-pool asks when a connection attempt times out. */
+  isConnected() {
+    return false;
+  }
   getTransactionStatus() {
     return this.txStatus;
   }
@@ -211,7 +215,7 @@ describe('installFreezeGuard', () => {
     const pool = new pg.Pool({
       max: 1,
       idleTimeoutMillis: 0,
-      connectionTimeoutMillis: 30,
+      connectionTimeoutMillis: 200,
       Client: FakeClient as never,
     });
     installFreezeGuard(pool, defaults);
@@ -220,8 +224,9 @@ describe('installFreezeGuard', () => {
       () => 'got one',
       (e: Error) => e.message,
     );
-    // The slot frees up and a new connection is opened for the waiter, but slower than its
-    // connectionTimeoutMillis: pg-pool pools that connection itself once it is open.
+    // The slot frees up late and a new connection is opened for the waiter: it opens within its
+    // own connectionTimeoutMillis but after the waiter's has passed, so pg-pool pools it itself.
+    await new Promise((resolve) => setTimeout(resolve, 150));
     FakeClient.connectDelay = 100;
     held.release(true);
     expect(await waiting).toMatch(/timeout exceeded/);
