@@ -297,7 +297,7 @@ describe('sessions and stats', () => {
 
 describe('options', () => {
   it('region, cluster id, long-term credentials, userMap and events', async () => {
-    const longTerm = { accessKeyId: 'AKIAEXAMPLEEXAMPLE00', secretAccessKey: 'long/term+secret' };
+    const longTerm = { accessKeyId: 'AKIA-test-long-term', secretAccessKey: 'long/term+secret' };
     const custom = await startTestEndpoint({
       region: 'eu-central-1',
       clusterId: 'abcdefghijklmnopqrstuvwxyz',
