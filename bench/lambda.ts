@@ -35,30 +35,14 @@ import { dsql } from '../src/middy.js';
 import { toPgConfig } from '../src/pool.js';
 import { tokenCacheFor } from '../src/token.js';
 import { startTestEndpoint } from '../test/helpers/endpoint.js';
+import { lambdaContext } from '../test/helpers/lambda-context.js';
 import { sleep, startLambdaChild } from '../test/lambda/harness.js';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 60);
 const PER_ROUND = Number(process.env.BENCH_PER_ROUND ?? 50);
 const THAW_SAMPLES = Number(process.env.BENCH_THAW_SAMPLES ?? 15);
 
-function context(): Context & DsqlContext {
-  const deadline = Date.now() + 30_000;
-  return {
-    dsql: undefined as unknown as DsqlContext['dsql'],
-    awsRequestId: 'bench',
-    callbackWaitsForEmptyEventLoop: true,
-    functionName: 'bench',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:bench',
-    memoryLimitInMB: '128',
-    logGroupName: 'g',
-    logStreamName: 's',
-    getRemainingTimeInMillis: () => deadline - Date.now(),
-    done() {},
-    fail() {},
-    succeed() {},
-  };
-}
+const context = () => lambdaContext(30_000, 'bench');
 
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);

@@ -7,15 +7,10 @@ import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DsqlConfig } from '../../src/config.js';
-import {
-  type DsqlContext,
-  endLambdaPools,
-  getFreezeGuardStats,
-  lambdaPool,
-  withDsql,
-} from '../../src/lambda.js';
+import { endLambdaPools, getFreezeGuardStats, lambdaPool, withDsql } from '../../src/lambda.js';
 import { dsql } from '../../src/middy.js';
 import { startTestEndpoint } from '../helpers/endpoint.js';
+import { lambdaContext } from '../helpers/lambda-context.js';
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
 let endpoint: Endpoint;
@@ -37,25 +32,6 @@ function configFor(extra: Partial<DsqlConfig> = {}): DsqlConfig {
     credentials: endpoint.credentials,
     ssl: { ca: endpoint.ca },
     ...extra,
-  };
-}
-
-function lambdaContext(remainingMs = 30_000): Context & DsqlContext {
-  const deadline = Date.now() + remainingMs;
-  return {
-    dsql: undefined as unknown as DsqlContext['dsql'],
-    awsRequestId: `req-${Math.random().toString(36).slice(2)}`,
-    callbackWaitsForEmptyEventLoop: true,
-    functionName: 'test',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:test',
-    memoryLimitInMB: '128',
-    logGroupName: 'g',
-    logStreamName: 's',
-    getRemainingTimeInMillis: () => deadline - Date.now(),
-    done() {},
-    fail() {},
-    succeed() {},
   };
 }
 

@@ -12,32 +12,10 @@ import { installFreezeGuard } from '../../src/checkout.js';
 import { OccRetryExhaustedError } from '../../src/errors.js';
 import { type DsqlContext, withDsql } from '../../src/lambda.js';
 import { cleanupDsql, dsql } from '../../src/middy.js';
+import { lambdaContext } from '../helpers/lambda-context.js';
 
 let pool: pg.Pool;
 const logger = { warn: vi.fn() };
-
-/**
- * A Lambda context. Typed with `dsql` because middy types the wrapped handler's context as what
- * the handler sees (`.use(dsql())` adds `dsql`); the middleware sets it on every invocation.
- */
-function lambdaContext(remainingMs = 30_000): Context & DsqlContext {
-  const deadline = Date.now() + remainingMs;
-  return {
-    dsql: undefined as unknown as DsqlContext['dsql'],
-    awsRequestId: `req-${Math.random().toString(36).slice(2)}`,
-    callbackWaitsForEmptyEventLoop: true,
-    functionName: 'test',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:test',
-    memoryLimitInMB: '128',
-    logGroupName: 'g',
-    logStreamName: 's',
-    getRemainingTimeInMillis: () => deadline - Date.now(),
-    done() {},
-    fail() {},
-    succeed() {},
-  };
-}
 
 beforeAll(() => {
   pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: 'postgres', max: 2 });
