@@ -2,7 +2,8 @@
 // tree-shake), and, with `--handlers`, bundles the example Lambda handlers the way we
 // recommend users bundle theirs (see `lambdaBundleOptions`).
 //
-//   node esbuild.config.mjs             # dist/esm/**.js, dist/cjs/**.js (+ dist/cjs/package.json)
+//   node esbuild.config.mjs             # dist/esm/**.js, dist/cjs/**.js (+ dist/cjs/package.json),
+//                                       # and packages/dsql-local/dist/esm/**.js
 //   node esbuild.config.mjs --handlers  # dist/lambda/<name>/index.mjs for every examples/*handler*.ts
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -74,6 +75,22 @@ async function buildPackage() {
   await writeFile(join(root, 'dist/cjs/package.json'), '{ "type": "commonjs" }\n');
 }
 
+/** The local endpoint package (`packages/dsql-local`): a Node development tool, ESM only. */
+async function buildLocalPackage() {
+  const pkg = join(root, 'packages/dsql-local');
+  await rm(join(pkg, 'dist'), { recursive: true, force: true });
+  await esbuild.build({
+    entryPoints: await listSources(join(pkg, 'src')),
+    outbase: join(pkg, 'src'),
+    outdir: join(pkg, 'dist/esm'),
+    bundle: false,
+    platform: 'node',
+    target: 'node20',
+    format: 'esm',
+    logLevel: 'warning',
+  });
+}
+
 async function buildHandlers() {
   const examples = join(root, 'examples');
   const handlers = (await readdir(examples)).filter((f) => /handler.*\.ts$/.test(f));
@@ -97,5 +114,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.log(`bundled ${built.length} handler(s) into dist/lambda/`);
   } else {
     await buildPackage();
+    await buildLocalPackage();
   }
 }

@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { type LocalDsql, startLocalDsql } from '../src/local/index.js';
+import { type LocalDsql, startLocalDsql } from '../packages/dsql-local/src/index.js';
 import { pgConfig, signTestToken } from '../test/helpers/endpoint.js';
 
 const { values } = parseArgs({

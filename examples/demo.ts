@@ -13,7 +13,7 @@ import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { createPool, withRetry } from 'dsql-lambda';
-import { startLocalDsql } from 'dsql-lambda/local';
+import { startLocalDsql } from 'dsql-local';
 
 const log = (message: string) => console.log(`\u001b[36m▸\u001b[0m ${message}`);
 

@@ -14,7 +14,7 @@ import {
   type LocalDsql,
   type LocalDsqlOptions,
   startLocalDsql,
-} from '../../src/local/index.js';
+} from '../../packages/dsql-local/src/index.js';
 
 const started = new Set<LocalDsql>();
 

@@ -42,16 +42,17 @@ describe('built entry points', () => {
     expect(() => esm.createPool({ host: 'not a host' })).toThrow(esm.DsqlConfigError);
   });
 
-  it('the middy and local entry points load in both formats', async () => {
+  it('the middy entry point loads in both formats; the local endpoint is its own package', async () => {
     const require = createRequire(import.meta.url);
-    for (const sub of ['middy', 'local/index']) {
+    for (const sub of ['middy']) {
       const esm = await import(pathToFileURL(join(root, `dist/esm/${sub}.js`)).href);
       const cjs = require(join(root, `dist/cjs/${sub}.js`));
       expect(Object.keys(cjs).sort()).toEqual(Object.keys(esm).sort());
     }
     const middy = await import(pathToFileURL(join(root, 'dist/esm/middy.js')).href);
     expect(typeof middy.dsql).toBe('function');
-    const local = await import(pathToFileURL(join(root, 'dist/esm/local/index.js')).href);
+    expect(existsSync(join(root, 'dist/esm/local'))).toBe(false);
+    const local = await import(pathToFileURL(join(root, 'packages/dsql-local/dist/esm/index.js')).href);
     expect(typeof local.startLocalDsql).toBe('function');
   });
 
@@ -70,7 +71,7 @@ describe('built entry points', () => {
       process.execPath,
       [
         '-e',
-        "const m = require('dsql-lambda'); console.log(typeof m.withRetry, typeof require('dsql-lambda/local').startLocalDsql)",
+        "const m = require('dsql-lambda'); console.log(typeof m.withRetry, typeof require('dsql-lambda/middy').dsql)",
       ],
       { cwd: root, encoding: 'utf8' },
     );
@@ -78,7 +79,7 @@ describe('built entry points', () => {
   });
 
   it('the dsql-local bin prints its usage', () => {
-    const res = spawnSync(process.execPath, [join(root, 'dist/esm/local/cli.js'), '--help'], {
+    const res = spawnSync(process.execPath, [join(root, 'packages/dsql-local/dist/esm/cli.js'), '--help'], {
       cwd: root,
       encoding: 'utf8',
       timeout: 20_000,

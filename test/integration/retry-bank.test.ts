@@ -13,8 +13,8 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
-import type { LocalDsql } from '../../src/local/index.js';
 import { type RetryCode, type RetryOptions, withRetry } from '../../src/retry.js';
 import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { LocalDsql } from '../../src/local/index.js';
-import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import type { LocalDsql } from '../src/index.js';
 
 let endpoint: LocalDsql;
 

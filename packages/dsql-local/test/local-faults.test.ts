@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type LocalDsql, OC000_MESSAGE_NEW } from '../../src/local/index.js';
-import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import { type LocalDsql, OC000_MESSAGE_NEW } from '../src/index.js';
 
 type PgError = Error & { code?: string };
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FrameSplitter, frame, isCommitStatement, unsupportedStatement } from '../../src/local/protocol.js';
+import { FrameSplitter, frame, isCommitStatement, unsupportedStatement } from '../src/protocol.js';
 
 describe('FrameSplitter', () => {
   it('reassembles any sequence of frames however the byte stream is cut', () => {

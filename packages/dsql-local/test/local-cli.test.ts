@@ -25,7 +25,7 @@ it('dsql-local prints the env a handler needs, takes fault commands on stdin, st
   child = spawn(process.execPath, [
     '--import',
     'tsx',
-    'src/local/cli.ts',
+    'packages/dsql-local/src/cli.ts',
     '--port',
     '0',
     '--region',

@@ -1,7 +1,7 @@
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type LocalCredentials, verifyToken } from '../../src/local/index.js';
+import { type LocalCredentials, verifyToken } from '../src/index.js';
 
 // The endpoint's verifier checked against the AWS SDK signer as the oracle.
 const region = fc.constantFrom('us-east-1', 'eu-west-1', 'ap-northeast-1', 'us-gov-west-1');

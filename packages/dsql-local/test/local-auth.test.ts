@@ -4,8 +4,8 @@ import tls from 'node:tls';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { LocalDsql } from '../../src/local/index.js';
-import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import type { LocalDsql } from '../src/index.js';
 
 const run = promisify(execFile);
 const NON_ADMIN = 'dsql_local_test_user';
