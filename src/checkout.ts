@@ -90,27 +90,19 @@ function isOpen(client: pg.PoolClient, info: ConnectionInfo): boolean {
   return info.failure === undefined && !(socket?.destroyed || socket?.readableEnded || socket?.writableEnded);
 }
 
-function settleTurns(turns: number): Promise<void> {
-  return new Promise((resolve) => {
+const settleTurns = (turns: number) =>
+  new Promise<void>((resolve) => {
     const turn = () => (--turns <= 0 ? resolve() : setImmediate(turn));
     setImmediate(turn);
   });
-}
 
-class ValidationTimeout extends Error {
-  override name = 'ValidationTimeout';
-}
+const TIMED_OUT = new Error('Connection validation timed out');
 
-/** One round trip: an empty statement, cheaper for the server than a SELECT. */
+/** One round trip (an empty statement, cheaper for the server than a SELECT), bounded. */
 function validate(client: pg.PoolClient, timeoutMillis: number): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    if (timeoutMillis <= 0) return;
-    timer = setTimeout(
-      () => reject(new ValidationTimeout(`validation timed out after ${timeoutMillis} ms`)),
-      timeoutMillis,
-    );
-    timer.unref();
+    if (timeoutMillis > 0) timer = setTimeout(reject, timeoutMillis, TIMED_OUT).unref();
   });
   return Promise.race([client.query(';'), timeout]).finally(() => clearTimeout(timer));
 }
@@ -227,7 +219,7 @@ export class FreezeSafePool extends pg.Pool {
       return isOpen(client, info) ? 'ok' : 'evictedDead';
     } catch (err) {
       info.failure ??= err;
-      if (err instanceof ValidationTimeout || isConnectionLostError(err)) {
+      if (err === TIMED_OUT || isConnectionLostError(err)) {
         this.#distrustReleasedBefore = Math.max(
           this.#distrustReleasedBefore,
           Date.now() - thawThresholdMillis,

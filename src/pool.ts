@@ -1,48 +1,41 @@
 /**
  * Connections to Aurora DSQL: {@link createPool} (a real `pg.Pool`, so Kysely, Drizzle and anything
- * else that takes one works unchanged) and {@link connect} (one client). Both
- *
- * - sign (or reuse) the IAM token before dialling, so a token failure opens no socket;
- * - verify TLS fully against the cluster name (SNI included), direct TLS by default, one TLS
- *   context per pool;
- * - retry DSQL's admission refusals (53400 rate, 53300 cap) and transient network errors with a
- *   new connection each time, spread by a backoff that reads the refusal, within
- *   `connectionTimeoutMillis`; nothing is retried after `end()`;
- * - send no `SET` at connect, and do no I/O until the first connection is needed.
+ * else that takes one works unchanged) and {@link connect} (one client). Both obtain the IAM token
+ * before dialling (a token failure opens no socket), verify TLS fully against the cluster name
+ * with one TLS context per pool, retry DSQL's admission refusals (53400 rate, 53300 cap) and
+ * network errors on a new connection each time within `connectionTimeoutMillis`, send no `SET`,
+ * and do no I/O until the first connection is needed.
  */
 import type { Socket } from 'node:net';
 import type { SecureContext } from 'node:tls';
 import pg from 'pg';
-import { type CheckoutStats, FreezeSafePool } from './checkout.js';
+import { FreezeSafePool } from './checkout.js';
 import { type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
 import { DsqlConnectionError, refusalOf } from './errors.js';
 import type { RetryOptions } from './retry.js';
 import { type TokenCache, tokenCacheFor } from './token.js';
 
-export type { CheckoutStats };
+const noop = () => {};
+type Callback = ((err: Error) => void) | ((err: null, c: pg.Client) => void);
 
-function noop(): void {}
-
-/**
- * A `pg.Client` that obtains its IAM token before it dials. On an authentication failure
- * (28000/28P01) it tells the cache, which signs afresh for the next connection.
- */
+/** A `pg.Client` that obtains its IAM token before dialling; a rejected token (28000/28P01) is dropped from the cache. */
 export class DsqlClient extends pg.Client {
   readonly #tokens: () => TokenCache;
-  readonly #setSecret: (value: string) => void;
+  readonly #secret: { value: string } = { value: '' };
 
   constructor(config: pg.ClientConfig, tokens: () => TokenCache) {
     super(config);
     this.#tokens = tokens;
-    // pg keeps the password it sends in these two properties, where `util.inspect(…, { showHidden })`
-    // would print it. As accessors over a closure they print as [Getter/Setter], and the token is
-    // there only while this client authenticates. (connector.test.ts fails if pg keeps it elsewhere.)
-    let secret = '';
-    this.#setSecret = (value) => {
-      secret = value;
+    // pg keeps the password it sends in these two properties, where inspect(…, { showHidden })
+    // would print it. As accessors they print as [Getter/Setter], and hold the token only while
+    // this client authenticates. (connector.test.ts fails if pg keeps it anywhere else.)
+    const secret = this.#secret;
+    const hidden = {
+      configurable: true,
+      get: () => secret.value,
+      set: (v: string) => void (secret.value = v),
     };
-    const hidden = { configurable: true, enumerable: false, get: () => secret, set: this.#setSecret };
     Object.defineProperty(this, 'password', hidden);
     Object.defineProperty(
       (this as unknown as { connectionParameters: object }).connectionParameters,
@@ -52,79 +45,68 @@ export class DsqlClient extends pg.Client {
   }
 
   override connect(): Promise<pg.Client>;
-  override connect(callback: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): void;
-  override connect(
-    callback?: ((err: Error) => void) | ((err: null, c: pg.Client) => void),
-  ): Promise<pg.Client> | undefined {
+  override connect(callback: Callback): void;
+  override connect(callback?: Callback): Promise<pg.Client> | undefined {
     const connected = this.#connect();
     if (!callback) return connected;
     const done = callback as (err: Error | null, c?: pg.Client) => void;
     connected.then(
-      (client) => process.nextTick(done, null, client),
+      (c) => process.nextTick(done, null, c),
       (err: Error) => process.nextTick(done, err),
     );
-    return undefined;
   }
 
   async #connect(): Promise<pg.Client> {
     const cache = this.#tokens();
     const token = await cache.get();
-    this.#setSecret(token);
+    this.#secret.value = token;
     try {
-      await super.connect();
-      return this;
+      return (await super.connect(), this);
     } catch (err) {
       const code = (err as { code?: unknown } | null)?.code;
       if (code === '28000' || code === '28P01') cache.invalidate(token);
       throw err;
     } finally {
-      this.#setSecret('');
+      this.#secret.value = '';
     }
   }
 }
 
-/** A socket factory (pg's `stream` option) dialling `address` whatever host pg asks for, so SNI still names the cluster. */
-function dialing(address: string): () => Socket {
-  return () => {
-    // Fetched here: nothing else loads node:net this early on Node 22 (Node ≥ 20.16).
-    const socket = new (process.getBuiltinModule('node:net').Socket)();
-    const connect = socket.connect.bind(socket) as (port: number, host: string) => Socket;
-    (socket as { connect: unknown }).connect = (port: number) => connect(port, address);
-    return socket;
-  };
-}
-
 /**
- * pg's configuration for a resolved configuration (without a password: {@link DsqlClient}
- * supplies the token). `ssl.servername` is always the cluster name; an IP `hostaddr` becomes pg's
- * `host`, a DNS-name one is dialled through a `stream` factory; one TLS context serves every
- * connection (pg passes `ssl` on to `tls.connect`), built on the first.
+ * pg's configuration (without a password: {@link DsqlClient} brings the token). `ssl.servername`
+ * is always the cluster; an IP `hostaddr` becomes pg's `host`, a DNS-name one is dialled through
+ * a `stream` factory (pg would send the dialled name as SNI); one TLS context serves every connection.
  * @example
  * const client = new DsqlClient(toPgConfig(resolved), () => tokenCacheFor(resolved));
  */
 export function toPgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
-  const { host, hostaddr } = config;
+  const { host, hostaddr, ca } = config;
   let context: SecureContext | undefined;
-  const ssl = {
-    rejectUnauthorized: true,
-    servername: host,
-    ca: config.ca,
-    // Read by pg's Object.assign into the tls.connect options, at the first TLS handshake.
-    get secureContext() {
-      context ??= process.getBuiltinModule?.('node:tls').createSecureContext({ ca: config.ca });
-      return context;
-    },
-  };
   const dialName = hostaddr !== undefined && !hostaddr.includes(':') && /[a-z]/.test(hostaddr);
   return {
     allowExitOnIdle: DSQL_DEFAULTS.allowExitOnIdle,
     ...config.pgOptions,
-    ...(dialName ? { stream: dialing(hostaddr) } : undefined),
+    // Node ≥ 20.16: node:net is fetched only when a socket is made, never imported at init.
+    stream: dialName
+      ? () => {
+          const socket = new (process.getBuiltinModule('node:net').Socket)();
+          const connect = socket.connect.bind(socket) as (port: number, host: string) => Socket;
+          return Object.assign(socket, { connect: (port: number) => connect(port, hostaddr) });
+        }
+      : undefined,
     host: dialName ? host : (hostaddr ?? host),
     port: config.port,
     user: config.user,
     database: config.database,
-    ssl,
+    ssl: {
+      rejectUnauthorized: true,
+      servername: host,
+      ca,
+      // pg copies `ssl` into the tls.connect options: this getter builds the context at the first handshake.
+      get secureContext() {
+        return (context ??= process.getBuiltinModule?.('node:tls').createSecureContext({ ca }));
+      },
+    },
     sslnegotiation: config.sslNegotiation,
     application_name: config.applicationName,
     max: config.max,
@@ -135,17 +117,11 @@ export function toPgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
 }
 
 /**
- * The wait before the next attempt after a refusal, full jitter over a window that doubles per
- * attempt. A rate refusal (53400) means many sandboxes are connecting at once: its window starts
- * wide, so most get in at their next attempt; a cap refusal (53300) or network error starts narrow.
+ * Attempts, each on a new connection, until admitted or out of budget. After a refusal the wait
+ * is drawn uniformly from a window that doubles per attempt: a rate refusal (53400) means many
+ * sandboxes connect at once, so its window starts wide and most get in at their next attempt; a
+ * cap refusal (53300) or a network error starts narrow.
  */
-function backoffMillis(refusal: '53400' | '53300' | 'network', attempt: number): number {
-  const first =
-    refusal === '53400' ? DSQL_DEFAULTS.rateRetryWindowMillis : DSQL_DEFAULTS.connectRetryWindowMillis;
-  return Math.random() * first * 2 ** Math.min(attempt - 1, 8);
-}
-
-/** Shared by the pool and `connect()`: attempts, each on a new connection, until admitted or out of budget. */
 async function admit<T>(
   open: () => Promise<T>,
   config: ResolvedDsqlConfig,
@@ -154,44 +130,45 @@ async function admit<T>(
 ): Promise<T> {
   const budget = config.connectionTimeoutMillis;
   const deadline = Date.now() + budget;
-  const giveUp = (attempts: number, why: string, cause: unknown) =>
+  const giveUp = (n: number, why: string, cause: unknown) =>
     new DsqlConnectionError(
-      `Could not connect to ${config.host} within ${budget} ms (${attempts} attempts): ${why}${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      attempts,
+      `Could not connect to ${config.host} within ${budget} ms (${n} attempts): ${why}${cause instanceof Error ? `: ${cause.message}` : ''}`,
+      n,
       { cause },
     );
   let last: unknown;
-  for (let attempt = 1; ; attempt++) {
+  for (let n = 1; ; n++) {
     let timer: NodeJS.Timeout | undefined;
-    const attemptDone = open();
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(resolve, Math.max(0, deadline - Date.now()), 'timeout');
-    });
-    let outcome: T | 'timeout';
+    const attempt = open();
     try {
-      outcome = await Promise.race([attemptDone, timedOut]);
+      const outcome = await Promise.race([
+        attempt,
+        new Promise<typeof giveUp>((resolve) => {
+          timer = setTimeout(resolve, deadline - Date.now(), giveUp);
+        }),
+      ]);
+      if (outcome !== giveUp) return outcome as T;
     } catch (err) {
       const refusal = refusalOf(err);
-      if (refusal === undefined) throw err;
+      if (!refusal) throw err;
       last = err;
-      const delay = backoffMillis(refusal, attempt);
-      if (Date.now() + delay >= deadline) throw giveUp(attempt, 'still refused', err);
-      if (!(await sleep(delay))) throw giveUp(attempt, 'the pool was ended', err);
+      const window =
+        refusal === '53400' ? DSQL_DEFAULTS.rateRetryWindowMillis : DSQL_DEFAULTS.connectRetryWindowMillis;
+      const delay = Math.random() * window * 2 ** Math.min(n - 1, 8);
+      if (Date.now() + delay >= deadline) throw giveUp(n, 'still refused', err);
+      if (!(await sleep(delay))) throw giveUp(n, 'the pool was ended', err);
       continue;
     } finally {
       clearTimeout(timer);
     }
-    if (outcome !== 'timeout') return outcome;
-    // Whatever the late attempt brings is not wanted any more.
-    attemptDone.then(discard, noop);
-    throw giveUp(attempt, last === undefined ? 'timed out' : 'last refused', last);
+    attempt.then(discard, noop);
+    throw giveUp(n, last === undefined ? 'timed out' : 'timed out after a refusal', last);
   }
 }
 
 /**
  * The pool {@link createPool} returns: a `pg.Pool` whose `connect()` (and `query()`) does the
- * freeze-safe checkout and admits new connections past DSQL's refusals. `end()` stops any retry
- * in progress at once.
+ * freeze-safe checkout and admits new connections past DSQL's refusals; `end()` stops retries at once.
  */
 export class DsqlPool extends FreezeSafePool {
   /** The pool-level retry policy (config key `retry`), for the retrying helpers. */
@@ -200,23 +177,21 @@ export class DsqlPool extends FreezeSafePool {
   readonly #wake = new Set<() => void>();
   #ending = false;
 
-  /** Prefer {@link createPool}; this takes an already resolved configuration. */
+  /** Prefer {@link createPool}; this takes a resolved configuration. */
   constructor(config: ResolvedDsqlConfig) {
     let tokens: TokenCache | undefined;
     const cache = () => (tokens ??= tokenCacheFor(config));
-    const connectionTimeoutMillis = config.connectionTimeoutMillis;
+    const { connectionTimeoutMillis } = config;
     class Client extends DsqlClient {
       constructor(options: pg.ClientConfig) {
-        // pg's own timer bounds one dial; the pool's budget is kept by admit().
+        // pg's own timer bounds each dial; pg-pool has none (below).
         super({ ...options, connectionTimeoutMillis }, cache);
       }
     }
-    // pg-pool gets no timers of its own: its connection timeout would replace the refusal by
-    // "Connection terminated due to connection timeout", and lifetimes are kept (jittered) at checkout.
-    super(
-      { ...toPgConfig(config), connectionTimeoutMillis: 0, maxLifetimeSeconds: 0, Client: Client as never },
-      config,
-    );
+    // pg-pool gets no timers of its own: its connect timeout would hide the refusal behind
+    // "Connection terminated due to connection timeout"; lifetimes are kept, jittered, at checkout.
+    const pgConfig = { ...toPgConfig(config), connectionTimeoutMillis: 0, maxLifetimeSeconds: 0, Client };
+    super(pgConfig as unknown as pg.PoolConfig, config);
     this.#config = config;
     this.retry = config.retry;
   }
@@ -230,16 +205,15 @@ export class DsqlPool extends FreezeSafePool {
     );
   }
 
-  /** Resolves `true` after `ms`, or `false` at once when the pool is ended meanwhile. */
+  /** `true` after `ms`, or `false` as soon as the pool is ended. */
   #sleep(ms: number): Promise<boolean> {
-    if (this.#ending) return Promise.resolve(false);
     return new Promise((resolve) => {
       const wake = () => {
         clearTimeout(timer);
         this.#wake.delete(wake);
         resolve(!this.#ending);
       };
-      const timer = setTimeout(wake, ms);
+      const timer = setTimeout(wake, this.#ending ? 0 : ms);
       this.#wake.add(wake);
     });
   }
@@ -249,17 +223,14 @@ export class DsqlPool extends FreezeSafePool {
   override end(callback?: () => void): Promise<void> | undefined {
     this.#ending = true;
     for (const wake of [...this.#wake]) wake();
-    if (!callback) return super.end();
-    super.end(callback);
-    return undefined;
+    return super.end(callback as () => void) as Promise<void> | undefined;
   }
 }
 
 /**
  * Creates a pool for Aurora DSQL: cached IAM tokens, full TLS verification, admission refusals
- * retried, DSQL-sized defaults and the freeze-safe checkout. No I/O here: the configuration is
- * validated synchronously (throwing `DsqlConfigError`); credentials, the token and the first
- * connection wait for the first query.
+ * retried, DSQL-sized defaults and the freeze-safe checkout. No I/O: the configuration is
+ * validated synchronously (`DsqlConfigError`); credentials, token and connection wait for the first query.
  * @param config A {@link DsqlConfig}, a connection string, a host name or cluster ID, or nothing (environment only).
  * @example
  * import { createPool } from 'dsql-lambda';
@@ -271,9 +242,8 @@ export function createPool(config?: DsqlConfig | string): DsqlPool {
 }
 
 /**
- * Opens one connection (Go's `dsql.Connect`), with the same guarantees as {@link createPool}.
- * The caller ends it. An `'error'` listener is attached, so a connection the server drops
- * while idle never crashes the process (the next query fails instead).
+ * Opens one connection (Go's `dsql.Connect`) with the guarantees of {@link createPool}; the caller
+ * ends it. An `'error'` listener is attached, so a drop while idle never crashes the process.
  * @throws `DsqlConfigError`, `DsqlTokenError`, `DsqlConnectionError`, or pg's own error (e.g. 28P01).
  * @example
  * const client = await connect('dsql://admin@abc.dsql.us-east-1.on.aws');
@@ -281,12 +251,8 @@ export function createPool(config?: DsqlConfig | string): DsqlPool {
  */
 export async function connect(config?: DsqlConfig | string): Promise<pg.Client> {
   const resolved = resolveConfig(config);
-  const cache = () => tokenCacheFor(resolved);
-  const open = async () => {
-    const client = new DsqlClient(toPgConfig(resolved), cache);
-    client.on('error', noop);
-    return client.connect();
-  };
+  const open = () =>
+    new DsqlClient(toPgConfig(resolved), () => tokenCacheFor(resolved)).on('error', noop).connect();
   const sleep = (ms: number) => new Promise<boolean>((resolve) => setTimeout(resolve, ms, true));
   return admit(open, resolved, sleep, (late) => void late.end().catch(noop));
 }

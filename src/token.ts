@@ -4,7 +4,6 @@
  * Expiry is judged by the wall clock at every `get()`, never by a timer: a process frozen for an
  * hour wakes with its timers unfired but its clock moved, so a stale token is never handed out.
  */
-import { createHash } from 'node:crypto';
 import type {
   AwsCredentialIdentity,
   AwsCredentialIdentityProvider,
@@ -187,34 +186,14 @@ export class TokenCache {
 const MAX_SHARED = 32;
 const shared = new Map<string, TokenCache>();
 const providerIds = new WeakMap<object, number>();
-let nextProviderId = 1;
+let nextId = 0;
 
 /**
- * What identifies a credential source by value: equal static credentials (a new `Date` for
- * `expiration` included) give the same key, their secret only as a hash; a provider function
- * is its own identity (two providers alike may still answer differently).
- */
-function sourceKey(config: ResolvedDsqlConfig): string {
-  const source = config.credentialSource;
-  if (source.kind === 'profile') return `profile:${source.profile}`;
-  if (source.kind !== 'explicit') return source.kind;
-  const value = source.value;
-  if (typeof value === 'function') {
-    if (!providerIds.has(value)) providerIds.set(value, nextProviderId++);
-    return `provider#${providerIds.get(value)}`;
-  }
-  const secret = createHash('sha256')
-    .update(`${value.secretAccessKey}\0${value.sessionToken ?? ''}`)
-    .digest('hex');
-  return `static:${value.accessKeyId}:${secret}:${value.expiration?.getTime() ?? ''}`;
-}
-
-/**
- * The process-wide token cache for a configuration: every pool and `connect()` for the same host,
- * Region, action, lifetime and credential source shares one cache, so one token. This is the
- * runtime's only registry.
- * @param config A resolved configuration.
- * @param env Environment for the `environment` credential source. Default: `process.env`.
+ * The process-wide token cache for a configuration, the runtime's only registry: every pool and
+ * `connect()` for the same host, Region, action, lifetime and credential source shares one cache,
+ * so one token. Credentials are compared by value (a new `Date` for `expiration` is the same
+ * credentials); a provider function by identity (two alike may answer differently).
+ * @param env Environment of the `environment` credential source. Default: `process.env`.
  * @example
  * const token = await tokenCacheFor(resolveConfig(process.env.DSQL_URL)).get();
  */
@@ -222,15 +201,28 @@ export function tokenCacheFor(
   config: ResolvedDsqlConfig,
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): TokenCache {
-  const key = [config.host, config.region, config.action, config.tokenDurationSecs, sourceKey(config)].join(
-    '|',
-  );
+  const source = config.credentialSource;
+  let id: unknown = source.kind === 'profile' ? source.profile : '';
+  if (source.kind === 'explicit') {
+    const v = source.value;
+    if (typeof v === 'function' && !providerIds.has(v)) providerIds.set(v, nextId++);
+    // (A module-private key: it never leaves this Map.)
+    id =
+      typeof v === 'function'
+        ? providerIds.get(v)
+        : [v.accessKeyId, v.secretAccessKey, v.sessionToken, v.expiration?.getTime()];
+  }
+  const key = JSON.stringify([
+    config.host,
+    config.region,
+    config.action,
+    config.tokenDurationSecs,
+    source.kind,
+    id,
+  ]);
   let cache = shared.get(key);
-  if (cache === undefined) {
-    cache = new TokenCache({
-      ...config,
-      credentials: createCredentialsProvider(config.credentialSource, env),
-    });
+  if (!cache) {
+    cache = new TokenCache({ ...config, credentials: createCredentialsProvider(source, env) });
     if (shared.size >= MAX_SHARED) shared.delete(shared.keys().next().value as string);
     shared.set(key, cache);
   }
