@@ -34,7 +34,9 @@ export class DsqlClient extends pg.Client {
     const hidden = {
       configurable: true,
       get: () => secret.value,
-      set: (v: string) => void (secret.value = v),
+      set: (v: string) => {
+        secret.value = v;
+      },
     };
     Object.defineProperty(this, 'password', hidden);
     Object.defineProperty(
@@ -104,7 +106,8 @@ export function toPgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
       ca,
       // pg copies `ssl` into the tls.connect options: this getter builds the context at the first handshake.
       get secureContext() {
-        return (context ??= process.getBuiltinModule?.('node:tls').createSecureContext({ ca }));
+        context ??= process.getBuiltinModule?.('node:tls').createSecureContext({ ca });
+        return context;
       },
     },
     sslnegotiation: config.sslNegotiation,
