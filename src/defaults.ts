@@ -40,13 +40,13 @@ export const DSQL_DEFAULTS = Object.freeze({
   /** Let a script that never calls `pool.end()` exit once its connections are idle (pg-pool's option). */
   allowExitOnIdle: true,
   /**
-   * First backoff window after DSQL refuses a connection for its rate (53400, cluster-wide
-   * 100/s, burst 1000), ms. A refusal means a storm: retries spread over a wide window, so
-   * most get in at their second attempt instead of refusing each other again.
+   * First backoff window after DSQL refuses a connection (53400 rate: cluster-wide 100/s, burst
+   * 1000; 53300: too many open), ms; it doubles per attempt. A refusal means many sandboxes are
+   * connecting at once: retries spread wide, so most get in at their next attempt.
    */
-  rateRetryWindowMillis: 2_000,
-  /** First backoff window after a refusal for the connection cap (53300) or a network error, ms. */
-  connectRetryWindowMillis: 100,
+  admissionRetryWindowMillis: 4_000,
+  /** First backoff window after a network error while connecting, ms; it doubles per attempt. */
+  networkRetryWindowMillis: 100,
   /** Renew a token once less than this (or a fifth of its life, if shorter) remains, ms. */
   tokenRefreshMarginMillis: 60_000,
   /** Resolve credentials again when they expire within this (the AWS SDK's own window), ms. */

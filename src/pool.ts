@@ -121,9 +121,9 @@ export function toPgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
 
 /**
  * Attempts, each on a new connection, until admitted or out of budget. After a refusal the wait
- * is drawn uniformly from a window that doubles per attempt: a rate refusal (53400) means many
- * sandboxes connect at once, so its window starts wide and most get in at their next attempt; a
- * cap refusal (53300) or a network error starts narrow.
+ * is drawn uniformly from a window that doubles per attempt: an admission refusal (53400, 53300)
+ * means many sandboxes connect at once, so its window starts wide and most get in at their next
+ * attempt; a network error starts narrow.
  */
 async function admit<T>(
   open: () => Promise<T>,
@@ -156,9 +156,13 @@ async function admit<T>(
       if (!refusal) throw err;
       last = err;
       const window =
-        refusal === '53400' ? DSQL_DEFAULTS.rateRetryWindowMillis : DSQL_DEFAULTS.connectRetryWindowMillis;
-      const delay = Math.random() * window * 2 ** Math.min(n - 1, 8);
-      if (Date.now() + delay >= deadline) throw giveUp(n, 'still refused', err);
+        refusal === 'network'
+          ? DSQL_DEFAULTS.networkRetryWindowMillis
+          : DSQL_DEFAULTS.admissionRetryWindowMillis;
+      // Within what is left, keeping a fifth of it for the attempt itself.
+      const left = deadline - Date.now();
+      const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
+      if (left < 1) throw giveUp(n, 'still refused', err);
       if (!(await sleep(delay))) throw giveUp(n, 'the pool was ended', err);
       continue;
     } finally {
