@@ -1,18 +1,12 @@
 /**
  * Freeze-safe checkout: a `pg.Pool` whose `connect()` (and so `query()`) works like pgxpool's
- * `Acquire`. Lambda freezes the process between invocations; while frozen no timer fires and no
- * socket event is processed, so pg-pool's idle and lifetime timers fire late and a connection the
- * server closed still looks healthy. Every decision therefore happens at checkout, by wall clock:
- *
- * - a reused connection past its (jittered) lifetime or idle past `maxIdleMillis` is destroyed;
- * - one idle 10 ms or more first lets a few loop turns run, so socket events that arrived while
- *   frozen (FIN, RST, FATAL) are seen; one idle past `thawThresholdMillis` is validated with one
- *   round trip under `validationTimeoutMillis`;
- * - a rejected connection is destroyed and the next one taken; a user statement is never sent twice;
- * - a connection that failed, or is released inside a transaction, is destroyed at release.
- *
- * Bookkeeping comes from pg-pool's public events (`connect`, `release`, `error`); no method of a
- * client or of the pool instance is replaced.
+ * `Acquire`. While Lambda has the process frozen no timer fires and no socket event runs, so
+ * pg-pool's timers fire late and a connection the server closed still looks healthy. Every
+ * decision is therefore made at checkout, by the wall clock: a reused connection past its
+ * (jittered) lifetime or idle too long is destroyed; one idle a while first lets pending socket
+ * events (FIN, RST, FATAL) run, and after a thaw gets one bounded validation round trip; a
+ * rejected one is destroyed and the next taken. A user statement is never sent twice. Bookkeeping
+ * comes from pg-pool's public events; no method of a client or of the pool instance is replaced.
  */
 import type { Duplex } from 'node:stream';
 import pg from 'pg';

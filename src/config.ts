@@ -28,18 +28,16 @@ export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>
 
 /** pg options that pass through untouched; any other key is refused. */
 const PG_OPTIONS = [
-  'keepAlive',
-  'keepAliveInitialDelayMillis',
-  'statement_timeout',
-  'query_timeout',
-  'lock_timeout',
-  'idle_in_transaction_session_timeout',
-  'types',
-  'options',
-  'client_encoding',
-  'maxUses',
-  'allowExitOnIdle',
-  'log',
+  ...['keepAlive', 'keepAliveInitialDelayMillis', 'statement_timeout', 'query_timeout', 'lock_timeout'],
+  ...[
+    'idle_in_transaction_session_timeout',
+    'types',
+    'options',
+    'client_encoding',
+    'maxUses',
+    'allowExitOnIdle',
+    'log',
+  ],
 ] as const;
 
 /**
@@ -130,37 +128,21 @@ const INTEGERS = {
   validationTimeoutMillis: [1, 2 ** 31 - 1],
 } as const;
 
-/** Settings after defaults, environment and validation: what the rest of the library reads. */
-export interface ResolvedDsqlConfig extends Readonly<Record<keyof typeof INTEGERS, number>> {
-  /** Full cluster host name, lower case: SNI, certificate check and signing. */
-  readonly host: string;
-  /** Address to dial, when it differs from `host`. */
+/**
+ * Settings after defaults, environment and validation, what the rest of the library reads: the
+ * {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
+ * `credentialSource` (non-enumerable when explicit, so printing it shows no secret), the CAs
+ * (`ca`) and the pass-through `pgOptions`.
+ */
+export interface ResolvedDsqlConfig
+  extends Readonly<Record<keyof typeof INTEGERS | 'port' | 'max' | 'min', number>>,
+    Readonly<Record<'host' | 'region' | 'user' | 'database' | 'applicationName', string>> {
   readonly hostaddr: string | undefined;
-  /** AWS Region tokens are signed for. */
-  readonly region: string;
-  /** Database user. */
-  readonly user: string;
-  /** Database name. */
-  readonly database: string;
-  /** TCP port. */
-  readonly port: number;
-  /** IAM action the tokens grant. */
   readonly action: DsqlAction;
-  /** Credential source (non-enumerable when explicit, so printing the configuration shows no secret). */
   readonly credentialSource: CredentialSource;
-  /** Pool size. */
-  readonly max: number;
-  /** Minimum idle connections. */
-  readonly min: number;
-  /** The `application_name` sent. */
-  readonly applicationName: string;
-  /** TLS negotiation. */
   readonly sslNegotiation: 'direct' | 'postgres';
-  /** CAs to trust instead of Node's roots, if any. */
   readonly ca: string | Buffer | Array<string | Buffer> | undefined;
-  /** The pool-level retry policy, as given (validated where it is used). */
   readonly retry: RetryOptions | undefined;
-  /** pg options passed through untouched. */
   readonly pgOptions: Readonly<Record<string, unknown>>;
 }
 

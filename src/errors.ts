@@ -14,10 +14,7 @@ export class DsqlError extends Error {
   override name = 'DsqlError';
 }
 
-/**
- * Invalid configuration or connection string. Thrown synchronously when the configuration is
- * resolved, before any I/O.
- */
+/** Invalid configuration or connection string; thrown synchronously, before any I/O. */
 export class DsqlConfigError extends DsqlError {
   override name = 'DsqlConfigError';
   /** The configuration field at fault, e.g. `"host"`, `"tokenDurationSecs"`. */
@@ -146,16 +143,9 @@ export function occCode(err: unknown): 'OC000' | 'OC001' | undefined {
   return undefined;
 }
 
-const TRANSIENT_NETWORK_CODES = new Set([
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EAI_AGAIN',
-  'ECONNABORTED',
-]);
+const TRANSIENT_NETWORK_CODES = new Set(
+  'ECONNRESET ECONNREFUSED ETIMEDOUT EPIPE EHOSTUNREACH ENETUNREACH EAI_AGAIN ECONNABORTED'.split(' '),
+);
 
 const LOST_CONNECTION_MESSAGES = [
   'Connection terminated',

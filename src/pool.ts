@@ -63,7 +63,8 @@ export class DsqlClient extends pg.Client {
     const token = await cache.get();
     this.#secret.value = token;
     try {
-      return (await super.connect(), this);
+      await super.connect();
+      return this;
     } catch (err) {
       const code = (err as { code?: unknown } | null)?.code;
       if (code === '28000' || code === '28P01') cache.invalidate(token);

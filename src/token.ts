@@ -33,11 +33,7 @@ export interface TokenCacheOptions {
   readonly now?: (() => number) | undefined;
 }
 
-interface CachedToken {
-  readonly token: string;
-  readonly expiresAt: number;
-  readonly renewAt: number;
-}
+type CachedToken = { readonly token: string; readonly expiresAt: number; readonly renewAt: number };
 
 /**
  * Caches the IAM token for one host, Region, action and credential source.
@@ -52,13 +48,10 @@ interface CachedToken {
  * const token = await cache.get();
  */
 export class TokenCache {
-  /** Host name the tokens are signed for. */
+  /** What the tokens are signed for (see {@link TokenCacheOptions}). */
   readonly host: string;
-  /** AWS Region the tokens are signed for. */
   readonly region: string;
-  /** IAM action the tokens grant. */
   readonly action: DsqlAction;
-  /** Lifetime of each token, seconds. */
   readonly tokenDurationSecs: number;
   readonly #provider: AwsCredentialIdentityProvider;
   readonly #timeout: number;
