@@ -182,10 +182,7 @@ export class FreezeSafePool extends pg.Pool {
       // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
       if (verdict === 'evictedDead') socketOf(client)?.destroy();
     }
-    throw new DsqlConnectionError(
-      'Could not check out a live connection: every pooled one was stale or dead',
-      maxPasses,
-    );
+    throw new DsqlConnectionError('every pooled connection was stale or dead', maxPasses);
   }
 
   /** The wall-clock checks; `undefined` when the connection has been idle long enough to need more. */

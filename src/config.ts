@@ -268,24 +268,25 @@ export function regionFromHost(host: string): string | undefined {
     : undefined;
 }
 
-function credentialsOf(value: unknown): CredentialSource | undefined {
+/** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
+export function isIdentity(value: unknown): value is AwsCredentialIdentity {
   const c = value as Record<string, unknown> | null | undefined;
-  if (c == null) return undefined;
-  if (
-    typeof c !== 'function' &&
-    !(
-      typeof c === 'object' &&
-      typeof c.accessKeyId === 'string' &&
-      c.accessKeyId &&
-      typeof c.secretAccessKey === 'string' &&
-      c.secretAccessKey &&
-      ['string', 'undefined'].includes(typeof c.sessionToken) &&
-      (c.expiration === undefined || (c.expiration instanceof Date && c.expiration.getTime() >= 0))
-    )
-  ) {
-    fail('credentials', 'must be an AWS identity or a provider function');
-  }
-  return { kind: 'explicit', value: c as unknown as AwsCredentialIdentity };
+  const e = c?.expiration;
+  return (
+    typeof c?.accessKeyId === 'string' &&
+    typeof c.secretAccessKey === 'string' &&
+    !!c.accessKeyId &&
+    !!c.secretAccessKey &&
+    ['string', 'undefined'].includes(typeof c.sessionToken) &&
+    (e === undefined || (e instanceof Date && e.getTime() >= 0))
+  );
+}
+
+function credentialsOf(value: unknown): CredentialSource | undefined {
+  if (value == null) return undefined;
+  if (typeof value !== 'function' && !isIdentity(value))
+    fail('credentials', 'must be an AWS identity or a provider');
+  return { kind: 'explicit', value: value as AwsCredentialIdentity };
 }
 
 function caOf(ssl: unknown): ResolvedDsqlConfig['ca'] {
@@ -339,7 +340,7 @@ export function resolveConfig(
       : parseConnectionString(value as string);
   const proto = input != null && typeof input === 'object' && Object.getPrototypeOf(input);
   if (input != null && typeof input !== 'string' && proto !== Object.prototype && proto !== null) {
-    fail('config', 'must be a plain object or a connection string (for a URL, pass its href)');
+    fail('config', 'must be a plain object or a string (for a URL: its href)');
   }
   const object = (typeof input === 'object' && input) || {};
   const given: Record<string, unknown> = {

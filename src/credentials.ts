@@ -5,7 +5,12 @@
  * used, with a `require` bundlers cannot see (the SDK weighs hundreds of KB; in Lambda it resolves
  * from the runtime's own copy through `NODE_PATH`).
  */
-import type { AwsCredentialIdentity, AwsCredentialIdentityProvider, CredentialSource } from './config.js';
+import {
+  type AwsCredentialIdentity,
+  type AwsCredentialIdentityProvider,
+  type CredentialSource,
+  isIdentity,
+} from './config.js';
 import { DsqlTokenError } from './errors.js';
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -94,16 +99,7 @@ export function createCredentialsProvider(
         ? err
         : new DsqlTokenError(`Could not resolve ${description}`, { cause: err });
     }
-    const expires = c?.expiration;
-    if (
-      !c?.accessKeyId ||
-      !c.secretAccessKey ||
-      (expires !== undefined && !(expires instanceof Date && expires.getTime() >= 0))
-    ) {
-      throw new DsqlTokenError(
-        `${description}: accessKeyId, secretAccessKey or expiration missing or invalid`,
-      );
-    }
-    return c as AwsCredentialIdentity;
+    if (!isIdentity(c)) throw new DsqlTokenError(`${description} are incomplete or invalid`);
+    return c;
   };
 }
