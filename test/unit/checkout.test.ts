@@ -308,6 +308,30 @@ describe('FreezeSafePool', () => {
   });
 });
 
+describe('against real pg and pg-pool (local PostgreSQL)', () => {
+  it('a client released inside a transaction is ended, not pooled: pg-pool does not pool an ending client', async () => {
+    vi.restoreAllMocks(); // real clock
+    const pool = new FreezeSafePool(
+      { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres', max: 1 },
+      defaults,
+    );
+    try {
+      const a = await pool.connect();
+      const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      await a.query('BEGIN');
+      a.release();
+      expect(pool.checkoutStats().evictedOnRelease).toBe(1);
+      const b = await pool.connect();
+      const pidB = (await b.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      expect(b.getTransactionStatus()).toBe('I');
+      b.release();
+      expect(pidB).not.toBe(pidA);
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
 describe('the one pg private field the checkout reads', () => {
   it('pg still keeps a connected client socket at client.connection.stream', async () => {
     const client = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
