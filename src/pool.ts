@@ -163,7 +163,7 @@ async function admit<T>(
       // Within what is left, keeping a fifth of it for the attempt itself.
       const left = deadline - Date.now();
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
-      if (left < 1) throw giveUp(n, 'still refused', err);
+      if (left < 1) throw giveUp(n, refusal === 'network' ? 'unreachable' : 'still refused', err);
       if (!(await sleep(delay))) throw giveUp(n, 'the pool was ended', err);
       continue;
     } finally {
