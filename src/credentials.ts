@@ -1,25 +1,19 @@
 /**
- * Where the AWS credentials that sign tokens come from, in this order: explicit `credentials`,
- * a `profile`, the Lambda environment (`AWS_ACCESS_KEY_ID`, …), then the AWS SDK's default
- * chain.
- *
- * The environment path needs nothing: inside Lambda it is the common case and costs a few
- * property reads. The profile and default-chain paths need `@aws-sdk/credential-providers`, an
- * optional peer dependency that is loaded only when one of them is actually used. It is loaded
- * with a `require` whose module name is a variable, so bundlers leave it out of user bundles
- * (the SDK weighs hundreds of KB) and, in Lambda, it resolves from the runtime's own copy of the
- * SDK through `NODE_PATH`.
+ * Where the AWS credentials that sign tokens come from: explicit `credentials`, a `profile`, the
+ * Lambda environment (`AWS_ACCESS_KEY_ID`, …), then the AWS SDK's default chain. The profile and
+ * default-chain paths need the optional peer `@aws-sdk/credential-providers`, loaded only when
+ * used, with a `require` bundlers cannot see (the SDK weighs hundreds of KB; in Lambda it resolves
+ * from the runtime's own copy through `NODE_PATH`).
  */
-import type { AwsCredentialIdentity, AwsCredentialIdentityProvider, CredentialSource } from './config.js';
+import {
+  type AwsCredentialIdentity,
+  type AwsCredentialIdentityProvider,
+  type CredentialSource,
+  isIdentity,
+} from './config.js';
 import { DsqlTokenError } from './errors.js';
 
 type Env = Readonly<Record<string, string | undefined>>;
-
-/** The part of `@aws-sdk/credential-providers` this library uses. */
-interface CredentialProvidersModule {
-  fromIni(init: { profile: string }): AwsCredentialIdentityProvider;
-  fromNodeProviderChain(init?: Record<string, unknown>): AwsCredentialIdentityProvider;
-}
 
 /** Name of the optional peer dependency that provides profile and default-chain credentials. */
 export const CREDENTIAL_PROVIDERS_MODULE = '@aws-sdk/credential-providers';
@@ -27,12 +21,12 @@ export const CREDENTIAL_PROVIDERS_MODULE = '@aws-sdk/credential-providers';
 let nodeRequire: NodeJS.Require | undefined;
 
 /**
- * Loads an optional dependency at run time without letting a bundler see it. CommonJS builds
- * (ours and users' bundles) have `require`; ESM gets one from `createRequire`, whose lookup also
- * honours `NODE_PATH`, where Lambda keeps its SDK. `node:module` is fetched only here, never
- * imported at the top: loading it costs ≈ 1 ms of cold start on Node 22.
+ * Loads an optional dependency at run time without letting a bundler see it (CommonJS has
+ * `require`; ESM gets one from `createRequire`, which honours `NODE_PATH`).
  * @param purpose What needs it, for the message ("profile credentials").
- * @throws {@link DsqlTokenError} telling the user to install it when the module is missing.
+ * @throws {@link DsqlTokenError} telling the user to install it when it is missing.
+ * @example
+ * const sdk = await loadOptionalModule('@aws-sdk/credential-providers', 'profile credentials');
  */
 export async function loadOptionalModule<T>(name: string, purpose: string): Promise<T> {
   try {
@@ -52,10 +46,7 @@ export async function loadOptionalModule<T>(name: string, purpose: string): Prom
 
 /**
  * Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (what
- * Lambda sets for the function's role; they stay valid for the life of the execution
- * environment, so no expiration is read), or `undefined` when the key pair is not set. The
- * secret parts of the returned object are non-enumerable, so they stay out of `JSON.stringify`
- * and `console.log`.
+ * Lambda sets), or `undefined` without the key pair. The secret parts are non-enumerable.
  * @example
  * const creds = credentialsFromEnvironment(process.env);
  */
@@ -68,62 +59,47 @@ export function credentialsFromEnvironment(env: Env = process.env): AwsCredentia
   ) as AwsCredentialIdentity;
 }
 
-/** A short, secret-free description of a credential source, for error messages. */
+/** A short, secret-free description of a credential source, for messages. */
 export function describeCredentialSource(source: CredentialSource): string {
   return `${source.kind === 'profile' ? `profile "${source.profile}"` : source.kind} credentials`;
 }
 
 /**
- * Turns a {@link CredentialSource} (decided by `resolveConfig`) into a provider. Nothing is
- * loaded or read until the provider is first called; SDK providers are created once and reused.
- * Every failure surfaces as a {@link DsqlTokenError} whose `cause` is the original error.
- * @param source Where to take credentials from.
- * @param env Environment for the `environment` source, read on every call. Default: `process.env`.
+ * Turns a {@link CredentialSource} into a provider. Nothing is loaded or read until it is called;
+ * an SDK provider is created once. Every failure is a {@link DsqlTokenError} with the original as `cause`.
+ * @param env Environment of the `environment` source, read on every call. Default: `process.env`.
  * @example
- * const provider = createCredentialsProvider({ kind: 'profile', profile: 'dev' });
- * const { accessKeyId } = await provider();
+ * const { accessKeyId } = await createCredentialsProvider({ kind: 'profile', profile: 'dev' })();
  */
 export function createCredentialsProvider(
   source: CredentialSource,
   env: Env = process.env,
 ): AwsCredentialIdentityProvider {
   const description = describeCredentialSource(source);
-  let sdkProvider: AwsCredentialIdentityProvider | undefined;
-  const fromSdk = async (): Promise<AwsCredentialIdentityProvider> => {
-    if (sdkProvider === undefined) {
-      const sdk = await loadOptionalModule<CredentialProvidersModule>(
-        CREDENTIAL_PROVIDERS_MODULE,
-        description,
-      );
-      sdkProvider =
-        source.kind === 'profile' ? sdk.fromIni({ profile: source.profile }) : sdk.fromNodeProviderChain();
-    }
-    return sdkProvider;
-  };
-  return async function resolveDsqlCredentials(): Promise<AwsCredentialIdentity> {
+  let sdk: AwsCredentialIdentityProvider | undefined;
+  return async () => {
     let c: Partial<AwsCredentialIdentity> | undefined;
     try {
-      c =
-        source.kind === 'explicit'
-          ? typeof source.value === 'function'
-            ? await source.value()
-            : source.value
-          : // The environment is read on every call: cheap, and it follows rotated variables.
-            (source.kind === 'environment' && credentialsFromEnvironment(env)) || (await (await fromSdk())());
+      if (source.kind === 'explicit')
+        c = typeof source.value === 'function' ? await source.value() : source.value;
+      else if (source.kind === 'environment') c = credentialsFromEnvironment(env);
+      if (!c && source.kind !== 'explicit') {
+        if (!sdk) {
+          const m = await loadOptionalModule<{
+            fromIni(o: { profile: string }): AwsCredentialIdentityProvider;
+            fromNodeProviderChain(): AwsCredentialIdentityProvider;
+          }>(CREDENTIAL_PROVIDERS_MODULE, description);
+          sdk =
+            source.kind === 'profile' ? m.fromIni({ profile: source.profile }) : m.fromNodeProviderChain();
+        }
+        c = await sdk();
+      }
     } catch (err) {
       throw err instanceof DsqlTokenError
         ? err
-        : new DsqlTokenError(`Could not resolve AWS credentials from ${description}`, { cause: err });
+        : new DsqlTokenError(`Could not resolve ${description}`, { cause: err });
     }
-    if (
-      !c?.accessKeyId ||
-      !c.secretAccessKey ||
-      (c.expiration !== undefined && !(c.expiration instanceof Date && c.expiration.getTime() >= 0))
-    ) {
-      throw new DsqlTokenError(
-        `${description}: accessKeyId, secretAccessKey or expiration missing or invalid`,
-      );
-    }
-    return c as AwsCredentialIdentity;
+    if (!isIdentity(c)) throw new DsqlTokenError(`${description} are incomplete or invalid`);
+    return c;
   };
 }

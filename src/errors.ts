@@ -6,9 +6,6 @@
  * session token: messages name the field and the rule, not the value, when the value is secret.
  */
 
-/** Name of this package, used in `cause`-style metadata and `application_name`. */
-export const PACKAGE_NAME = 'dsql-lambda';
-
 /**
  * Base class of every error this library throws. Each class names itself in a string: a
  * minifying bundler renames classes, and `new.target.name` would then say `N` or `p`.
@@ -17,10 +14,7 @@ export class DsqlError extends Error {
   override name = 'DsqlError';
 }
 
-/**
- * Invalid configuration or connection string. Thrown synchronously when the configuration is
- * resolved, before any I/O.
- */
+/** Invalid configuration or connection string; thrown synchronously, before any I/O. */
 export class DsqlConfigError extends DsqlError {
   override name = 'DsqlConfigError';
   /** The configuration field at fault, e.g. `"host"`, `"tokenDurationSecs"`. */
@@ -36,7 +30,11 @@ export class DsqlTokenError extends DsqlError {
   override name = 'DsqlTokenError';
 }
 
-/** Opening a connection failed after every allowed attempt; `cause` holds the last error. */
+/**
+ * Opening a connection failed for good: refusals outlasted `connectionTimeoutMillis`, the host
+ * was unreachable, or the pool was ended meanwhile. The message names the host and the budget;
+ * `cause` is the last refusal or network error.
+ */
 export class DsqlConnectionError extends DsqlError {
   override name = 'DsqlConnectionError';
   /** Number of connection attempts made. */
@@ -85,12 +83,7 @@ export class CommitOutcomeUnknownError extends DsqlError {
   }
 }
 
-/** SQLSTATE of an OCC conflict (`serialization_failure`). */
-export const SQLSTATE_SERIALIZATION_FAILURE = '40001';
-/** SQLSTATE DSQL returns when too many connections are open (10,000 per cluster). */
-export const SQLSTATE_TOO_MANY_CONNECTIONS = '53300';
-/** SQLSTATE DSQL returns when the connection rate limit is exceeded (100/s, burst 1,000). */
-export const SQLSTATE_CONNECTION_RATE_EXCEEDED = '53400';
+const SQLSTATE_SERIALIZATION_FAILURE = '40001';
 
 const OCC_CODE = /\bOC00[01]\b/;
 
@@ -150,16 +143,9 @@ export function occCode(err: unknown): 'OC000' | 'OC001' | undefined {
   return undefined;
 }
 
-const TRANSIENT_NETWORK_CODES = new Set([
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EAI_AGAIN',
-  'ECONNABORTED',
-]);
+const TRANSIENT_NETWORK_CODES = new Set(
+  'ECONNRESET ECONNREFUSED ETIMEDOUT EPIPE EHOSTUNREACH ENETUNREACH EAI_AGAIN ECONNABORTED'.split(' '),
+);
 
 const LOST_CONNECTION_MESSAGES = [
   'Connection terminated',
@@ -187,15 +173,16 @@ export function isConnectionLostError(err: unknown): boolean {
 }
 
 /**
- * True when opening a connection failed in a way worth another attempt with backoff: DSQL's
- * admission refusals (`53400` rate exceeded, `53300` too many connections) and transient network
- * errors. Authentication failures (`28000`, `28P01`) are never retryable with the same token.
+ * Why opening a connection is worth another attempt: DSQL's admission refusals (`53400` rate
+ * exceeded, `53300` too many connections) or a transient network failure; `undefined` when it is
+ * not (token errors and authentication failures `28000`/`28P01` never are).
  */
-export function isRetryableConnectError(err: unknown): boolean {
+export function refusalOf(err: unknown): '53400' | '53300' | 'network' | undefined {
+  if (err instanceof DsqlTokenError) return undefined;
   for (const e of errorChain(err)) {
     const code = codeOf(e);
-    if (code === '28000' || code === '28P01') return false;
-    if (code === SQLSTATE_CONNECTION_RATE_EXCEEDED || code === SQLSTATE_TOO_MANY_CONNECTIONS) return true;
+    if (code === '28000' || code === '28P01') return undefined;
+    if (code === '53400' || code === '53300') return code;
   }
-  return isConnectionLostError(err);
+  return isConnectionLostError(err) ? 'network' : undefined;
 }

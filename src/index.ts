@@ -2,10 +2,18 @@
  * dsql-lambda: Amazon Aurora DSQL from AWS Lambda through node-postgres.
  * @packageDocumentation
  */
-export * from './config.js';
-export * from './credentials.js';
-export * from './errors.js';
-export * from './lambda.js';
-export * from './pool.js';
-export * from './retry.js';
-export * from './token.js';
+export type { CheckoutOptions, CheckoutStats } from './checkout.js';
+export type { AwsCredentialIdentity, AwsCredentialIdentityProvider, DsqlConfig } from './config.js';
+export { DSQL_DEFAULTS } from './defaults.js';
+export {
+  CommitOutcomeUnknownError,
+  DsqlConfigError,
+  DsqlConnectionError,
+  DsqlError,
+  DsqlTokenError,
+  isOccError,
+  OccRetryExhaustedError,
+} from './errors.js';
+export { type Dsql, type DsqlContext, type DsqlHandlerOptions, withDsql } from './lambda.js';
+export { connect, createPool, type DsqlPool } from './pool.js';
+export { execWithRetry, type RetryOptions, withRetry } from './retry.js';

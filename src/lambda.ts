@@ -14,13 +14,6 @@ import type { DsqlConfig } from './config.js';
 import { createPool } from './pool.js';
 import { type RetryOptions, type TransactionClient, withRetry } from './retry.js';
 
-export {
-  type FreezeGuardOptions,
-  type FreezeGuardStats,
-  getFreezeGuardStats,
-  installFreezeGuard,
-} from './checkout.js';
-
 /**
  * Where warnings go. Anything with a `warn(message)` method: `console`, a Powertools `Logger`, pino.
  * @example

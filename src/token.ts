@@ -1,20 +1,17 @@
 /**
  * The token cache: one signed token reused for every new connection until it nears expiry.
- *
- * DSQL checks a token only when a connection opens, so one token can open any number of
- * connections while it lives. Expiry is judged by the wall clock (`Date.now()`) at every `get()`,
- * never by a timer: a Lambda process frozen for an hour wakes with timers that have not fired
- * yet, but the wall clock has moved, so a stale token is never handed out after a thaw.
+ * DSQL checks a token only when a connection opens, so one token opens any number of them.
+ * Expiry is judged by the wall clock at every `get()`, never by a timer: a process frozen for an
+ * hour wakes with its timers unfired but its clock moved, so a stale token is never handed out.
  */
 import type {
   AwsCredentialIdentity,
   AwsCredentialIdentityProvider,
-  CredentialSource,
   DsqlAction,
   ResolvedDsqlConfig,
 } from './config.js';
-import { DSQL_DEFAULTS } from './config.js';
 import { createCredentialsProvider } from './credentials.js';
+import { DSQL_DEFAULTS } from './defaults.js';
 import { DsqlTokenError } from './errors.js';
 import { signAuthToken } from './sigv4.js';
 
@@ -26,46 +23,38 @@ export interface TokenCacheOptions {
   readonly region: string;
   /** `DbConnectAdmin` (user `admin`) or `DbConnect`. */
   readonly action: DsqlAction;
-  /** Lifetime of each token, seconds. Default: `900`. */
+  /** Lifetime of each token, seconds. Default: `DSQL_DEFAULTS.tokenDurationSecs`. */
   readonly tokenDurationSecs?: number | undefined;
   /** Where credentials come from; called once, and again only when they near `expiration`. */
   readonly credentials: AwsCredentialIdentityProvider;
-  /** Wall clock, ms since the epoch. Default: `Date.now`. Tests inject a fake one. */
+  /** A provider call not settled after this fails the renewal, ms. Default: `DSQL_DEFAULTS.credentialsTimeoutMillis`. */
+  readonly credentialsTimeoutMillis?: number | undefined;
+  /** Wall clock, ms since the epoch. Default: `Date.now`. */
   readonly now?: (() => number) | undefined;
 }
 
-interface CachedToken {
-  readonly token: string;
-  readonly expiresAt: number;
-  readonly renewAt: number;
-}
+type CachedToken = { readonly token: string; readonly expiresAt: number; readonly renewAt: number };
 
 /**
  * Caches the IAM token for one host, Region, action and credential source.
- *
- * - A token's expiry is the earlier of its signing time (whole seconds, as `X-Amz-Date` says)
- *   plus `tokenDurationSecs`, and the credentials' `expiration`: DSQL refuses a token whose
- *   temporary credentials have expired, whatever `X-Amz-Expires` says.
- * - It is renewed once less than `min(60 s, a fifth of its life)` remains (see
- *   `DSQL_DEFAULTS.tokenRefreshMarginMillis`); credentials expiring within 5 minutes are
- *   resolved again first.
- * - Concurrent `get()` calls during a renewal share one signing (single flight).
- * - Tokens and credentials live in `#private` fields, which `console.log`, `util.inspect` and
- *   `JSON.stringify` never show: printing a cache shows only host, Region, action and lifetime.
+ * - A token expires at the earlier of its signing second plus `tokenDurationSecs` and the
+ *   credentials' `expiration`; it is renewed once less than `min(60 s, a fifth of its life)` remains.
+ * - Concurrent `get()` calls share one renewal. A renewal whose provider call does not settle
+ *   within `credentialsTimeoutMillis` fails, and the next `get()` starts afresh.
+ * - A renewal that fails while the cached token is still valid hands out that token.
+ * - Tokens and credentials live in `#private` fields, which `util.inspect` never shows.
  * @example
  * const cache = new TokenCache({ host, region: 'us-east-1', action: 'DbConnectAdmin', credentials: provider });
- * const pool = new pg.Pool({ host, user: 'admin', password: () => cache.get(), ssl: true });
+ * const token = await cache.get();
  */
 export class TokenCache {
-  /** Host name the tokens are signed for. */
+  /** What the tokens are signed for (see {@link TokenCacheOptions}). */
   readonly host: string;
-  /** AWS Region the tokens are signed for. */
   readonly region: string;
-  /** IAM action the tokens grant. */
   readonly action: DsqlAction;
-  /** Lifetime of each token, seconds. */
   readonly tokenDurationSecs: number;
   readonly #provider: AwsCredentialIdentityProvider;
+  readonly #timeout: number;
   readonly #now: () => number;
   #credentials: AwsCredentialIdentity | undefined;
   #entry: CachedToken | undefined;
@@ -79,6 +68,7 @@ export class TokenCache {
     this.action = options.action;
     this.tokenDurationSecs = options.tokenDurationSecs ?? DSQL_DEFAULTS.tokenDurationSecs;
     this.#provider = options.credentials;
+    this.#timeout = options.credentialsTimeoutMillis ?? DSQL_DEFAULTS.credentialsTimeoutMillis;
     this.#now = options.now ?? Date.now;
   }
 
@@ -90,25 +80,28 @@ export class TokenCache {
     const entry = this.#entry;
     if (entry !== undefined && this.#now() < entry.renewAt) return Promise.resolve(entry.token);
     if (!this.#inflight) {
-      // Cleared only if still the one in flight: invalidate() may have started another since.
       const renewal: Promise<string> = this.#renew().finally(() => {
+        // Only if still the one in flight: invalidate() may have started another since.
         if (this.#inflight === renewal) this.#inflight = undefined;
       });
       this.#inflight = renewal;
     }
-    return this.#inflight;
+    if (entry === undefined) return this.#inflight;
+    // Renewing early: a failing (or hung) provider must not fail connections a valid token can open.
+    return this.#inflight.catch((err: unknown) => {
+      if (this.#entry === entry && this.#now() < entry.expiresAt) return entry.token;
+      throw err;
+    });
   }
 
   /**
-   * Forgets the cached token and credentials, so the next `get()` resolves and signs afresh.
-   * With `token`, only if that is still the cached one (a late report about an old token must
-   * not discard a newer one). Used after the server rejects a token (SQLSTATE 28000/28P01).
+   * Forgets the cached token and credentials, so the next `get()` resolves and signs afresh. With
+   * `token`, only if that is still the cached one. Used after the server rejects a token (28000/28P01).
    */
   invalidate(token?: string): void {
     if (token !== undefined && this.#entry?.token !== token) return;
     this.#entry = undefined;
     this.#credentials = undefined;
-    // A signing already in flight started from what is now distrusted: later callers do not join it.
     this.#inflight = undefined;
     this.#generation++;
   }
@@ -123,6 +116,25 @@ export class TokenCache {
     return this.#signed;
   }
 
+  /** One provider call, bounded: a call that never settles would otherwise wedge every later `get()`. */
+  #resolveCredentials(): Promise<AwsCredentialIdentity> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new DsqlTokenError(`Credentials provider did not answer within ${this.#timeout} ms`)),
+        this.#timeout,
+      );
+      timer.unref?.();
+    });
+    return Promise.race([Promise.resolve().then(this.#provider), timeout])
+      .catch((err: unknown) => {
+        throw err instanceof DsqlTokenError
+          ? err
+          : new DsqlTokenError('Could not resolve AWS credentials', { cause: err });
+      })
+      .finally(() => clearTimeout(timer));
+  }
+
   async #renew(): Promise<string> {
     const generation = this.#generation;
     let credentials = this.#credentials;
@@ -131,12 +143,7 @@ export class TokenCache {
       credentials === undefined ||
       (expiration !== undefined && expiration - this.#now() <= DSQL_DEFAULTS.credentialsRefreshMarginMillis)
     ) {
-      try {
-        credentials = await this.#provider();
-      } catch (err) {
-        if (err instanceof DsqlTokenError) throw err;
-        throw new DsqlTokenError('Could not resolve AWS credentials', { cause: err });
-      }
+      credentials = await this.#resolveCredentials();
       if (generation === this.#generation) this.#credentials = credentials;
     }
     const signingTime = this.#now();
@@ -163,62 +170,54 @@ export class TokenCache {
     const signedAt = Math.floor(signingTime / 1000) * 1000;
     const expiresAt = Math.min(signedAt + this.tokenDurationSecs * 1000, credentialsExpire);
     const margin = Math.min(DSQL_DEFAULTS.tokenRefreshMarginMillis, (expiresAt - signedAt) / 5);
-    if (generation === this.#generation) {
-      this.#entry = { token, expiresAt, renewAt: expiresAt - margin };
-    }
+    if (generation === this.#generation) this.#entry = { token, expiresAt, renewAt: expiresAt - margin };
     return token;
   }
 }
 
-let nextSourceId = 1;
-const explicitSourceIds = new WeakMap<object, number>();
-
-function sourceKey(source: CredentialSource): string {
-  if (source.kind !== 'explicit') return `${source.kind}:${source.kind === 'profile' && source.profile}`;
-  let id = explicitSourceIds.get(source.value);
-  if (id === undefined) {
-    id = nextSourceId++;
-    explicitSourceIds.set(source.value, id);
-  }
-  return `explicit#${id}`;
-}
-
-/** Bound on the shared registry; a Lambda uses one or two clusters, this only guards misuse. */
-const MAX_SHARED_CACHES = 32;
-const sharedCaches = new Map<string, TokenCache>();
+/** Registry bound: a Lambda uses one or two clusters; this only guards misuse. */
+const MAX_SHARED = 32;
+const shared = new Map<string, TokenCache>();
+const providerIds = new WeakMap<object, number>();
+let nextId = 0;
 
 /**
- * The process-wide token cache for a resolved configuration: pools and `connect()` calls that
- * target the same host, Region, action, token lifetime and credential source share one cache
- * (so one token), instead of signing their own.
- * @param config A resolved configuration.
- * @param env Environment for the `environment` credential source. Default: `process.env`.
+ * The process-wide token cache for a configuration, the runtime's only registry: every pool and
+ * `connect()` for the same host, Region, action, lifetime and credential source shares one cache,
+ * so one token. Credentials are compared by value (a new `Date` for `expiration` is the same
+ * credentials); a provider function by identity (two alike may answer differently).
+ * @param env Environment of the `environment` credential source. Default: `process.env`.
  * @example
- * const cache = tokenCacheFor(resolveConfig(process.env.DSQL_URL));
- * const token = await cache.get();
+ * const token = await tokenCacheFor(resolveConfig(process.env.DSQL_URL)).get();
  */
 export function tokenCacheFor(
   config: ResolvedDsqlConfig,
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): TokenCache {
-  const key = [
+  const source = config.credentialSource;
+  let id: unknown = source.kind === 'profile' ? source.profile : '';
+  if (source.kind === 'explicit') {
+    const v = source.value;
+    if (typeof v === 'function' && !providerIds.has(v)) providerIds.set(v, nextId++);
+    // (A module-private key: it never leaves this Map.)
+    id =
+      typeof v === 'function'
+        ? providerIds.get(v)
+        : [v.accessKeyId, v.secretAccessKey, v.sessionToken, v.expiration?.getTime()];
+  }
+  const key = JSON.stringify([
     config.host,
     config.region,
     config.action,
     config.tokenDurationSecs,
-    sourceKey(config.credentialSource),
-  ].join('|');
-  let cache = sharedCaches.get(key);
-  if (cache === undefined) {
-    cache = new TokenCache({
-      ...config,
-      credentials: createCredentialsProvider(config.credentialSource, env),
-    });
-    if (sharedCaches.size >= MAX_SHARED_CACHES) {
-      const oldest = sharedCaches.keys().next().value;
-      if (oldest !== undefined) sharedCaches.delete(oldest);
-    }
-    sharedCaches.set(key, cache);
+    source.kind,
+    id,
+  ]);
+  let cache = shared.get(key);
+  if (!cache) {
+    cache = new TokenCache({ ...config, credentials: createCredentialsProvider(source, env) });
+    if (shared.size >= MAX_SHARED) shared.delete(shared.keys().next().value as string);
+    shared.set(key, cache);
   }
   return cache;
 }

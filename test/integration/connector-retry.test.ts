@@ -1,13 +1,16 @@
-// Connection retry against a tiny admission server in front of the local PostgreSQL
-// (127.0.0.1:5432, trust auth): it refuses, then relays. Plain TCP, so the retry loop is tested
-// on its own; TLS and tokens are covered by connector.test.ts against the DSQL-like endpoint.
+// DsqlClient against a tiny server in front of the local PostgreSQL (127.0.0.1:5432, trust
+// auth): it relays, refuses, or asks for the password and then refuses or stalls. Plain TCP, so
+// the token handling of one client is tested on its own; TLS, admission retries and the pool are
+// covered by connector.test.ts against the DSQL-like endpoint.
 import net from 'node:net';
-import pg from 'pg';
+import { inspect } from 'node:util';
+import type pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DsqlConnectionError } from '../../src/errors.js';
-import { DsqlClient, type DsqlConnectPolicy } from '../../src/pool.js';
+import { DsqlTokenError } from '../../src/errors.js';
+import { DsqlClient } from '../../src/pool.js';
+import { TokenCache } from '../../src/token.js';
 
-type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'reset';
+type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset';
 
 function errorResponse(code: string, message: string): Buffer {
   const fields = Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0\0`, 'utf8');
@@ -40,14 +43,15 @@ async function admissionServer(plan: (n: number) => Behaviour) {
     }
     let askedPassword = false;
     socket.on('data', (chunk) => {
-      if (behaviour === '28P01') {
+      if (behaviour === '28P01' || behaviour === 'stall') {
         if (!askedPassword) {
           askedPassword = true;
           socket.write(CLEARTEXT_PASSWORD_REQUEST);
           return;
         }
         passwords.push(chunk.subarray(5, chunk.length - 1).toString('utf8'));
-        socket.end(errorResponse('28P01', 'IAM authentication failed for user "admin"'));
+        if (behaviour === '28P01')
+          socket.end(errorResponse('28P01', 'IAM authentication failed for user "admin"'));
         return;
       }
       const message =
@@ -78,92 +82,75 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-function clientConfig(port: number, token = 'the-token'): pg.ClientConfig {
-  return { host: '127.0.0.1', port, user: 'postgres', database: 'postgres', password: async () => token };
+const clientConfig = (port: number): pg.ClientConfig => ({
+  host: '127.0.0.1',
+  port,
+  user: 'postgres',
+  database: 'postgres',
+});
+
+function tokens(fail = false): TokenCache {
+  return new TokenCache({
+    host: 'abc.dsql.us-east-1.on.aws',
+    region: 'us-east-1',
+    action: 'DbConnectAdmin',
+    credentials: async () => {
+      if (fail) throw new Error('no credentials here');
+      return { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' };
+    },
+  });
 }
+const signatureOf = (token: string) => /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] as string;
 
-const fast: DsqlConnectPolicy = { connectionTimeoutMillis: 10_000 };
-
-describe('DsqlClient.connect retries admission refusals', () => {
-  it('retries 53400 and 53300 until admitted', async () => {
-    const server = await admissionServer((n) =>
-      n === 1 ? '53400' : n === 2 ? '53300' : n === 3 ? 'reset' : 'relay',
-    );
+describe('DsqlClient', () => {
+  it('obtains the token before dialling: a token failure opens no socket', async () => {
+    const server = await admissionServer(() => 'relay');
     cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), fast);
-    cleanups.push(() => client.end());
-    await client.connect();
-    expect(server.connections).toBe(4);
-    expect((await client.query('SELECT 41 + 1 AS answer')).rows[0].answer).toBe(42);
+    const client = new DsqlClient(clientConfig(server.port), () => cache);
+    const cache = tokens(true);
+    await expect(client.connect()).rejects.toBeInstanceOf(DsqlTokenError);
+    expect(server.connections).toBe(0);
   });
 
-  it('gives up with DsqlConnectionError when the budget is spent', async () => {
-    const server = await admissionServer(() => '53400');
-    cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), { ...fast, connectionTimeoutMillis: 300 });
-    const err = await client.connect().catch((e) => e);
-    expect(err).toBeInstanceOf(DsqlConnectionError);
-    expect(err.attempts).toBeGreaterThan(1);
-    expect(err.attempts).toBe(server.connections);
-    expect(err.cause.code).toBe('53400');
-  });
-
-  it('never retries an authentication failure, and reports the rejected token', async () => {
+  it('sends the cached token; an authentication failure is not retried and drops that token', async () => {
     const server = await admissionServer(() => '28P01');
     cleanups.push(server.close);
-    const rejected: string[] = [];
-    const client = new DsqlClient(clientConfig(server.port, 'token-123'), {
-      ...fast,
-      onAuthFailure: (t) => rejected.push(t),
-    });
+    const cache = tokens();
+    const token = await cache.get();
+    const client = new DsqlClient(clientConfig(server.port), () => cache);
     const err = await client.connect().catch((e) => e);
     expect(err.code).toBe('28P01');
     expect(server.connections).toBe(1);
-    expect(server.passwords).toEqual(['token-123']);
-    expect(rejected).toEqual(['token-123']);
+    expect(server.passwords).toEqual([token]);
+    expect(cache.expiresAt).toBeUndefined();
+    // issue 8, defect 8: the rejected token does not stay on the client.
+    expect(inspect(client, { depth: 8, showHidden: true, getters: true })).not.toContain(signatureOf(token));
   });
 
-  it('works as a pg.Pool Client, with callbacks', async () => {
-    const server = await admissionServer((n) => (n <= 2 ? '53400' : 'relay'));
+  it('issue 8, defect 8: the token is not visible on the client while it authenticates', async () => {
+    const server = await admissionServer(() => 'stall');
     cleanups.push(server.close);
-    class PoolClient extends DsqlClient {
-      constructor(options: pg.ClientConfig) {
-        super(options, fast);
-      }
-    }
-    const pool = new pg.Pool({ ...clientConfig(server.port), Client: PoolClient as never, max: 2 });
-    cleanups.push(() => pool.end());
-    const { rows } = await pool.query('SELECT 1 AS one');
-    expect(rows[0].one).toBe(1);
-    expect(server.connections).toBe(3);
-    const viaCallback = await new Promise<unknown>((resolve) => {
-      const c = new DsqlClient(clientConfig(server.port), fast);
-      c.connect((err: Error | null) => {
-        resolve(err ?? 'connected');
-        c.end().catch(() => {});
-      });
-    });
-    expect(viaCallback).toBe('connected');
-  });
-
-  it('stops retrying when the client is ended meanwhile', async () => {
-    const server = await admissionServer(() => '53300');
-    cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), fast);
+    const cache = tokens();
+    const token = await cache.get();
+    const client = new DsqlClient(clientConfig(server.port), () => cache);
     const pending = client.connect().catch((e) => e);
-    while (server.connections < 1) await new Promise((r) => setTimeout(r, 5));
-    await client.end();
-    const err = await pending;
-    expect(err).toBeInstanceOf(Error);
-    expect(server.connections).toBeLessThanOrEqual(2);
+    while (server.passwords.length === 0) await new Promise((r) => setTimeout(r, 5));
+    expect(server.passwords).toEqual([token]);
+    expect(inspect(client, { depth: 8, showHidden: true })).not.toContain(signatureOf(token));
+    await server.close();
+    await pending;
   });
 
-  it('a second connect() is refused as pg refuses it, and the connection stays usable', async () => {
+  it('connects with a callback too, and a second connect() is refused as pg refuses it', async () => {
     const server = await admissionServer(() => 'relay');
     cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), fast);
+    const cache = tokens();
+    const client = new DsqlClient(clientConfig(server.port), () => cache);
     cleanups.push(() => client.end());
-    await client.connect();
+    const viaCallback = await new Promise<unknown>((resolve) =>
+      client.connect((err: Error | null) => resolve(err ?? 'connected')),
+    );
+    expect(viaCallback).toBe('connected');
     await expect(client.connect()).rejects.toThrow(/already been connected/);
     expect((await client.query('SELECT 1 AS one')).rows[0].one).toBe(1);
   });

@@ -1,6 +1,7 @@
 // createPool / connect against the local DSQL-like endpoint: TLS negotiation, IAM tokens and
 // their cache, credential sources, certificate checks and admission retries. No timing
 // assertions: the clock is moved (Date only) where expiry matters.
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -120,11 +121,12 @@ describe('createPool against the local endpoint', () => {
       expect(endpoint.stats().distinctTokensAccepted).toBe(1);
       const signature = /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] as string;
       const { secretAccessKey, sessionToken } = endpoint.credentials;
-      // pg keeps the password it was given: after a connect, that must still be the function,
-      // not the token it returned (showHidden: non-enumerable properties too).
+      // pg keeps the password it sends on the client: never readable there (showHidden shows
+      // non-enumerable properties too; getters: the token is gone once connected).
       for (const text of [
         inspect(p, { depth: 8, showHidden: true }),
         inspect(client, { depth: 8, showHidden: true }),
+        inspect(client, { depth: 8, showHidden: true, getters: true }),
         inspect(single, { depth: 8, showHidden: true }),
         JSON.stringify(p.options),
       ]) {
@@ -219,9 +221,10 @@ describe('createPool against the local endpoint', () => {
         return { ...endpoint.credentials };
       },
     });
-    // The server asked for the password; there is none to send. Left open, the socket would
-    // keep the only slot until the server's own authentication timeout (30 s here).
+    // The token is obtained before dialling: a token failure opens no socket at all.
+    endpoint.resetStats();
     await expect(p.query('SELECT 1')).rejects.toBeInstanceOf(DsqlTokenError);
+    expect(endpoint.stats().connections.total).toBe(0);
     expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
   });
 
@@ -253,11 +256,76 @@ describe('createPool against the local endpoint', () => {
     endpoint.faults.setMaxConnections(0);
     const p = pool({ connectionTimeoutMillis: 300 });
     const err = await p.query('SELECT 1').catch((e) => e);
-    const connectionError = err instanceof DsqlConnectionError ? err : err.cause;
-    expect(connectionError).toBeInstanceOf(DsqlConnectionError);
-    expect(connectionError.attempts).toBeGreaterThan(1);
-    expect(connectionError.cause.code).toBe('53300');
+    // The library's own error, not pg-pool's "Connection terminated due to connection timeout".
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect(err.message).toContain(endpoint.host);
+    expect(err.message).toContain('300 ms');
+    expect(err.attempts).toBeGreaterThan(1);
+    expect(err.cause.code).toBe('53300');
   });
+
+  it('issue 8, defect 6: pool.end() during admission backoff stops the retries at once', async () => {
+    endpoint.faults.setMaxConnections(0);
+    const p = createPool(config({ connectionTimeoutMillis: 60_000 }));
+    const refused = () => endpoint.stats().admissionRefused['53300'];
+    endpoint.resetStats();
+    const pending = p.query('SELECT 1').catch((e) => e);
+    while (refused() < 1) await new Promise((r) => setTimeout(r, 5));
+    const atEnd = refused();
+    await p.end();
+    const err = await pending;
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect(err.message).toMatch(/ended/);
+    expect(err.cause.code).toBe('53300');
+    // At most the attempt already in flight when end() was called reaches the server.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(refused()).toBeLessThanOrEqual(atEnd + 1);
+  });
+
+  it('issue 8, defect 8: the token is not visible on the pool while a connection authenticates', async () => {
+    const p = pool();
+    let seen: string | undefined;
+    const onAuth = () => {
+      seen = inspect(p, { depth: 10, showHidden: true });
+    };
+    endpoint.events.once('auth', onAuth);
+    await p.query('SELECT 1');
+    expect(seen).toBeDefined();
+    expect(seen).not.toMatch(/X-Amz-Signature=[0-9a-f]{64}/);
+  });
+});
+
+describe('a script that never ends its pool', () => {
+  it('issue 8, defect 11: exits once its connections are idle (allowExitOnIdle)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dsql-exit-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const script = join(dir, 'script.mts');
+    const poolModule = new URL('../../src/pool.ts', import.meta.url).href;
+    writeFileSync(
+      script,
+      `import { createPool } from ${JSON.stringify(poolModule)};\n` +
+        `const pool = createPool(${JSON.stringify(config())});\n` +
+        `console.log((await pool.query('SELECT 1 AS one')).rows[0].one);\n`,
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    // Bare pg exits after its 10 s idle timer; 300 s (our idle timer) would keep it alive past this.
+    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
+      child.once('exit', (c, s) => resolve([c, s])),
+    );
+    clearTimeout(killer);
+    expect(signal, err).toBeNull();
+    expect(code, err).toBe(0);
+    expect(out.trim()).toBe('1');
+  }, 90_000);
 });
 
 describe('credential sources against the local endpoint', () => {

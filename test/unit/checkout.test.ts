@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { type FreezeGuardOptions, getFreezeGuardStats, installFreezeGuard } from '../../src/checkout.js';
+import { type CheckoutOptions, FreezeSafePool, socketOf } from '../../src/checkout.js';
 
 type Behaviour = 'ok' | 'fail' | 'hang';
 
@@ -73,7 +73,7 @@ class FakeClient extends EventEmitter {
   }
 }
 
-const defaults: FreezeGuardOptions = {
+const defaults: CheckoutOptions = {
   maxLifetimeSeconds: 3300,
   maxIdleMillis: 300_000,
   thawThresholdMillis: 5_000,
@@ -81,15 +81,16 @@ const defaults: FreezeGuardOptions = {
 };
 
 let now = 1_700_000_000_000;
-function makePool(options: Partial<FreezeGuardOptions> = {}, max = 4) {
-  const pool = new pg.Pool({ max, idleTimeoutMillis: 0, Client: FakeClient as never });
-  installFreezeGuard(pool, { ...defaults, ...options });
-  return pool;
+function makePool(options: Partial<CheckoutOptions> = {}, max = 4) {
+  return new FreezeSafePool(
+    { max, idleTimeoutMillis: 0, Client: FakeClient as never },
+    { ...defaults, ...options },
+  );
 }
 const advance = (ms: number) => {
   now += ms;
 };
-async function use(pool: pg.Pool): Promise<FakeClient> {
+async function use(pool: FreezeSafePool): Promise<FakeClient> {
   const client = await pool.connect();
   client.release();
   return client as unknown as FakeClient;
@@ -104,7 +105,7 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-describe('installFreezeGuard', () => {
+describe('FreezeSafePool', () => {
   it('reuses a warm connection without any extra statement', async () => {
     const pool = makePool();
     const a = await use(pool);
@@ -112,7 +113,7 @@ describe('installFreezeGuard', () => {
     const b = await use(pool);
     expect(b).toBe(a);
     expect(a.sent).toEqual([]);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ checkouts: 2, validations: 0 });
+    expect(pool.checkoutStats()).toMatchObject({ checkouts: 2, validations: 0 });
   });
 
   it('never validates a brand-new connection', async () => {
@@ -129,7 +130,7 @@ describe('installFreezeGuard', () => {
     expect(b).not.toBe(a);
     expect(a.ended).toBe(true);
     expect(a.sent).toEqual([]);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedIdle: 1, validations: 0 });
+    expect(pool.checkoutStats()).toMatchObject({ evictedIdle: 1, validations: 0 });
   });
 
   it('destroys a connection past maxLifetimeSeconds at checkout even if it was just used', async () => {
@@ -143,7 +144,7 @@ describe('installFreezeGuard', () => {
     const b = await use(pool);
     expect(b).not.toBe(a);
     expect(a.ended).toBe(true);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedExpired: 1 });
+    expect(pool.checkoutStats()).toMatchObject({ evictedExpired: 1 });
   });
 
   it('validates a reused connection after a thaw and keeps it when alive', async () => {
@@ -153,7 +154,7 @@ describe('installFreezeGuard', () => {
     const b = await use(pool);
     expect(b).toBe(a);
     expect(a.sent).toEqual([';']);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 0 });
+    expect(pool.checkoutStats()).toMatchObject({ validations: 1, evictedDead: 0 });
   });
 
   it('replaces a connection that fails validation; the user statement goes out once, on the new one', async () => {
@@ -167,7 +168,7 @@ describe('installFreezeGuard', () => {
     expect(a.sent).toEqual([';']);
     expect(b.sent).toEqual(['INSERT 1']);
     expect(a.ended).toBe(true);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 1 });
+    expect(pool.checkoutStats()).toMatchObject({ validations: 1, evictedDead: 1 });
   });
 
   it('gives up on a validation that hangs after validationTimeoutMillis and replaces the connection', async () => {
@@ -181,7 +182,7 @@ describe('installFreezeGuard', () => {
     expect(a.ended).toBe(true);
     expect(a.sent).toEqual([';']);
     expect(b.sent).toEqual([]);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 1 });
+    expect(pool.checkoutStats()).toMatchObject({ validations: 1, evictedDead: 1 });
   });
 
   it('after one dead connection, replaces the others idle since the same freeze without validating', async () => {
@@ -196,7 +197,7 @@ describe('installFreezeGuard', () => {
     // One timeout, not three: only one of them was sent a validation.
     expect(fakes.map((c) => c.sent.length).sort()).toEqual([0, 0, 1]);
     expect(fakes.every((c) => c.ended)).toBe(true);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ validations: 1, evictedDead: 3 });
+    expect(pool.checkoutStats()).toMatchObject({ validations: 1, evictedDead: 3 });
   });
 
   it('sees a drop that arrived during a short freeze before handing the connection out', async () => {
@@ -212,13 +213,10 @@ describe('installFreezeGuard', () => {
   });
 
   it('checks a connection pooled by pg-pool without ever being handed out (its waiter timed out) like any reused one', async () => {
-    const pool = new pg.Pool({
-      max: 1,
-      idleTimeoutMillis: 0,
-      connectionTimeoutMillis: 200,
-      Client: FakeClient as never,
-    });
-    installFreezeGuard(pool, defaults);
+    const pool = new FreezeSafePool(
+      { max: 1, idleTimeoutMillis: 0, connectionTimeoutMillis: 200, Client: FakeClient as never },
+      defaults,
+    );
     const held = await pool.connect();
     const waiting = pool.connect().then(
       () => 'got one',
@@ -250,7 +248,7 @@ describe('installFreezeGuard', () => {
     client.release();
     expect(fake.ended).toBe(true);
     expect(pool.totalCount).toBe(0);
-    expect(getFreezeGuardStats(pool)).toMatchObject({ evictedOnRelease: 1 });
+    expect(pool.checkoutStats()).toMatchObject({ evictedOnRelease: 1 });
   });
 
   it('destroys a client released inside a transaction', async () => {
@@ -266,7 +264,7 @@ describe('installFreezeGuard', () => {
     const pool = makePool();
     const a = await use(pool);
     expect(() => a.drop()).not.toThrow();
-    expect(getFreezeGuardStats(pool)).toMatchObject({ idleErrors: 1 });
+    expect(pool.checkoutStats()).toMatchObject({ idleErrors: 1 });
     expect(pool.totalCount).toBe(0);
   });
 
@@ -279,16 +277,73 @@ describe('installFreezeGuard', () => {
     expect(pool.idleCount).toBe(1);
   });
 
-  it('is idempotent', async () => {
+  it('listens through public events only: one error listener per client, connect not patched', async () => {
     const pool = makePool();
-    installFreezeGuard(pool, defaults);
-    // A second install would add its own listeners (and a second 'error' listener per client).
+    expect(Object.hasOwn(pool, 'connect')).toBe(false);
     expect(pool.listenerCount('connect')).toBe(1);
     expect(pool.listenerCount('error')).toBe(1);
-    const a = await use(pool);
-    expect(a.listenerCount('error')).toBe(2); // the guard's and pg-pool's idle listener
+    const client = await pool.connect();
+    expect(client.listenerCount('error')).toBe(1); // the checkout's; pg-pool's idle listener is off while checked out
+    client.release();
+    expect(client.listenerCount('error')).toBe(2); // and pg-pool's idle listener
     advance(10_000);
     await use(pool);
-    expect(a.sent).toEqual([';']);
+    expect((client as unknown as FakeClient).sent).toEqual([';']);
+  });
+
+  it('spreads the lifetimes of connections opened together (issue 8, defect 12: jitter)', async () => {
+    // Fixed draws, so the outcome is exact: the jitter takes random × 300 s off a 3300 s life.
+    const draws = [0, 0.25, 0.5, 0.75];
+    let i = 0;
+    vi.spyOn(Math, 'random').mockImplementation(() => draws[i++ % draws.length]!);
+    const pool = makePool({ maxLifetimeSeconds: 3300, maxLifetimeJitterSeconds: 300, maxIdleMillis: 0 }, 4);
+    const held = await Promise.all([pool.connect(), pool.connect(), pool.connect(), pool.connect()]);
+    for (const c of held) c.release();
+    // Lives of 3300, 3225, 3150 and 3075 s: 3160 s later, the last two are over.
+    advance(3_160_000);
+    const again = await Promise.all([pool.connect(), pool.connect(), pool.connect(), pool.connect()]);
+    for (const c of again) c.release();
+    expect(pool.checkoutStats().evictedExpired).toBe(2);
+    expect(again.filter((c) => held.includes(c))).toHaveLength(2);
+  });
+});
+
+describe('against real pg and pg-pool (local PostgreSQL)', () => {
+  it('a client released inside a transaction is ended, not pooled: pg-pool does not pool an ending client', async () => {
+    vi.restoreAllMocks(); // real clock
+    const pool = new FreezeSafePool(
+      { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres', max: 1 },
+      defaults,
+    );
+    try {
+      const a = await pool.connect();
+      const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      await a.query('BEGIN');
+      a.release();
+      expect(pool.checkoutStats().evictedOnRelease).toBe(1);
+      const b = await pool.connect();
+      const pidB = (await b.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      expect(b.getTransactionStatus()).toBe('I');
+      b.release();
+      expect(pidB).not.toBe(pidA);
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
+describe('the one pg private field the checkout reads', () => {
+  it('pg still keeps a connected client socket at client.connection.stream', async () => {
+    const client = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
+    await client.connect();
+    try {
+      const socket = socketOf(client);
+      expect(socket).toBeDefined();
+      expect(socket?.readableEnded).toBe(false);
+      expect(typeof socket?.destroy).toBe('function');
+    } finally {
+      await client.end();
+    }
+    expect(socketOf(client)?.destroyed).toBe(true);
   });
 });

@@ -4,18 +4,14 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { PACKAGE_VERSION, resolveConfig } from '../../src/config.js';
 import { DsqlConfigError } from '../../src/errors.js';
-import { connect, createPool, DsqlClient, toPgConfig } from '../../src/pool.js';
+import { connect, createPool, toPgConfig } from '../../src/pool.js';
 
 const HOST = 'abc.dsql.us-east-1.on.aws';
 const SECRET = 'PoolUnitTestSecretKey';
 
 describe('toPgConfig', () => {
   it('verifies TLS fully against the cluster name and dials hostaddr', () => {
-    const password = async () => 'token';
-    const c = toPgConfig(
-      resolveConfig({ host: HOST, hostaddr: '127.0.0.1', ssl: { ca: 'PEM' } }, {}),
-      password,
-    );
+    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: '127.0.0.1', ssl: { ca: 'PEM' } }, {}));
     expect(c).toMatchObject({
       host: '127.0.0.1',
       port: 5432,
@@ -28,30 +24,28 @@ describe('toPgConfig', () => {
       min: 0,
       idleTimeoutMillis: 300_000,
       connectionTimeoutMillis: 10_000,
-      maxLifetimeSeconds: 3300,
+      allowExitOnIdle: true,
     });
-    expect(c.password).toBe(password);
-    const plain = toPgConfig(resolveConfig({ host: HOST, sslNegotiation: 'postgres' }, {}), password);
+    // No password: the client supplies the token it obtained before dialling.
+    expect(c.password).toBeUndefined();
+    const plain = toPgConfig(resolveConfig({ host: HOST, sslNegotiation: 'postgres' }, {}));
     expect(plain.host).toBe(HOST);
     expect(plain.sslnegotiation).toBe('postgres');
-    expect(plain.ssl).toEqual({ rejectUnauthorized: true, servername: HOST });
+    expect(plain.ssl).toMatchObject({ rejectUnauthorized: true, servername: HOST });
   });
 
   it('dials a DNS-name hostaddr through a stream factory, keeping host for SNI', () => {
-    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: 'vpce-1.example.com' }, {}), async () => 't');
+    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: 'vpce-1.example.com' }, {}));
     expect(c.host).toBe(HOST);
     expect(typeof c.stream).toBe('function');
     expect((c.ssl as { servername: string }).servername).toBe(HOST);
-    const ipv6 = toPgConfig(resolveConfig({ host: HOST, hostaddr: '::1' }, {}), async () => 't');
+    const ipv6 = toPgConfig(resolveConfig({ host: HOST, hostaddr: '::1' }, {}));
     expect(ipv6.host).toBe('::1');
     expect(ipv6.stream).toBeUndefined();
   });
 
   it('passes other pg options through', () => {
-    const c = toPgConfig(
-      resolveConfig({ host: HOST, query_timeout: 1234, keepAlive: true }, {}),
-      async () => 't',
-    );
+    const c = toPgConfig(resolveConfig({ host: HOST, query_timeout: 1234, keepAlive: true }, {}));
     expect(c).toMatchObject({ query_timeout: 1234, keepAlive: true });
   });
 });
@@ -85,8 +79,19 @@ describe('createPool', () => {
     await expect(connect({ host: 'db.example.com' })).rejects.toBeInstanceOf(DsqlConfigError);
   });
 
-  it('DsqlClient never lets an error event crash the process', () => {
-    const client = new DsqlClient({ host: '127.0.0.1' });
-    expect(() => client.emit('error', new Error('server closed the connection'))).not.toThrow();
+  it('one TLS context serves every connection of a pool (built on first use)', () => {
+    const ssl = toPgConfig(resolveConfig({ host: HOST, ssl: { ca: 'PEM-IS-NOT-PARSED-HERE' } }, {})).ssl;
+    const noCa = toPgConfig(resolveConfig({ host: HOST }, {})).ssl as { secureContext: unknown };
+    // What pg does with `ssl` before tls.connect: Object.assign into the options.
+    const first = Object.assign({}, noCa);
+    const second = Object.assign({}, noCa);
+    expect(first.secureContext).toBeDefined();
+    expect(second.secureContext).toBe(first.secureContext);
+    expect(Object.getOwnPropertyDescriptor(ssl, 'secureContext')?.get).toBeTypeOf('function');
+  });
+
+  it('a pool created and never ended lets a script exit (allowExitOnIdle)', () => {
+    expect(createPool({ host: HOST }).options.allowExitOnIdle).toBe(true);
+    expect(createPool({ host: HOST, allowExitOnIdle: false }).options.allowExitOnIdle).toBe(false);
   });
 });

@@ -3,13 +3,13 @@ import { inspect } from 'node:util';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
-  DSQL_DEFAULTS,
   type DsqlConfig,
   PACKAGE_VERSION,
   parseConnectionString,
   regionFromHost,
   resolveConfig,
 } from '../../src/config.js';
+import { DSQL_DEFAULTS } from '../../src/defaults.js';
 import { DsqlConfigError } from '../../src/errors.js';
 
 const ID = 'abcdefghijklmnopqrstuvwxyz'; // 26 characters: a cluster ID
@@ -267,9 +267,25 @@ describe('defaults and validation', () => {
       expect(sent).toMatch(/^[ -~]{1,63}$/);
       expect(sent.endsWith(`:dsql-lambda/${PACKAGE_VERSION}`)).toBe(true);
     }
-    // pg's own spelling cannot override ours: it passes through and toPgConfig sets its own.
-    const r2 = resolveConfig({ host, application_name: 'pgname' } as DsqlConfig, NO_ENV);
-    expect(r2.applicationName).toBe(`dsql-lambda/${PACKAGE_VERSION}`);
+  });
+
+  it("takes pg's spelling application_name too, and refuses a blank name (issue 8, defect 10)", () => {
+    // It used to be replaced silently by the default.
+    const r = resolveConfig({ host, application_name: 'pgname' }, NO_ENV);
+    expect(r.applicationName).toBe(`pgname:dsql-lambda/${PACKAGE_VERSION}`);
+    expect(resolveConfig({ host, applicationName: '  orders ' }, NO_ENV).applicationName).toBe(
+      `orders:dsql-lambda/${PACKAGE_VERSION}`,
+    );
+    expect(
+      configError(() => resolveConfig({ host, applicationName: 'a', application_name: 'b' }, NO_ENV)).field,
+    ).toBe('application_name');
+    // A whitespace-only name used to be sent as it is.
+    expect(configError(() => resolveConfig({ host, applicationName: '   ' }, NO_ENV)).field).toBe(
+      'applicationName',
+    );
+    expect(
+      configError(() => resolveConfig(`postgres://admin@${host}?application_name=%20`, NO_ENV)).field,
+    ).toBe('application_name');
   });
 
   it('passes unknown pg options through and merges a connectionString', () => {
@@ -345,6 +361,80 @@ describe('defaults and validation', () => {
 
   it('rejects what is not a configuration', () => {
     expect(configError(() => resolveConfig(42 as unknown as DsqlConfig, NO_ENV)).field).toBe('config');
+  });
+
+  it('refuses a URL object or a Map instead of ignoring it for DSQL_ENDPOINT (issue 8, defect 9)', () => {
+    const env = { DSQL_ENDPOINT: 'other.dsql.us-east-1.on.aws' };
+    for (const input of [new URL(`postgres://admin@${host}`), new Map([['host', host]])]) {
+      expect(configError(() => resolveConfig(input as unknown as DsqlConfig, env)).field).toBe('config');
+    }
+  });
+
+  it('refuses unknown top-level keys, naming them (issue 8, defect 9)', () => {
+    const credentials = { accessKeyId: 'AKIDX', secretAccessKey: 'S' };
+    const err = configError(() => resolveConfig({ host, credential: credentials } as DsqlConfig, NO_ENV));
+    expect(err.field).toBe('credential');
+    expect(err.message).not.toContain('AKIDX');
+    expect(configError(() => resolveConfig({ host, stream: () => null } as DsqlConfig, NO_ENV)).field).toBe(
+      'stream',
+    );
+  });
+
+  it('refuses NUL characters in user and database: they would inject startup parameters (issue 8, defect 9)', () => {
+    expect(configError(() => resolveConfig({ host, user: 'admin\0options\0-c x=y' }, NO_ENV)).field).toBe(
+      'user',
+    );
+    expect(configError(() => resolveConfig({ host, database: 'postgres\0x' }, NO_ENV)).field).toBe(
+      'database',
+    );
+    expect(configError(() => resolveConfig(`postgres://admin%00x@${host}`, NO_ENV)).field).toBe('user');
+  });
+
+  it('refuses host labels over 63 characters and names over 253 (issue 8, defect 9)', () => {
+    expect(
+      configError(() => resolveConfig({ host: `${'a'.repeat(64)}.dsql.us-east-1.on.aws` }, NO_ENV)).field,
+    ).toBe('host');
+    const long = `${Array(50).fill('abcd').join('.')}.dsql.us-east-1.on.aws`;
+    expect(configError(() => resolveConfig({ host: long }, NO_ENV)).field).toBe('host');
+    expect(resolveConfig({ host: `${'a'.repeat(63)}.dsql.us-east-1.on.aws` }, NO_ENV).region).toBe(
+      'us-east-1',
+    );
+  });
+
+  it('validates hostaddr: an address pg can dial or a DNS name (issue 8, defect 9)', () => {
+    for (const hostaddr of ['not an address!', '127.0.0.1:5432', '127.1', '256.0.0.1', '01.2.3.4', '::g']) {
+      expect(configError(() => resolveConfig({ host, hostaddr }, NO_ENV)).field, hostaddr).toBe('hostaddr');
+    }
+    expect(configError(() => resolveConfig({ host }, { DSQL_HOSTADDR: '127.1' })).field).toBe('hostaddr');
+    for (const hostaddr of ['127.0.0.1', '10.0.0.255', '::1', 'fe80::1', 'vpce-1.example.com']) {
+      expect(resolveConfig({ host, hostaddr }, NO_ENV).hostaddr).toBe(hostaddr);
+    }
+  });
+
+  it('refuses a password that moved into port and database (issue 8, defect 9)', () => {
+    const err = configError(() =>
+      resolveConfig('postgres://admin:1234/s3cr3t@cluster.dsql.us-east-1.on.aws', NO_ENV),
+    );
+    expect(err.field).toBe('password');
+    expect(err.message).not.toContain('s3cr3t');
+    expect(err.message).not.toContain('1234');
+  });
+
+  it('takes a 26-character all-digit cluster ID (issue 8, defect 10)', () => {
+    const digits = '01234567890123456789012345';
+    expect(resolveConfig({ host: digits, region: 'us-east-1' }, NO_ENV).host).toBe(
+      `${digits}.dsql.us-east-1.on.aws`,
+    );
+    expect(configError(() => resolveConfig({ host: '10.0.0.1', region: 'us-east-1' }, NO_ENV)).field).toBe(
+      'host',
+    );
+  });
+
+  it('takes a bare host name or cluster ID where a connection string goes', () => {
+    expect(resolveConfig(host, NO_ENV)).toMatchObject({ host, region: 'us-east-1', user: 'admin' });
+    expect(resolveConfig(ID, { AWS_REGION: 'eu-west-1' }).host).toBe(`${ID}.dsql.eu-west-1.on.aws`);
+    expect(resolveConfig({ connectionString: host }, NO_ENV).host).toBe(host);
+    expect(configError(() => resolveConfig('not a host!', NO_ENV)).field).toBe('connectionString');
   });
 });
 

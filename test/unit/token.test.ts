@@ -1,5 +1,5 @@
 import { inspect } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { AwsCredentialIdentity } from '../../src/config.js';
 import { resolveConfig } from '../../src/config.js';
 import { DsqlTokenError } from '../../src/errors.js';
@@ -278,7 +278,69 @@ describe('TokenCache', () => {
   });
 });
 
+describe('TokenCache under a misbehaving provider (issue 8)', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('defect 1: a provider call that never settles fails the renewal, and the next get() recovers', async () => {
+    vi.useFakeTimers();
+    const c = clock();
+    let calls = 0;
+    const tokens = cache({
+      credentials: () =>
+        ++calls === 1 ? new Promise<AwsCredentialIdentity>(() => {}) : Promise.resolve(staticCreds(calls)),
+      credentialsTimeoutMillis: 2_000,
+      now: c.now,
+    });
+    const hung = tokens.get();
+    const outcome = hung.then(
+      () => 'resolved',
+      (err: unknown) => err,
+    );
+    await vi.advanceTimersByTimeAsync(2_000);
+    const err = await outcome;
+    expect(err).toBeInstanceOf(DsqlTokenError);
+    expect((err as Error).message).toMatch(/did not answer within 2000 ms/);
+    // Not wedged: the next call asks the provider again and signs.
+    await expect(tokens.get()).resolves.toContain('X-Amz-Credential=AKID2%2F');
+    expect(calls).toBe(2);
+  });
+
+  it('defect 2: a provider failing while the cached token is still valid: the valid token is used', async () => {
+    const c = clock();
+    let calls = 0;
+    const tokens = cache({
+      credentials: async () => {
+        if (++calls === 1) return { ...staticCreds(1), expiration: new Date(T0 + 10 * 60_000) };
+        throw new Error('STS throttled');
+      },
+      now: c.now,
+    });
+    const first = await tokens.get();
+    // The token expires with the credentials, in 10 min; 30 s before, the renewal fails.
+    c.advance(9.5 * 60_000);
+    await expect(tokens.get()).resolves.toBe(first);
+    expect(calls).toBe(2);
+    // Once the token itself has expired, the failure surfaces.
+    c.advance(60_000);
+    await expect(tokens.get()).rejects.toBeInstanceOf(DsqlTokenError);
+  });
+});
+
 describe('tokenCacheFor', () => {
+  it('defect 7: equal static credentials (a new Date for expiration included) share one cache', () => {
+    const creds = () => ({ ...staticCreds(1), expiration: new Date(T0 + 3_600_000) });
+    const a = tokenCacheFor(resolveConfig({ host: HOST, credentials: creds() }, {}));
+    expect(tokenCacheFor(resolveConfig({ host: HOST, credentials: creds() }, {}))).toBe(a);
+    expect(
+      tokenCacheFor(resolveConfig({ host: HOST, credentials: { ...creds(), secretAccessKey: 'other' } }, {})),
+    ).not.toBe(a);
+    expect(
+      tokenCacheFor(resolveConfig({ host: HOST, credentials: { ...creds(), expiration: new Date(T0) } }, {})),
+    ).not.toBe(a);
+  });
+
   it('shares a cache between equal configurations and separates different ones', () => {
     const provider = async () => staticCreds(1);
     const a = tokenCacheFor(resolveConfig({ host: HOST, credentials: provider }, {}));
