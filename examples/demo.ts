@@ -195,7 +195,7 @@ async function freeze(how: 'fatal' | 'silent', what: string) {
   process.kill(bare.child.pid!, 'SIGCONT');
   log('resumed both (SIGCONT), an invocation waiting for each');
   const patience = 5000; // the bare pool has no timeout of its own: stop watching after this
-  const late = new Promise<undefined>((r) => setTimeout(r, patience).unref());
+  const late = new Promise<undefined>((r) => setTimeout(() => r(undefined), patience).unref());
   const [afterOurs, afterBare] = await Promise.all([pendingOurs, Promise.race([pendingBare, late])]);
 
   if (afterOurs.ok) {
