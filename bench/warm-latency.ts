@@ -12,8 +12,8 @@
  *   - `createPool`: `pool.query` on the library's pool (the freeze-safe checkout);
  *   - `withDsql`: the plain-handler wrapper, `context.dsql.query`;
  *   - `middy + dsql()`: the middleware on middy 7.
- * Variants run interleaved in rounds, so drift hits them alike; the overhead of a variant is the
- * median over rounds of (its mean / the bare pool's mean in the same round) - 1. Statements sent
+ * Variants run interleaved, one invocation each in turn, so drift hits them alike; the overhead of
+ * a variant is the median over rounds of (its median / the bare pool's median in the same round) - 1. Statements sent
  * per invocation are counted too: warm invocations must send exactly one (no validation round trip).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -28,8 +28,8 @@ import { signTestToken, startTestEndpoint } from '../test/helpers/endpoint.js';
 import { lambdaContext } from '../test/helpers/lambda-context.js';
 
 const LATENCIES_MS = (process.env.BENCH_LATENCIES ?? '1,5').split(',').map(Number);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 15);
-const PER_ROUND = Number(process.env.BENCH_PER_ROUND ?? 20);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 20);
+const PER_ROUND = Number(process.env.BENCH_PER_ROUND ?? 25);
 
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -96,29 +96,30 @@ for (const latency of LATENCIES_MS) {
   for (const run of Object.values(variants)) for (let i = 0; i < 5; i++) await run(); // connect and warm up
   const names = Object.keys(variants);
   const samples = Object.fromEntries(names.map((n) => [n, [] as number[]]));
-  const roundMeans = Object.fromEntries(names.map((n) => [n, [] as number[]]));
+  const roundMedians = Object.fromEntries(names.map((n) => [n, [] as number[]]));
   const sent: Record<string, number> = {};
   for (let r = 0; r < ROUNDS; r++) {
-    // Rotate the order each round: no variant always runs first.
+    // One invocation of each variant in turn (the order rotates each round), so that load and
+    // drift on this shared machine hit every variant alike; a round's figure is its median.
     const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
-    for (const name of order) {
-      const before = statements;
-      let total = 0;
-      for (let i = 0; i < PER_ROUND; i++) {
+    const round: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, [] as number[]]));
+    for (let i = 0; i < PER_ROUND; i++) {
+      for (const name of order) {
+        const before = statements;
         const t0 = performance.now();
         await variants[name]!();
         const ms = performance.now() - t0;
-        total += ms;
+        sent[name] = (sent[name] ?? 0) + (statements - before);
         samples[name]!.push(ms);
+        round[name]!.push(ms);
       }
-      sent[name] = (sent[name] ?? 0) + (statements - before);
-      roundMeans[name]!.push(total / PER_ROUND);
     }
+    for (const name of names) roundMedians[name]!.push(quantile(round[name]!, 0.5));
   }
-  const reference = roundMeans['bare pg.Pool']!;
+  const reference = roundMedians['bare pg.Pool']!;
   const out: Record<string, VariantResult> = {};
   for (const name of Object.keys(variants)) {
-    const ratios = roundMeans[name]!.map((m, i) => (m / reference[i]! - 1) * 100);
+    const ratios = roundMedians[name]!.map((m, i) => (m / reference[i]! - 1) * 100);
     out[name] = {
       medianMs: round(quantile(samples[name]!, 0.5), 3),
       p90Ms: round(quantile(samples[name]!, 0.9), 3),
@@ -150,7 +151,7 @@ writeFileSync(
   `${JSON.stringify(
     {
       description:
-        'Warm invocation (SELECT 1) through the local endpoint with injected latency each way; overhead = median over rounds of (variant mean / bare pg.Pool mean) - 1. Goal: < 5 %.',
+        'Warm invocation (SELECT 1) through the local endpoint with injected latency each way; overhead = median over rounds of (variant median / bare pg.Pool median in that round) - 1. Goal: < 5 %.',
       node: process.version,
       rounds: ROUNDS,
       perRound: PER_ROUND,

@@ -41,6 +41,11 @@ void notAString;
 // Never called: only type-checked.
 // @ts-expect-error: withRetry needs a callback
 export const typeCheckOnly = () => withRetry(pool);
+export const pgTypesResolve = async () => {
+  const result = await pool.query('SELECT 1');
+  // @ts-expect-error: a pg QueryResult has no such field (with pg's types missing, it would be any)
+  return result.noSuchField;
+};
 
 export const queue = async (event: SQSEvent, context: Context): Promise<SQSBatchResponse> => {
   const batchItemFailures: { itemIdentifier: string }[] = [];
