@@ -75,6 +75,7 @@ export async function migrate(pool: pg.Pool, options: MigrateOptions = {}): Prom
   for (const arn of iamRoles) {
     if (!IAM_ROLE_ARN.test(arn)) throw new Error(`iamRoles: ${JSON.stringify(arn)} is not an IAM role ARN`);
   }
+  if (iamRoles.length > 0 && role === undefined) throw new Error('iamRoles: given without a role to grant');
   const run: string[] = [];
   const exec = async (sql: string) => {
     await execWithRetry(pool, sql);
