@@ -6,7 +6,7 @@
  * least-privilege role the migration creates.
  */
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
 import { createPool } from '../../src/index.js';
 import { startTestEndpoint } from '../helpers/endpoint.js';
@@ -17,6 +17,9 @@ import {
   scratchDatabase,
   startHandlerProcess,
 } from '../helpers/examples.js';
+
+// Child processes, npm and esbuild: slow on a loaded 2-core machine, so generous per-test time.
+vi.setConfig({ testTimeout: 120_000 });
 
 let endpoint: LocalDsql;
 let database: Awaited<ReturnType<typeof scratchDatabase>>;

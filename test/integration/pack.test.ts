@@ -10,8 +10,11 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { packPackage } from '../helpers/pack.js';
+
+// Child processes, npm and esbuild: slow on a loaded 2-core machine, so generous per-test time.
+vi.setConfig({ testTimeout: 120_000 });
 
 const run = promisify(execFile);
 const npmQuiet = ['--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'];
@@ -80,6 +83,7 @@ export const handler = middy<APIGatewayProxyEventV2>()
 
 const buildScript = `import * as esbuild from 'esbuild';
 import { lambdaBundleOptions } from 'dsql-lambda/esbuild';
+
 await esbuild.build({ ...lambdaBundleOptions, entryPoints: ['handler.ts'], outdir: 'out', sourcemap: true });
 `;
 

@@ -11,7 +11,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
 import { startTestEndpoint } from '../helpers/endpoint.js';
 import { dropRoles, root, runExample, scratchDatabase } from '../helpers/examples.js';
@@ -25,6 +25,9 @@ import {
   samBuild,
   serverlessFunctions,
 } from '../helpers/sam.js';
+
+// Child processes, npm and esbuild: slow on a loaded 2-core machine, so generous per-test time.
+vi.setConfig({ testTimeout: 120_000 });
 
 const run = promisify(execFile);
 const esbuildBin = join(root, 'node_modules/.bin/esbuild');
