@@ -14,7 +14,9 @@
  *   - `middy + dsql()`: the middleware on middy 7.
  * Variants run interleaved, one invocation each in turn, so drift hits them alike; the overhead of
  * a variant is the median over rounds of (its median / the bare pool's median in the same round) - 1. Statements sent
- * per invocation are counted too: warm invocations must send exactly one (no validation round trip).
+ * per invocation are counted too: warm invocations must send exactly one (no validation round trip);
+ * and the process CPU per invocation, whose difference from the bare pool's is what a variant adds
+ * (less noisy than wall time on a shared machine: added CPU / round trip is the overhead to expect).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -87,6 +89,9 @@ interface VariantResult {
   overheadP25Pct: number;
   overheadP75Pct: number;
   statementsPerInvocation: number;
+  /** Process CPU per invocation, µs; minus the bare pool's: what the variant adds. */
+  cpuUsPerInvocation: number;
+  addedCpuUs: number;
 }
 const results: { latencyMsEachWay: number; roundTripMs: number; variants: Record<string, VariantResult> }[] =
   [];
@@ -98,6 +103,8 @@ for (const latency of LATENCIES_MS) {
   const samples = Object.fromEntries(names.map((n) => [n, [] as number[]]));
   const roundMedians = Object.fromEntries(names.map((n) => [n, [] as number[]]));
   const sent: Record<string, number> = {};
+  // CPU of this whole process (the endpoint relaying included, the same for every variant).
+  const cpuUs: Record<string, number> = {};
   for (let r = 0; r < ROUNDS; r++) {
     // One invocation of each variant in turn (the order rotates each round), so that load and
     // drift on this shared machine hit every variant alike; a round's figure is its median.
@@ -106,9 +113,12 @@ for (const latency of LATENCIES_MS) {
     for (let i = 0; i < PER_ROUND; i++) {
       for (const name of order) {
         const before = statements;
+        const cpu0 = process.cpuUsage();
         const t0 = performance.now();
         await variants[name]!();
         const ms = performance.now() - t0;
+        const cpu = process.cpuUsage(cpu0);
+        cpuUs[name] = (cpuUs[name] ?? 0) + cpu.user + cpu.system;
         sent[name] = (sent[name] ?? 0) + (statements - before);
         samples[name]!.push(ms);
         round[name]!.push(ms);
@@ -127,6 +137,8 @@ for (const latency of LATENCIES_MS) {
       overheadP25Pct: round(quantile(ratios, 0.25)),
       overheadP75Pct: round(quantile(ratios, 0.75)),
       statementsPerInvocation: round(sent[name]! / (ROUNDS * PER_ROUND), 3),
+      cpuUsPerInvocation: round(cpuUs[name]! / (ROUNDS * PER_ROUND), 1),
+      addedCpuUs: round((cpuUs[name]! - cpuUs['bare pg.Pool']!) / (ROUNDS * PER_ROUND), 1),
     };
   }
   const roundTripMs = out['bare pg.Pool']!.medianMs;
@@ -135,7 +147,8 @@ for (const latency of LATENCIES_MS) {
   for (const [name, v] of Object.entries(out)) {
     console.log(
       `  ${name.padEnd(16)} median ${v.medianMs.toFixed(3)} ms  overhead ${v.overheadPct.toFixed(2)} % ` +
-        `(IQR ${v.overheadP25Pct.toFixed(2)} … ${v.overheadP75Pct.toFixed(2)})  statements/invocation ${v.statementsPerInvocation}`,
+        `(IQR ${v.overheadP25Pct.toFixed(2)} … ${v.overheadP75Pct.toFixed(2)})  statements/invocation ${v.statementsPerInvocation}  ` +
+        `CPU +${v.addedCpuUs} µs`,
     );
   }
 }
