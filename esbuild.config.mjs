@@ -1,43 +1,17 @@
 // Builds the package (ESM + CJS, one output file per source file so consumers' bundlers
 // tree-shake), and, with `--handlers`, bundles the example Lambda handlers the way we
-// recommend users bundle theirs (see `lambdaBundleOptions`).
+// recommend users bundle theirs (`lambdaBundleOptions` from `dsql-lambda/esbuild`, src/esbuild.ts).
 //
 //   node esbuild.config.mjs             # dist/esm/**.js, dist/cjs/**.js (+ dist/cjs/package.json),
 //                                       # and packages/dsql-local/dist/esm/**.js
-//   node esbuild.config.mjs --handlers  # dist/lambda/<name>/index.mjs for every examples/*handler*.ts
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+//   node esbuild.config.mjs --handlers  # dist/lambda/<name>.mjs (+ .map) for every handler in
+//                                       # examples/lambda/ (after a build: the preset is read from dist)
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
 
 const root = dirname(fileURLToPath(import.meta.url));
-
-/**
- * esbuild options for a cold-start-optimised Lambda bundle (Node 20+).
- * - ESM output with `mainFields: ['module', 'main']` picks the ESM builds of dependencies, which
- *   tree-shake far better than their CommonJS builds.
- * - `@aws-sdk/*` stays external: the Lambda runtime ships the SDK, and dsql-lambda only loads it
- *   for credential sources a Lambda function rarely needs (profiles, the default chain).
- * - `pg-native` is external: pg requires it only when asked for native bindings.
- * - The banner gives ESM bundles a `require` so CommonJS dependencies that call it keep working.
- * @type {import('esbuild').BuildOptions}
- */
-export const lambdaBundleOptions = {
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  outExtension: { '.js': '.mjs' },
-  mainFields: ['module', 'main'],
-  minify: true,
-  legalComments: 'none',
-  treeShaking: true,
-  external: ['@aws-sdk/*', 'pg-native'],
-  banner: {
-    js: "import { createRequire as __dsqlCreateRequire } from 'node:module'; const require = __dsqlCreateRequire(import.meta.url);",
-  },
-  logLevel: 'warning',
-};
 
 async function listSources(dir) {
   const out = [];
@@ -91,20 +65,20 @@ async function buildLocalPackage() {
   });
 }
 
+/** The example handlers: every examples/lambda/*.ts that exports `handler`. */
 async function buildHandlers() {
-  const examples = join(root, 'examples');
-  const handlers = (await readdir(examples)).filter((f) => /handler.*\.ts$/.test(f));
-  for (const file of handlers) {
-    const name = file.replace(/\.ts$/, '');
-    const outdir = join(root, 'dist/lambda', name);
-    await mkdir(outdir, { recursive: true });
-    await esbuild.build({
-      ...lambdaBundleOptions,
-      entryPoints: { index: join(examples, file) },
-      outdir,
-      metafile: false,
-    });
+  // The preset ships in the package (`dsql-lambda/esbuild`); this script builds that package, so
+  // it reads the built file rather than importing it at the top.
+  const { lambdaBundleOptions } = await import('./dist/esm/esbuild.js');
+  const dir = join(root, 'examples/lambda');
+  const handlers = [];
+  for (const file of (await readdir(dir)).filter((f) => f.endsWith('.ts'))) {
+    if (/export const handler\b/.test(await readFile(join(dir, file), 'utf8')))
+      handlers.push(join(dir, file));
   }
+  const outdir = join(root, 'dist/lambda');
+  await mkdir(outdir, { recursive: true });
+  await esbuild.build({ ...lambdaBundleOptions, entryPoints: handlers, outdir, sourcemap: true });
   return handlers;
 }
 

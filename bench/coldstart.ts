@@ -20,8 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import * as esbuild from 'esbuild';
-// @ts-expect-error: esbuild.config.mjs is plain JavaScript without declarations.
-import { lambdaBundleOptions } from '../esbuild.config.mjs';
+import { lambdaBundleOptions } from '../src/esbuild.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // Inside the repository (not /tmp) so externals such as @aws-sdk/* resolve from node_modules,

@@ -11,8 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as esbuild from 'esbuild';
 import { beforeAll, describe, expect, it } from 'vitest';
-// @ts-expect-error: esbuild.config.mjs is plain JavaScript without declarations.
-import { lambdaBundleOptions } from '../../esbuild.config.mjs';
+import { lambdaBundleOptions } from '../../src/esbuild.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const work = join(root, 'dist/test-bundles');
