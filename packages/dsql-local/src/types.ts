@@ -117,6 +117,11 @@ export interface LocalDsqlStats {
   plaintextRefused: number;
   /** Connections closed for protocol violations (data after SSLRequest, direct TLS without ALPN, …). */
   protocolViolations: number;
+  /**
+   * Unauthenticated connections closed by a pre-authentication limit, by limit:
+   * `unauthenticated-cap`, `negotiation-requests`, `handshake-timeout`.
+   */
+  preAuthRefused: Record<string, number>;
   /** Authentication outcomes. */
   auth: { ok: number; failed: number; failedByReason: Partial<Record<AuthFailureReason, number>> };
   /** Tokens accepted (one per successful authentication). */
