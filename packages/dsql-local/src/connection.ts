@@ -11,6 +11,8 @@ import type tls from 'node:tls';
 import type { Admission } from './admission.js';
 import type { CommitFaults } from './faults.js';
 import type { SessionPolicy } from './policy.js';
+import type { Dialect } from './sql/dialect.js';
+import type { DsqlLimits } from './sql/limits.js';
 import { errorResponse, type Frame, FrameSplitter } from './protocol.js';
 import type { LocalDsqlStats, LocalSessionInfo, Negotiation, OccCode } from './types.js';
 import type { UpstreamTarget } from './upstream.js';
@@ -28,8 +30,10 @@ export interface EndpointCore {
   handshakeTimeoutMs: number;
   clockSkewSeconds: number;
   maxConnectionAgeMs: number;
-  occFromContention: boolean;
-  strictSql: boolean;
+  /** `'dsql'`: DSQL's SQL rules (sql/); `'postgres'`: plain relay. */
+  dialect: Dialect;
+  limits: DsqlLimits;
+  lockTimeoutMs: number;
   occMessages: Record<OccCode, string>;
   latency: { toClient: number; toServer: number };
   admission: Admission;

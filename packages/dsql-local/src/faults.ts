@@ -104,12 +104,6 @@ export function createFaults(core: EndpointCore, connections: Set<Connection>): 
         session: opts.session,
       });
     },
-    setOccFromContention(on) {
-      core.occFromContention = on;
-    },
-    setStrictSql(on) {
-      core.strictSql = on;
-    },
     setMaxConnectionAge(seconds) {
       check('max connection age', seconds);
       core.maxConnectionAgeMs = seconds * 1000;

@@ -15,8 +15,7 @@
  * per-session or per-transaction state; `onReadyForQuery` tells it where transactions end.
  * @packageDocumentation
  */
-import type { EndpointCore } from './connection.js';
-import { unsupportedStatement } from './protocol.js';
+import type { Frame } from './protocol.js';
 
 /** An error the relay returns to the client instead of running a statement or a COMMIT. */
 export interface Refusal {
@@ -24,10 +23,22 @@ export interface Refusal {
   code: string;
   /** Primary message. */
   message: string;
+  /** DETAIL field, if any. */
+  detail?: string;
 }
 
 /** Decides, per session, which statements and COMMITs are refused. Every hook is optional. */
 export interface SessionPolicy {
+  /**
+   * Every client frame, before the relay looks at it: returns the bytes to send upstream instead
+   * (the same frame, or a rewritten one of the same type). DSQL's dialect (sql/dialect.ts)
+   * parses Query and Parse frames here and rewrites refused or DSQL-only statements.
+   */
+  onClientFrame?(f: Frame): Buffer;
+  /** Every upstream frame of the session: returns the bytes the client gets instead. */
+  onServerFrame?(f: Frame): Buffer;
+  /** The relay sent a simple query of its own upstream (the ROLLBACK of a failed COMMIT). */
+  onInjectedQuery?(): void;
   /**
    * A statement the client sent: the whole text of a simple Query (which may hold several
    * statements) or of an extended-protocol Parse. Return a refusal to make it fail.
@@ -37,42 +48,4 @@ export interface SessionPolicy {
   onCommit?(): Refusal | undefined;
   /** Every ReadyForQuery from upstream, with the transaction status it reports. */
   onReadyForQuery?(status: 'I' | 'T' | 'E'): void;
-}
-
-/** Runs `policies` in order; the first refusal wins. */
-export function composePolicies(policies: SessionPolicy[]): SessionPolicy {
-  return {
-    onStatement: (sql, kind) => {
-      for (const p of policies) {
-        const r = p.onStatement?.(sql, kind);
-        if (r) return r;
-      }
-      return undefined;
-    },
-    onCommit: () => {
-      for (const p of policies) {
-        const r = p.onCommit?.();
-        if (r) return r;
-      }
-      return undefined;
-    },
-    onReadyForQuery: (status) => {
-      for (const p of policies) p.onReadyForQuery?.(status);
-    },
-  };
-}
-
-/**
- * The `strictSql` option: refuses with 0A000 the statements DSQL does not support, judged by
- * the first statement of the text (a pattern check, see `unsupportedStatement`). Reads the
- * setting at each statement, so `faults.setStrictSql` applies to open sessions.
- */
-export function strictSqlPolicy(core: Pick<EndpointCore, 'strictSql'>): SessionPolicy {
-  return {
-    onStatement(sql) {
-      if (!core.strictSql) return undefined;
-      const message = unsupportedStatement(sql);
-      return message === undefined ? undefined : { code: '0A000', message };
-    },
-  };
 }

@@ -5,8 +5,9 @@
  *
  * The one place SQL rules act is the session's {@link SessionPolicy} (policy.ts):
  * `onStatement` for every Query/Parse text, `onCommit` for every COMMIT inside a transaction,
- * `onReadyForQuery` for transaction boundaries. Commit faults (faults.ts) and the
- * contention-to-OCC translation also act here, on the same COMMIT and error paths.
+ * `onReadyForQuery` for transaction boundaries, and `onClientFrame` / `onServerFrame` for every
+ * frame (DSQL's dialect rewrites statements and replies there). Commit faults (faults.ts) act
+ * here too, on the same COMMIT path.
  * @packageDocumentation
  */
 import type { Connection, EndpointCore, SessionState } from './connection.js';
@@ -14,11 +15,9 @@ import { dropConnection } from './faults.js';
 import type { Refusal, SessionPolicy } from './policy.js';
 import {
   bindStatementName,
-  errorResponse,
   errorResponseFromFields,
   type Frame,
   isCommitStatement,
-  parseErrorFields,
   parseText,
   queryMessage,
   queryText,
@@ -32,8 +31,13 @@ import type { UpstreamSession } from './upstream.js';
 
 /** PostgreSQL's frame limit, for authenticated sessions. */
 const MAX_SESSION_FRAME_BYTES = 1024 * 1024 * 1024;
-/** Upstream errors that `occFromContention` turns into DSQL's OC000. */
-const CONTENTION_CODES = new Set(['40001', '55P03', '40P01']);
+
+/** The ErrorResponse of a refusal. */
+function errorFrame(r: Refusal): Buffer {
+  const fields: Record<string, string> = { S: 'ERROR', V: 'ERROR', C: r.code, M: r.message };
+  if (r.detail !== undefined) fields.D = r.detail;
+  return errorResponseFromFields(fields);
+}
 
 /** What to do with the upstream replies that end at the `atZ`-th ReadyForQuery. */
 type ServerAction = { fromZ: number; atZ: number } & (
@@ -79,6 +83,10 @@ class Relay implements SessionState {
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
     for (let f of frames) {
+      if (this.policy.onClientFrame) {
+        const bytes = this.policy.onClientFrame(f);
+        if (bytes !== f.bytes) f = { type: f.type, bytes };
+      }
       if (this.injecting) {
         // An extended-protocol COMMIT turned into a refusal: statements are still prepared
         // upstream (later Binds by name must work); everything else is dropped until Sync, which
@@ -89,6 +97,7 @@ class Relay implements SessionState {
         } else if (f.type === 'S') {
           out.push(f.bytes, queryMessage('ROLLBACK'));
           this.syncsSent += 2;
+          this.policy.onInjectedQuery?.();
           this.serverActions.push({ ...this.injecting, atZ: this.syncsSent });
           this.injecting = undefined;
           this.batchCommitSeen = false;
@@ -134,9 +143,10 @@ class Relay implements SessionState {
             fromZ: this.syncsSent,
             atZ: this.syncsSent + 1,
             kind: 'replace',
-            frames: [errorResponse('ERROR', error.code, error.message), readyForQuery('I')],
+            frames: [errorFrame(error), readyForQuery('I')],
           };
           if (f.type === 'Q') {
+            // The client's Query is replaced: the policy already counted it.
             out.push(queryMessage('ROLLBACK'));
             this.syncsSent++;
             this.serverActions.push(action);
@@ -190,7 +200,11 @@ class Relay implements SessionState {
     const { core, conn } = this;
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
-    for (const f of frames) {
+    for (let f of frames) {
+      if (this.policy.onServerFrame) {
+        const bytes = this.policy.onServerFrame(f);
+        if (bytes !== f.bytes) f = { type: f.type, bytes };
+      }
       if (f.type === 'Z') {
         this.zReceived++;
         conn.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
@@ -214,21 +228,6 @@ class Relay implements SessionState {
         continue;
       }
       if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
-      if (f.type === 'E' && core.occFromContention) {
-        const fields = parseErrorFields(f.bytes);
-        if (fields.S === 'ERROR' && fields.C !== undefined && CONTENTION_CODES.has(fields.C)) {
-          core.stats.occFromContention++;
-          core.events.emit('fault', {
-            kind: 'occ-from-contention',
-            upstreamCode: fields.C,
-            session: conn.pid,
-          });
-          out.push(
-            errorResponseFromFields({ S: 'ERROR', V: 'ERROR', C: '40001', M: core.occMessages.OC000 }),
-          );
-          continue;
-        }
-      }
       out.push(f.bytes);
     }
     this.flushClient(out);

@@ -20,20 +20,22 @@ import { localCertificates } from './certs.js';
 import { Connection, type EndpointCore } from './connection.js';
 import { CommitFaults, createFaults } from './faults.js';
 import { negotiate } from './negotiate.js';
-import { composePolicies, strictSqlPolicy } from './policy.js';
 import { startRelay } from './relay.js';
 import { startup } from './startup.js';
-import { emptyStats } from './stats.js';
+import { DEFAULT_LOCK_TIMEOUT_MS, dsqlPolicy, prepareDsql } from './sql/dialect.js';
+import { resolveLimits } from './sql/limits.js';
+import { type DialectCore, SchemaVersions } from './sql/session.js';
+import { bump, emptyStats } from './stats.js';
 import type { LocalDsql, LocalDsqlOptions } from './types.js';
-import { createRole, ensureDatabase, openUpstream, parseUpstream } from './upstream.js';
+import { adminQuery, createRole, ensureDatabase, openUpstream, parseUpstream } from './upstream.js';
 import type { LocalCredentials } from './verify.js';
 
 /**
- * DSQL's message for a data conflict detected at COMMIT (the long-standing text; newer clusters
- * say `mutation conflicts with another transaction, retry as needed (OC000)`, see
- * {@link OC000_MESSAGE_NEW} and the `occMessages` option).
+ * DSQL's message for a data conflict, as a real cluster sends it today (older texts: `change
+ * conflicts with another transaction, please retry: (OC000)` and {@link OC000_MESSAGE_NEW}; see
+ * the `occMessages` option).
  */
-export const OC000_MESSAGE = 'change conflicts with another transaction, please retry: (OC000)';
+export const OC000_MESSAGE = 'change conflicts with another transaction (OC000)';
 /** Newer DSQL text for a data conflict. */
 export const OC000_MESSAGE_NEW = 'mutation conflicts with another transaction, retry as needed (OC000)';
 /** DSQL's message for a schema change seen by a transaction at COMMIT. */
@@ -102,7 +104,21 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const credentials = options.credentials?.length ? [...options.credentials] : [randomCredentials()];
   const listenHost = options.listenHost ?? '127.0.0.1';
 
-  const [certs] = await Promise.all([localCertificates(hostnames), ensureDatabase(upstream)]);
+  const dialect = options.dialect ?? 'dsql';
+  if (dialect !== 'dsql' && dialect !== 'postgres') throw new RangeError("dialect must be 'dsql' or 'postgres'");
+  const limits = resolveLimits(options.limits);
+  const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+  if (!(lockTimeoutMs > 0)) throw new RangeError('lockTimeoutMs must be a number > 0');
+  const [certs] = await Promise.all([
+    localCertificates(hostnames),
+    ensureDatabase(upstream).then(() =>
+      dialect === 'dsql'
+        ? prepareDsql(`${upstream.host}:${upstream.port}/${upstream.database}`, (sql) =>
+            adminQuery(upstream, upstream.database, sql),
+          )
+        : undefined,
+    ),
+  ]);
   const secureContext = tls.createSecureContext({ cert: certs.cert, key: certs.key });
 
   let clock: number | (() => number) | undefined;
@@ -122,8 +138,9 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
     clockSkewSeconds: options.clockSkewSeconds ?? 300,
     maxConnectionAgeMs: (options.maxConnectionAgeSeconds ?? 3600) * 1000,
-    occFromContention: options.occFromContention ?? false,
-    strictSql: options.strictSql ?? false,
+    dialect,
+    limits,
+    lockTimeoutMs,
     occMessages: {
       OC000: options.occMessages?.OC000 ?? OC000_MESSAGE,
       OC001: options.occMessages?.OC001 ?? OC001_MESSAGE,
@@ -134,7 +151,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       options.maxConnections ?? 10000,
     ),
     commitFaults: new CommitFaults(),
-    sessionPolicy: () => composePolicies([strictSqlPolicy(core)]),
+    sessionPolicy: () => (dialect === 'dsql' ? dsqlPolicy(dialectCore) : {}),
     now: () => (clock === undefined ? Date.now() : typeof clock === 'number' ? clock : clock()),
     mapUser(user) {
       if (typeof userMap === 'function') return userMap(user);
@@ -159,6 +176,23 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       core.admission.release(conn);
       if (sessions.get(conn.pid) === conn) sessions.delete(conn.pid);
       core.stats.currentSessions = sessions.size;
+    },
+  };
+
+  const dialectCore: DialectCore = {
+    limits,
+    occMessages: core.occMessages,
+    schema: new SchemaVersions(),
+    get stats() {
+      return core.stats.sql;
+    },
+    refused(refusal) {
+      core.stats.unsupportedRejected++;
+      bump(core.stats.sql.refusedByCode, refusal.code);
+    },
+    conflict(upstreamCode) {
+      core.stats.occFromContention++;
+      bump(core.stats.sql.conflictsByUpstreamCode, upstreamCode);
     },
   };
 

@@ -19,6 +19,7 @@ export function emptyStats(): LocalDsqlStats {
     occInjected: { OC000: 0, OC001: 0 },
     occFromContention: 0,
     unsupportedRejected: 0,
+    sql: { refusedByCode: {}, conflictsByUpstreamCode: {}, schemaConflicts: 0, asyncIndexJobs: 0 },
     commits: 0,
     dropped: { fin: 0, rst: 0, fatal: 0, silent: 0 },
     maxAgeClosed: 0,

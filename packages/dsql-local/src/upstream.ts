@@ -9,6 +9,7 @@ import net from 'node:net';
 import pg from 'pg';
 import type { Connection, EndpointCore } from './connection.js';
 import { type Frame, FrameSplitter, frame, readCString, startupMessage } from './protocol.js';
+import { dsqlParameterStatus, dsqlUpstreamParams } from './sql/dialect.js';
 
 /** A parsed upstream URL. */
 export interface UpstreamTarget {
@@ -64,7 +65,7 @@ export function openUpstream(
     const v = clientParams[key];
     if (v !== undefined) params[key] = v;
   }
-  if (core.occFromContention) params.lock_timeout = '100ms';
+  if (core.dialect === 'dsql') Object.assign(params, dsqlUpstreamParams(clientParams, core.limits, core.lockTimeoutMs));
   const sock = net.connect({ host: up.host, port: up.port });
   conn.upstream = sock;
   sock.setNoDelay(true);
@@ -109,6 +110,8 @@ export function openUpstream(
         conn.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
         conn.writeClient(f.bytes);
         resolve(session);
+      } else if (f.type === 'S' && core.dialect === 'dsql') {
+        conn.writeClient(dsqlParameterStatus(f.bytes));
       } else {
         conn.writeClient(f.bytes);
       }
@@ -341,7 +344,8 @@ function quoteLiteral(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
-async function adminQuery(upstream: UpstreamTarget, database: string, sql: string, params: unknown[] = []) {
+/** Runs `sql` as the bootstrap user in `database` on a short-lived connection. */
+export async function adminQuery(upstream: UpstreamTarget, database: string, sql: string, params: unknown[] = []) {
   const client = new pg.Client({
     host: upstream.host,
     port: upstream.port,

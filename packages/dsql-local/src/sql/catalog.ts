@@ -80,13 +80,13 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.create_index_async(job_id text, ddl text, index_name text)
+CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.create_index_async(job_id text, ddl text, index_ref text, index_name text)
 RETURNS text LANGUAGE plpgsql AS $fn$
 BEGIN
   EXECUTE ddl;
   INSERT INTO sys.jobs (job_id, status, job_type, class_id, object_id, object_name)
   VALUES (create_index_async.job_id, 'completed', 'INDEX_BUILD', 'pg_class'::regclass,
-          to_regclass(index_name), index_name);
+          to_regclass(index_ref), index_name);
   RETURN create_index_async.job_id;
 END $fn$;
 

@@ -5,15 +5,9 @@
  * @packageDocumentation
  */
 
-/** A refusal the endpoint answers with, as an ErrorResponse. */
-export interface Refusal {
-  /** SQLSTATE. */
-  code: string;
-  /** Primary message. */
-  message: string;
-  /** DETAIL field, if any. */
-  detail?: string;
-}
+import type { Refusal } from '../policy.js';
+
+export type { Refusal } from '../policy.js';
 
 const r = (code: string, message: string, detail?: string): Refusal =>
   detail === undefined ? { code, message } : { code, message, detail };

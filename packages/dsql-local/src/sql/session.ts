@@ -149,8 +149,12 @@ function commandComplete(tag: string): Buffer {
   return frame('C', Buffer.from(`${tag}\0`, 'utf8'));
 }
 
-function parameterStatus(name: string, value: string): Buffer {
-  return frame('S', Buffer.from(`${name}\0${value}\0`, 'utf8'));
+/** A ParameterStatus frame as DSQL reports it (`server_version` is DSQL's). */
+export function dsqlParameterStatus(bytes: Buffer): Buffer {
+  const name = readCString(bytes, 5)[0];
+  const value =
+    name === 'server_version' ? DSQL_SERVER_VERSION : name === 'server_version_num' ? DSQL_SERVER_VERSION_NUM : undefined;
+  return value === undefined ? bytes : frame('S', Buffer.from(`${name}\0${value}\0`, 'utf8'));
 }
 
 /** DSQL's rules for one client session. */
@@ -166,6 +170,8 @@ export class DsqlSession {
   private txSchemaVersion = 0;
   private pendingDdl: string[] = [];
   private batchFailed = false;
+  /** What the COMMIT in the frame being handled must fail with, decided before the rules forget the transaction. */
+  private commitVerdict: Refusal | undefined;
 
   constructor(
     private readonly core: DialectCore,
@@ -176,6 +182,7 @@ export class DsqlSession {
 
   /** A client frame about to go upstream; returns the bytes to send instead (often the same). */
   clientFrame(f: Frame): Buffer {
+    if (f.type === 'Q' || f.type === 'P') this.commitVerdict = undefined;
     switch (f.type) {
       case 'Q':
         return this.onQuery(f.bytes);
@@ -246,12 +253,8 @@ export class DsqlSession {
         if (status !== 'T') this.batchFailed = false;
         return f.bytes;
       }
-      case 'S': {
-        const name = readCString(f.bytes, 5)[0];
-        if (name === 'server_version') return parameterStatus(name, DSQL_SERVER_VERSION);
-        if (name === 'server_version_num') return parameterStatus(name, DSQL_SERVER_VERSION_NUM);
-        return f.bytes;
-      }
+      case 'S':
+        return dsqlParameterStatus(f.bytes);
       default:
         return f.bytes;
     }
@@ -262,11 +265,17 @@ export class DsqlSession {
    * (the transaction is rolled back), or undefined.
    */
   commitRefusal(): Refusal | undefined {
+    const verdict = this.commitVerdict;
+    this.commitVerdict = undefined;
+    if (verdict?.code === '40001') this.core.stats.schemaConflicts++;
+    return verdict;
+  }
+
+  private judgeCommit(): Refusal | undefined {
+    if (!this.tx.explicit || this.tx.failed) return undefined;
     if (this.tx.tooOld(this.now())) return refusals.ageLimit(this.core.limits.transactionAgeSeconds);
-    if (this.touched.size > 0 && this.core.schema.changedSince(this.touched, this.txSchemaVersion)) {
-      this.core.stats.schemaConflicts++;
+    if (this.touched.size > 0 && this.core.schema.changedSince(this.touched, this.txSchemaVersion))
       return { code: '40001', message: this.core.occMessages.OC001 };
-    }
     return undefined;
   }
 
@@ -319,16 +328,18 @@ export class DsqlSession {
       const table = `${typeof rel.schemaname === 'string' ? `${ident(rel.schemaname)}.` : ''}${ident(String(rel.relname))}`;
       if (s.async) {
         const jobId = newJobId();
-        const indexName =
-          typeof s.node.idxname === 'string'
-            ? literal(`${typeof rel.schemaname === 'string' ? `${ident(rel.schemaname)}.` : ''}${ident(s.node.idxname)}`)
-            : 'NULL';
-        text = `SELECT ${HELPER_SCHEMA}.create_index_async(${literal(jobId)}, ${literal(s.text)}, ${indexName}) AS job_id`;
+        const schema = typeof rel.schemaname === 'string' ? `${ident(rel.schemaname)}.` : '';
+        const name = typeof s.node.idxname === 'string' ? s.node.idxname : undefined;
+        const ref = name === undefined ? 'NULL' : literal(`${schema}${ident(name)}`);
+        text = `SELECT ${HELPER_SCHEMA}.create_index_async(${literal(jobId)}, ${literal(s.text)}, ${ref}, ${
+          name === undefined ? 'NULL' : literal(name)
+        }) AS job_id`;
       } else {
         // A DO block: PostgreSQL answers it without a result set, as it answers CREATE INDEX.
         text = `DO $dsql_local$ BEGIN PERFORM ${HELPER_SCHEMA}.create_index_sync(${literal(table)}, ${literal(s.text)}); END $dsql_local$`;
       }
     }
+    if (kind === 'commit') this.commitVerdict = this.judgeCommit();
     if (!refusal) refusal = this.tx.statement(kind, this.now());
     if (refusal) {
       this.core.refused(refusal);
