@@ -38,11 +38,12 @@ export class FrameSplitter {
    * @param typed - `true` for regular messages (type byte + length), `false` for startup-phase
    *   messages (length only). Default `true`.
    * @param maxFrameBytes - frames announcing a larger length are treated as a protocol violation
-   *   (throws). Default 1 GiB, PostgreSQL's own limit.
+   *   (throws). Default 1 GiB, PostgreSQL's own limit. Can be changed between pushes (the
+   *   startup packet has a far smaller limit than later messages).
    */
   constructor(
     public typed = true,
-    private readonly maxFrameBytes = 1024 * 1024 * 1024,
+    public maxFrameBytes = 1024 * 1024 * 1024,
   ) {}
 
   /** Bytes received but not yet part of a complete frame. */
@@ -242,9 +243,14 @@ export function unsupportedStatement(sql: string): string | undefined {
   return undefined;
 }
 
-/** SQL that makes PostgreSQL itself raise 0A000 with `message`, so transaction state stays right. */
-export function raiseFeatureNotSupported(message: string): string {
-  return `DO $dsql_local$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '${message.replace(/'/g, "''")}'; END $dsql_local$`;
+/**
+ * SQL that makes PostgreSQL itself raise an error with SQLSTATE `code` (five characters `[0-9A-Z]`)
+ * and `message`, so the transaction state it reports afterwards stays right.
+ */
+export function raiseError(code: string, message: string): string {
+  if (!/^[0-9A-Z]{5}$/.test(code))
+    throw new RangeError(`SQLSTATE must be five characters [0-9A-Z], got ${code}`);
+  return `DO $dsql_local$ BEGIN RAISE EXCEPTION USING ERRCODE = '${code}', MESSAGE = '${message.replace(/'/g, "''")}'; END $dsql_local$`;
 }
 
 /** A copy of Parse frame `bytes` with its query text replaced. */
