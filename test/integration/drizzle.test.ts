@@ -3,11 +3,19 @@
  * transaction object (bank invariant under real conflicts, withRetry's guarantees), and
  * drizzle-kit SQL migrations applied one statement per transaction, resumable.
  */
+import { fileURLToPath } from 'node:url';
 import { eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/node-postgres';
+import { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import { bigint, integer, PgTransaction, pgTable, text, uuid } from 'drizzle-orm/pg-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDrizzle, type DrizzleTransaction, retryTransaction } from '../../src/drizzle.js';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  createDrizzle,
+  type DrizzleTransaction,
+  type MigrationStatementInfo,
+  migrate,
+  retryTransaction,
+} from '../../src/drizzle.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
 import { withDsql } from '../../src/lambda.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
@@ -196,5 +204,77 @@ describe('retryTransaction (Drizzle)', () => {
     expect(err).toBeInstanceOf(OccRetryExhaustedError);
     expect((err as OccRetryExhaustedError).reason).toBe('deadline');
     await expect(handler({}, lambdaContext(30_000))).resolves.toBe('done');
+  });
+});
+
+const migrationsFolder = fileURLToPath(new URL('../fixtures/drizzle-migrations', import.meta.url));
+
+describe('migrate (Drizzle)', () => {
+  let m: OrmEndpoint;
+  beforeEach(async () => {
+    m = await startOrmEndpoint('orm_drizzle_migrate');
+  });
+  afterEach(() => m?.stop());
+
+  const tables = async () =>
+    (
+      await m.pool.query<{ name: string }>(
+        "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+      )
+    ).rows.map((r) => r.name);
+
+  it("applies drizzle-kit's SQL (tables, a foreign key, an index) one statement per transaction; a second run does nothing", async () => {
+    const db = createDrizzle({ client: m.pool });
+    const seen: MigrationStatementInfo[] = [];
+    const result = await migrate(db, { migrationsFolder, onStatement: (s) => seen.push(s) });
+    expect(result).toEqual({ applied: ['0000_author_book', '0001_book_published'] });
+    expect(seen.map((s) => [s.migration, s.index, s.count])).toEqual([
+      ['0000_author_book', 0, 4],
+      ['0000_author_book', 1, 4],
+      ['0000_author_book', 2, 4],
+      ['0000_author_book', 3, 4],
+      ['0001_book_published', 0, 1],
+    ]);
+    expect(seen[3]!.sql).toMatch(/^CREATE INDEX ASYNC "book_author_idx"/);
+    const job = await m.pool.query('SELECT status FROM sys.jobs WHERE job_id = $1', [seen[3]!.jobId]);
+    expect(job.rows).toEqual([{ status: 'completed' }]);
+    expect(await tables()).toEqual(['author', 'book', 'dsql_migrations']);
+    await expect(
+      m.pool.query(
+        "INSERT INTO book (id, author_id, title) VALUES (gen_random_uuid(), gen_random_uuid(), 'x')",
+      ),
+    ).rejects.toMatchObject({ code: '23503' });
+    await expect(migrate(db, { migrationsFolder })).resolves.toEqual({ applied: [] });
+  });
+
+  it("Drizzle's own migrate() is refused by the endpoint (serial bookkeeping key, one transaction for everything)", async () => {
+    const err = await drizzleMigrate(drizzle({ client: m.pool }), { migrationsFolder }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    const cause = (err as Error).cause ?? err;
+    expect(cause).toMatchObject({ code: '42704', message: 'type "serial" does not exist' });
+    expect(await tables()).toEqual([]);
+  });
+
+  it('resumes a half-applied migration from the statement it stopped at', async () => {
+    const db = createDrizzle({ client: m.pool });
+    const crash = new Error('process died');
+    await expect(
+      migrate(db, {
+        migrationsFolder,
+        onStatement: (s) => {
+          if (s.index === 1) throw crash;
+        },
+      }),
+    ).rejects.toBe(crash);
+    const seen: MigrationStatementInfo[] = [];
+    const result = await migrate(db, { migrationsFolder, onStatement: (s) => seen.push(s) });
+    expect(result).toEqual({
+      applied: ['0000_author_book', '0001_book_published'],
+      resumed: { migration: '0000_author_book', statement: 2 },
+    });
+    expect(seen.map((s) => s.index)).toEqual([2, 3, 0]);
+    expect(await tables()).toEqual(['author', 'book', 'dsql_migrations']);
   });
 });
