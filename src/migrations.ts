@@ -238,7 +238,17 @@ export async function runMigrations(
             [name, checksum([]), statements.length],
           ),
         retry,
-      );
+      ).catch((err: unknown) => {
+        if ((err as { code?: unknown } | null)?.code !== '23505') throw err;
+        throw new MigrationError(
+          `migrate: ${name} was started by another run; run migrations from one place`,
+          name,
+          0,
+          {
+            cause: err,
+          },
+        );
+      });
     }
     for (let i = start; i < statements.length; i++) {
       const sql = statements[i] as string;

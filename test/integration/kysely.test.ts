@@ -396,3 +396,64 @@ describe('migrate (Kysely)', () => {
     await expect(migrate(db, missing)).rejects.toThrow(/0001_author is not in the list/);
   });
 });
+
+describe('migrate (Kysely): misuse', () => {
+  let m: OrmEndpoint;
+  beforeEach(async () => {
+    m = await startOrmEndpoint('orm_kysely_misuse');
+  });
+  afterEach(() => m?.stop());
+
+  const table = (name: string): Migration => ({
+    async up(db) {
+      await db.schema
+        .createTable(name)
+        .addColumn('id', 'uuid', (c) => c.primaryKey())
+        .execute();
+    },
+  });
+
+  it('refuses to apply a migration before one already recorded', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    await migrate(db, { '0001_a': table('a'), '0003_c': table('c') });
+    await expect(
+      migrate(db, { '0001_a': table('a'), '0002_b': table('b'), '0003_c': table('c') }),
+    ).rejects.toThrow(/0003_c is recorded but 0002_b, before it, is not complete/);
+  });
+
+  it('refuses statements with parameters (DDL takes none), before running anything', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    const err = await migrate(db, {
+      '0001_seed': {
+        async up(db) {
+          await sql`INSERT INTO nowhere VALUES (${1})`.execute(db);
+        },
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/parameters/);
+    expect(
+      (
+        await m.pool.query('SELECT count(*)::int AS n FROM pg_tables WHERE tablename = $1', [
+          'dsql_migrations',
+        ])
+      ).rows,
+    ).toEqual([{ n: 0 }]);
+  });
+
+  it('two runs at once: every failure is a MigrationError, and the schema ends up applied once', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    await migrate(db, {}); // the bookkeeping table exists
+    const runs = await Promise.allSettled([migrate(db, schemaMigrations), migrate(db, schemaMigrations)]);
+    for (const r of runs) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(MigrationError);
+    // Whatever the interleaving, a further run completes the schema and the next has nothing to do.
+    await migrate(db, schemaMigrations);
+    await expect(migrate(db, schemaMigrations)).resolves.toEqual({ applied: [] });
+    const rows = await m.pool.query('SELECT name, done, statements FROM dsql_migrations ORDER BY name');
+    expect(rows.rows).toEqual([
+      { name: '0001_author', done: 1, statements: 1 },
+      { name: '0002_book', done: 2, statements: 2 },
+      { name: '0003_book_year', done: 1, statements: 1 },
+    ]);
+  });
+});
