@@ -478,3 +478,106 @@ describe('what the session reports', () => {
     expect((await p.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'dsql_local' }]);
   });
 });
+
+describe('optimistic concurrency (the default)', () => {
+  it('writers in opposite order: no one waits on a lock, no 40P01, both conflicts are 40001 OC000; PostgreSQL deadlocks', async () => {
+    const t = name('dl');
+    const setup = await connect(dsql);
+    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
+    await setup.query(`INSERT INTO ${t} VALUES (1, 0), (2, 0)`);
+    const crossed = async (endpoint: LocalDsql) => {
+      const a = await connect(endpoint);
+      const b = await connect(endpoint);
+      await a.query('BEGIN');
+      await b.query('BEGIN');
+      await a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`);
+      await b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`);
+      const results = await Promise.allSettled([
+        a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`),
+        b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`),
+      ]);
+      await a.query('ROLLBACK');
+      await b.query('ROLLBACK');
+      return results.map((r) =>
+        r.status === 'rejected' ? (r.reason as { code?: string; message: string }) : 'ok',
+      );
+    };
+    const before = dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0;
+    const dsqlResults = await crossed(dsql);
+    expect(dsqlResults).toEqual([
+      expect.objectContaining({
+        code: '40001',
+        message: 'change conflicts with another transaction (OC000)',
+      }),
+      expect.objectContaining({
+        code: '40001',
+        message: 'change conflicts with another transaction (OC000)',
+      }),
+    ]);
+    // Both waits were cut by the lock timeout (55P03 upstream), none reached deadlock detection.
+    expect((dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0) - before).toBe(2);
+    expect(dsql.stats().sql.conflictsByUpstreamCode['40P01']).toBeUndefined();
+    // Plain PostgreSQL: one waits until the deadlock detector picks a victim.
+    const plainResults = await crossed(plain);
+    expect(plainResults.filter((r) => r !== 'ok').map((r) => (r as { code?: string }).code)).toEqual([
+      '40P01',
+    ]);
+  });
+
+  it('N workers on a few hot rows with withRetry: 0 40P01, every conflict 40001 OC000, money conserved', async () => {
+    const { withRetry } = await import('../../../src/retry.js');
+    const t = name('bank');
+    const workers = 6;
+    const transfers = 12;
+    const setup = await connect(dsql);
+    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, balance bigint NOT NULL)`);
+    await setup.query(`INSERT INTO ${t} SELECT g, 1000 FROM generate_series(1, 3) g`);
+    const pool = new pg.Pool({ ...pgConfig(dsql, { password: () => signTestToken(dsql) }), max: workers });
+    pool.on('error', () => {});
+    const seen: Array<{ code?: string; message: string }> = [];
+    const before = structuredClone(dsql.stats().sql.conflictsByUpstreamCode);
+    try {
+      await Promise.all(
+        Array.from({ length: workers }, async (_, w) => {
+          for (let i = 0; i < transfers; i++) {
+            // Any order, on purpose: row locks taken in opposite orders would deadlock on PostgreSQL.
+            const src = 1 + ((w + i) % 3);
+            const dst = 1 + ((w + 2 * i + 1) % 3);
+            if (src === dst) continue;
+            await withRetry(
+              pool,
+              async (tx) => {
+                await tx.query(`UPDATE ${t} SET balance = balance - 1 WHERE id = $1`, [src]);
+                await tx.query('SELECT pg_sleep(0.001)');
+                await tx.query(`UPDATE ${t} SET balance = balance + 1 WHERE id = $1`, [dst]);
+              },
+              {
+                maxAttempts: 200,
+                baseDelayMs: 1,
+                maxDelayMs: 20,
+                onRetry: ({ error }) => seen.push(error as { code?: string; message: string }),
+              },
+            );
+          }
+        }),
+      );
+      const { rows } = await pool.query(`SELECT sum(balance)::int AS total FROM ${t}`);
+      expect(rows).toEqual([{ total: 3000 }]);
+    } finally {
+      await pool.end();
+    }
+    expect(seen.length).toBeGreaterThan(0);
+    expect(seen.filter((e) => e.code === '40P01')).toEqual([]);
+    expect(
+      seen.every(
+        (e) => e.code === '40001' && e.message === 'change conflicts with another transaction (OC000)',
+      ),
+    ).toBe(true);
+    // Every conflict came from a lock wait cut short or a serialization failure, never a deadlock.
+    const after = dsql.stats().sql.conflictsByUpstreamCode;
+    expect(Object.keys(after).every((code) => code === '55P03' || code === '40001')).toBe(true);
+    const delta =
+      (after['55P03'] ?? 0) + (after['40001'] ?? 0) - (before['55P03'] ?? 0) - (before['40001'] ?? 0);
+    expect(delta).toBeGreaterThanOrEqual(seen.length);
+  });
+});

@@ -104,39 +104,6 @@ const UNSUPPORTED = new Set([
   'MergeStmt',
 ]);
 
-/** Column types DSQL stores (with their PostgreSQL internal names). Anything else built in is refused. */
-const SUPPORTED_TYPES = new Set([
-  'int2',
-  'smallint',
-  'int4',
-  'int',
-  'integer',
-  'int8',
-  'bigint',
-  'float4',
-  'real',
-  'float8',
-  'numeric',
-  'decimal',
-  'dec',
-  'bpchar',
-  'char',
-  'character',
-  'varchar',
-  'text',
-  'bool',
-  'boolean',
-  'bytea',
-  'uuid',
-  'date',
-  'time',
-  'timetz',
-  'timestamp',
-  'timestamptz',
-  'interval',
-  'json',
-]);
-
 /** Built-in types DSQL refuses as columns (only query-time use works). */
 const REFUSED_TYPES = new Set([
   'jsonb',
