@@ -101,9 +101,7 @@ async function main(): Promise<void> {
     },
   });
   if (values.help) {
-    console.log(
-      'usage: dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]\n',
-    );
+    console.log('usage: dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]\n');
     console.log(HELP);
     return;
   }

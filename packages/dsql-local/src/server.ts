@@ -21,10 +21,10 @@ import { Connection, type EndpointCore } from './connection.js';
 import { CommitFaults, createFaults } from './faults.js';
 import { negotiate } from './negotiate.js';
 import { startRelay } from './relay.js';
-import { startup } from './startup.js';
 import { DEFAULT_LOCK_TIMEOUT_MS, dsqlPolicy, prepareDsql } from './sql/dialect.js';
 import { resolveLimits } from './sql/limits.js';
 import { type DialectCore, SchemaVersions } from './sql/session.js';
+import { startup } from './startup.js';
 import { bump, emptyStats } from './stats.js';
 import type { LocalDsql, LocalDsqlOptions } from './types.js';
 import { adminQuery, createRole, ensureDatabase, openUpstream, parseUpstream } from './upstream.js';
@@ -105,7 +105,8 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const listenHost = options.listenHost ?? '127.0.0.1';
 
   const dialect = options.dialect ?? 'dsql';
-  if (dialect !== 'dsql' && dialect !== 'postgres') throw new RangeError("dialect must be 'dsql' or 'postgres'");
+  if (dialect !== 'dsql' && dialect !== 'postgres')
+    throw new RangeError("dialect must be 'dsql' or 'postgres'");
   const limits = resolveLimits(options.limits);
   const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
   if (!(lockTimeoutMs > 0)) throw new RangeError('lockTimeoutMs must be a number > 0');

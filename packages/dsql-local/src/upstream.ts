@@ -65,7 +65,8 @@ export function openUpstream(
     const v = clientParams[key];
     if (v !== undefined) params[key] = v;
   }
-  if (core.dialect === 'dsql') Object.assign(params, dsqlUpstreamParams(clientParams, core.limits, core.lockTimeoutMs));
+  if (core.dialect === 'dsql')
+    Object.assign(params, dsqlUpstreamParams(clientParams, core.limits, core.lockTimeoutMs));
   const sock = net.connect({ host: up.host, port: up.port });
   conn.upstream = sock;
   sock.setNoDelay(true);
@@ -345,7 +346,12 @@ function quoteLiteral(value: string): string {
 }
 
 /** Runs `sql` as the bootstrap user in `database` on a short-lived connection. */
-export async function adminQuery(upstream: UpstreamTarget, database: string, sql: string, params: unknown[] = []) {
+export async function adminQuery(
+  upstream: UpstreamTarget,
+  database: string,
+  sql: string,
+  params: unknown[] = [],
+) {
   const client = new pg.Client({
     host: upstream.host,
     port: upstream.port,

@@ -4,13 +4,7 @@
  * @packageDocumentation
  */
 import type { SessionPolicy } from '../policy.js';
-import {
-  BYTES_SETTING,
-  CATALOG_SQL,
-  DATABASE_SETTING,
-  DSQL_SEARCH_PATH,
-  ROWS_SETTING,
-} from './catalog.js';
+import { BYTES_SETTING, CATALOG_SQL, DATABASE_SETTING, DSQL_SEARCH_PATH, ROWS_SETTING } from './catalog.js';
 import type { DsqlLimits } from './limits.js';
 import { loadParser } from './parser.js';
 import { type DialectCore, DsqlSession } from './session.js';
@@ -69,7 +63,6 @@ export function dsqlUpstreamParams(
     TimeZone: clientParams.TimeZone ?? 'UTC',
   };
 }
-
 
 /** The relay policy of one session under DSQL's rules. */
 export function dsqlPolicy(core: DialectCore): SessionPolicy {

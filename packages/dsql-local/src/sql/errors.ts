@@ -71,7 +71,11 @@ export const refusals = {
   rowLimit: () => r('54000', 'transaction row limit exceeded'),
   /** Documented limit (54000), with its DETAIL. */
   sizeLimit: (limitMb: number, currentMb: number) =>
-    r('54000', `transaction size limit ${limitMb}mb exceeded`, `Current transaction size ${currentMb}mb ${limitMb}mb`),
+    r(
+      '54000',
+      `transaction size limit ${limitMb}mb exceeded`,
+      `Current transaction size ${currentMb}mb ${limitMb}mb`,
+    ),
   /** Documented limit (54000). */
   ageLimit: (seconds: number) => r('54000', `transaction age limit of ${seconds}s exceeded`),
 } as const;

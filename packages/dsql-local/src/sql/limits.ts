@@ -30,7 +30,8 @@ export const DEFAULT_LIMITS: Readonly<DsqlLimits> = Object.freeze({
 export function resolveLimits(given: Partial<DsqlLimits> | undefined): DsqlLimits {
   const limits = { ...DEFAULT_LIMITS, ...given };
   for (const [name, value] of Object.entries(limits)) {
-    if (!(typeof value === 'number' && value > 0)) throw new RangeError(`limits.${name} must be a number > 0`);
+    if (!(typeof value === 'number' && value > 0))
+      throw new RangeError(`limits.${name} must be a number > 0`);
   }
   return limits;
 }

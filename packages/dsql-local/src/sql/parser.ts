@@ -34,12 +34,14 @@ export function loadParser(): Promise<void> {
 }
 
 const CACHE_SIZE = 2000;
+/** Longer texts (bulk INSERTs, generated SQL) are parsed every time rather than kept. */
+const CACHE_MAX_TEXT = 64 * 1024;
 const cache = new Map<string, ParseResult>();
 
 /**
  * Parses `sql` (one or more statements). Results are cached by text (least recently used
- * evicted past 2,000 entries), so a query run repeatedly is parsed once.
- * {@link loadParser} must have resolved.
+ * evicted past 2,000 entries; texts over 64 KiB are not kept), so a query run repeatedly is
+ * parsed once. {@link loadParser} must have resolved.
  */
 export function parseSql(sql: string): ParseResult {
   const hit = cache.get(sql);
@@ -49,6 +51,7 @@ export function parseSql(sql: string): ParseResult {
     return hit;
   }
   const result = parseUncached(sql);
+  if (sql.length > CACHE_MAX_TEXT) return result;
   cache.set(sql, result);
   if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value as string);
   return result;
@@ -62,9 +65,10 @@ interface RawStmt {
 
 function parseUncached(sql: string): ParseResult {
   const bytes = Buffer.from(sql, 'utf8');
-  let asyncAt: number[];
+  let asyncAt: number[] = [];
   try {
-    asyncAt = asyncKeywords(sql);
+    // The scanner runs only when the word occurs at all (most statements never contain it).
+    if (/async/i.test(sql)) asyncAt = asyncKeywords(sql);
   } catch (err) {
     return { ok: false, message: (err as Error).message };
   }

@@ -104,39 +104,6 @@ const UNSUPPORTED = new Set([
   'MergeStmt',
 ]);
 
-/** Column types DSQL stores (with their PostgreSQL internal names). Anything else built in is refused. */
-const SUPPORTED_TYPES = new Set([
-  'int2',
-  'smallint',
-  'int4',
-  'int',
-  'integer',
-  'int8',
-  'bigint',
-  'float4',
-  'real',
-  'float8',
-  'numeric',
-  'decimal',
-  'dec',
-  'bpchar',
-  'char',
-  'character',
-  'varchar',
-  'text',
-  'bool',
-  'boolean',
-  'bytea',
-  'uuid',
-  'date',
-  'time',
-  'timetz',
-  'timestamp',
-  'timestamptz',
-  'interval',
-  'json',
-]);
-
 /** Built-in types DSQL refuses as columns (only query-time use works). */
 const REFUSED_TYPES = new Set([
   'jsonb',
@@ -242,7 +209,12 @@ export function statementKind(s: ParsedStatement): StatementKind {
   return 'other';
 }
 
-function typeName(tn: Node | undefined): { name: string; display: string; array: boolean; qualified: boolean } {
+function typeName(tn: Node | undefined): {
+  name: string;
+  display: string;
+  array: boolean;
+  qualified: boolean;
+} {
   const names = list(tn?.names)
     .map(str)
     .filter((n): n is string => n !== undefined);
@@ -285,7 +257,8 @@ function cacheOf(options: Node[]): number | undefined {
   return undefined;
 }
 
-const cacheOk = (cache: number | undefined): boolean => cache === 1 || (cache !== undefined && cache >= 65536);
+const cacheOk = (cache: number | undefined): boolean =>
+  cache === 1 || (cache !== undefined && cache >= 65536);
 
 /** Type, identity and cache rules for one column. */
 function columnRefusal(column: Node): Refusal | undefined {
@@ -410,7 +383,9 @@ function isolationRefusal(options: Node[]): Refusal | undefined {
   for (const o of options) {
     const d = o.DefElem as Node | undefined;
     if (d?.defname !== 'transaction_isolation') continue;
-    const level = ((d.arg as { A_Const?: { sval?: { sval?: string } } })?.A_Const?.sval?.sval ?? '').toLowerCase();
+    const level = (
+      (d.arg as { A_Const?: { sval?: { sval?: string } } })?.A_Const?.sval?.sval ?? ''
+    ).toLowerCase();
     if (level !== 'repeatable read') return refusals.isolation(level.toUpperCase());
   }
   return undefined;
@@ -448,9 +423,17 @@ export function statementRefusal(s: ParsedStatement, limits: DsqlLimits): Refusa
   switch (s.type) {
     case 'TransactionStmt': {
       const kind = n.kind as string;
-      if (kind === 'TRANS_STMT_SAVEPOINT' || kind === 'TRANS_STMT_RELEASE' || kind === 'TRANS_STMT_ROLLBACK_TO')
+      if (
+        kind === 'TRANS_STMT_SAVEPOINT' ||
+        kind === 'TRANS_STMT_RELEASE' ||
+        kind === 'TRANS_STMT_ROLLBACK_TO'
+      )
         return refusals.savepoint();
-      if (kind === 'TRANS_STMT_PREPARE' || kind === 'TRANS_STMT_COMMIT_PREPARED' || kind === 'TRANS_STMT_ROLLBACK_PREPARED')
+      if (
+        kind === 'TRANS_STMT_PREPARE' ||
+        kind === 'TRANS_STMT_COMMIT_PREPARED' ||
+        kind === 'TRANS_STMT_ROLLBACK_PREPARED'
+      )
         return refusals.statement('PrepareTransaction');
       if (n.chain) return refusals.statement('AND CHAIN');
       return isolationRefusal(list(n.options));
@@ -488,7 +471,11 @@ export function statementRefusal(s: ParsedStatement, limits: DsqlLimits): Refusa
     }
     case 'DefineStmt':
       // CREATE TYPE … (base type), CREATE AGGREGATE, CREATE OPERATOR, …
-      return refusals.statement(`Create${String(n.kind ?? '').replace(/^OBJECT_/, '').toLowerCase()}`);
+      return refusals.statement(
+        `Create${String(n.kind ?? '')
+          .replace(/^OBJECT_/, '')
+          .toLowerCase()}`,
+      );
     case 'IndexStmt': {
       if (list(n.indexParams).length + list(n.indexIncludingParams).length > limits.columnsPerIndex)
         return refusals.indexColumns(limits.columnsPerIndex);

@@ -22,7 +22,14 @@ import {
   replaceParseText,
 } from '../protocol.js';
 import type { OccCode } from '../types.js';
-import { DSQL_SERVER_VERSION, DSQL_SERVER_VERSION_NUM, HELPER_SCHEMA, ident, literal, newJobId } from './catalog.js';
+import {
+  DSQL_SERVER_VERSION,
+  DSQL_SERVER_VERSION_NUM,
+  HELPER_SCHEMA,
+  ident,
+  literal,
+  newJobId,
+} from './catalog.js';
 import { type Refusal, refusals } from './errors.js';
 import type { DsqlLimits } from './limits.js';
 import { type ParsedStatement, parseSql } from './parser.js';
@@ -110,7 +117,10 @@ function tablesOf(node: unknown, out: Set<string> = new Set()): Set<string> {
 function ddlTables(s: ParsedStatement): string[] {
   if (s.type === 'AlterTableStmt' || s.type === 'IndexStmt' || s.type === 'RenameStmt')
     return [...tablesOf(s.node.relation)];
-  if (s.type === 'DropStmt' && (s.node.removeType === 'OBJECT_TABLE' || s.node.removeType === 'OBJECT_INDEX')) {
+  if (
+    s.type === 'DropStmt' &&
+    (s.node.removeType === 'OBJECT_TABLE' || s.node.removeType === 'OBJECT_INDEX')
+  ) {
     const out: string[] = [];
     for (const o of (s.node.objects as Node[] | undefined) ?? []) {
       const items = ((o.List as Node | undefined)?.items as Node[] | undefined) ?? [];
@@ -153,7 +163,11 @@ function commandComplete(tag: string): Buffer {
 export function dsqlParameterStatus(bytes: Buffer): Buffer {
   const name = readCString(bytes, 5)[0];
   const value =
-    name === 'server_version' ? DSQL_SERVER_VERSION : name === 'server_version_num' ? DSQL_SERVER_VERSION_NUM : undefined;
+    name === 'server_version'
+      ? DSQL_SERVER_VERSION
+      : name === 'server_version_num'
+        ? DSQL_SERVER_VERSION_NUM
+        : undefined;
   return value === undefined ? bytes : frame('S', Buffer.from(`${name}\0${value}\0`, 'utf8'));
 }
 
@@ -236,7 +250,12 @@ export class DsqlSession {
         const fields = parseErrorFields(f.bytes);
         if (fields.S === 'ERROR' && fields.C !== undefined && CONFLICT_CODES.has(fields.C)) {
           this.core.conflict(fields.C);
-          return errorResponseFromFields({ S: 'ERROR', V: 'ERROR', C: '40001', M: this.core.occMessages.OC000 });
+          return errorResponseFromFields({
+            S: 'ERROR',
+            V: 'ERROR',
+            C: '40001',
+            M: this.core.occMessages.OC000,
+          });
         }
         return f.bytes;
       }
@@ -352,7 +371,8 @@ export class DsqlSession {
     } else if (kind === 'rollback') {
       this.pendingDdl = [];
     }
-    if (this.tx.explicit && (kind === 'dml' || kind === 'read' || kind === 'ddl')) tablesOf(s.node, this.touched);
+    if (this.tx.explicit && (kind === 'dml' || kind === 'read' || kind === 'ddl'))
+      tablesOf(s.node, this.touched);
     if (kind === 'ddl') hook.ddlTables = ddlTables(s);
     return { text, hook, refused: false };
   }
