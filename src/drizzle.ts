@@ -165,7 +165,7 @@ function attemptClient(tx: TransactionClient): { client: pg.PoolClient; bodyDone
  * }, { dsql: context.dsql });
  * ```
  */
-export function retryTransaction<TSchema extends Schema, T>(
+export async function retryTransaction<TSchema extends Schema, T>(
   db: DsqlDrizzle<TSchema>,
   fn: (tx: DrizzleTransaction<TSchema>) => Promise<T>,
   options: RetryTransactionOptions = {},

@@ -169,7 +169,7 @@ function attemptDialect(connection: DatabaseConnection): Dialect {
  * }, { dsql: context.dsql });
  * ```
  */
-export function retryTransaction<DB, T>(
+export async function retryTransaction<DB, T>(
   db: DsqlKysely<DB>,
   fn: (trx: Transaction<DB>) => Promise<T>,
   options: RetryTransactionOptions = {},
@@ -212,7 +212,7 @@ function recordingDialect(statements: string[], migration: string): Dialect {
  *
  * Each `up(db)` is first **recorded, not run**: the `db` it receives collects the statements
  * (every query answers no rows), then they are applied. So `up` must not depend on what its
- * queries return, nor use `db.transaction()`. `db.schema.createIndex(…)` is sent as
+ * queries return (and `db.transaction()` inside it groups nothing: each statement is applied alone). `db.schema.createIndex(…)` is sent as
  * `CREATE INDEX ASYNC`. `down` is not used.
  *
  * @param db A Kysely instance from {@link createKysely} (its pool runs the statements, its

@@ -98,7 +98,14 @@ const UNDEFINED = new Set(['42P01', '42703', '42704', '3F000']);
 
 /** The statement DSQL needs: it has no synchronous `CREATE INDEX`, only `CREATE INDEX ASYNC`. */
 export function dsqlStatement(sql: string): string {
-  return sql.trim().replace(/^create\s+(unique\s+)?index\s+(?!async\b)/i, (m) => `${m.trimEnd()} ASYNC `);
+  // Leading `--` and `/* */` comments are skipped; ASYNC goes right after INDEX. CONCURRENTLY is
+  // left for DSQL to refuse with its own words.
+  return sql
+    .trim()
+    .replace(
+      /^((?:--[^\n]*\n\s*|\/\*[\s\S]*?\*\/\s*)*create\s+(?:unique\s+)?index)\s+(?!async\b|concurrently\b)/i,
+      '$1 ASYNC ',
+    );
 }
 
 /** Whether `err`, raised by re-running `sql`, says an interrupted run had applied it. */

@@ -178,11 +178,11 @@ describe('retryTransaction (Drizzle)', () => {
     expect(((err as Error).cause as Error).message).toMatch(/after its attempt ended/);
   });
 
-  it('refuses a database it did not make, and a missing callback', () => {
+  it('refuses a database it did not make, and a missing callback', async () => {
     const plain = drizzle({ client: env.pool, schema });
     // @ts-expect-error: only databases made by createDrizzle are accepted (the type says so too)
-    expect(() => retryTransaction(plain, async () => {})).toThrow(/createDrizzle/);
-    expect(() => retryTransaction(make(), undefined as never)).toThrow(TypeError);
+    await expect(retryTransaction(plain, async () => {})).rejects.toThrow(/createDrizzle/);
+    await expect(retryTransaction(make(), undefined as never)).rejects.toThrow(TypeError);
   });
 
   it('through context.dsql: the Lambda deadline bounds the transaction', async () => {

@@ -181,9 +181,9 @@ describe('retryTransaction (Kysely)', () => {
   it('refuses a Kysely instance it did not make, and a missing callback', async () => {
     const plain = new Kysely<Database>({ dialect: new PostgresDialect({ pool: env.pool }) });
     // @ts-expect-error: only instances made by createKysely are accepted (the type says so too)
-    expect(() => retryTransaction(plain, async () => {})).toThrow(/createKysely/);
+    await expect(retryTransaction(plain, async () => {})).rejects.toThrow(/createKysely/);
     const db = createKysely<Database>({ pool: env.pool, plugins: camel });
-    expect(() => retryTransaction(db, undefined as never)).toThrow(TypeError);
+    await expect(retryTransaction(db, undefined as never)).rejects.toThrow(TypeError);
   });
 
   it('through context.dsql: the Lambda deadline bounds the transaction', async () => {
