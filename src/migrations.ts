@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { DsqlError } from './errors.js';
-import { execWithRetry, type RetryOptions, type RetryTarget, withRetry } from './retry.js';
+import { execWithRetry, type RetryOptions, withRetry } from './retry.js';
 
 /**
  * A migration as the runner sees it: a unique name and its statements, in order, one DDL (or
@@ -140,8 +140,8 @@ interface Row {
 }
 
 /**
- * Applies `migrations` in order on `target` (a pool, so that each statement can get a healthy
- * connection; or a client), skipping those recorded as done.
+ * Applies `migrations` in order on `target` (a pool: each statement and each bookkeeping
+ * transaction gets a healthy connection of its own), skipping those recorded as done.
  *
  * - Each statement runs alone, autocommit, OCC conflicts retried ({@link execWithRetry}). A
  *   `CREATE [UNIQUE] INDEX` without `ASYNC` is sent as `CREATE [UNIQUE] INDEX ASYNC`; a statement
@@ -156,7 +156,7 @@ interface Row {
  * - A migration already recorded whose statements changed, a recorded migration missing from the
  *   list, or one applied out of order: {@link MigrationError}, nothing run.
  *
- * @param target Where to run; see {@link RetryTarget}.
+ * @param target The pool to run on.
  * @param migrations In the order to apply them.
  * @param options Bookkeeping table, progress callback and retry policy.
  * @returns The migrations this run completed.
@@ -164,7 +164,7 @@ interface Row {
  * await runMigrations(pool, [{ name: '0001', statements: ['CREATE TABLE a (id uuid PRIMARY KEY)'] }]);
  */
 export async function runMigrations(
-  target: RetryTarget,
+  target: pg.Pool,
   migrations: readonly DsqlMigration[],
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {

@@ -2,7 +2,8 @@
  * The pure parts of the migration runner: the statement DSQL needs (CREATE INDEX → ASYNC) and the
  * checks made before anything is sent.
  */
-import { describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
 import { dsqlStatement, MigrationError, runMigrations } from '../../src/migrations.js';
 
 describe('dsqlStatement', () => {
@@ -37,10 +38,9 @@ describe('dsqlStatement', () => {
 });
 
 describe('runMigrations: checks before any statement', () => {
-  // A target that fails the test if anything is sent.
-  const unreachable = {
-    connect: () => Promise.reject(new Error('nothing should be sent')),
-  };
+  // Nothing listens on port 1: any statement sent would fail with ECONNREFUSED, not these errors.
+  const unreachable = new pg.Pool({ host: '127.0.0.1', port: 1, max: 1 });
+  afterAll(() => unreachable.end());
 
   it('refuses a bookkeeping table name that is not an identifier', async () => {
     for (const table of ['x; DROP TABLE y', 'a.b.c', '"quoted"', '', '1abc'])
