@@ -13,6 +13,8 @@ import { pgConfig, signTestToken, startTestEndpoint } from './endpoint.js';
 /** An endpoint on a fresh upstream database, a pool on it, and the way to throw both away. */
 export interface OrmEndpoint {
   endpoint: LocalDsql;
+  /** The upstream PostgreSQL database behind the endpoint (for a look behind its back). */
+  database: string;
   pool: pg.Pool;
   /** Opens another pool on the endpoint (closed by `stop`). */
   newPool(max?: number): pg.Pool;
@@ -36,6 +38,7 @@ export async function startOrmEndpoint(prefix: string, options: LocalDsqlOptions
   const pool = newPool();
   return {
     endpoint,
+    database,
     pool,
     newPool,
     async stop() {

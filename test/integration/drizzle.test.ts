@@ -160,6 +160,22 @@ describe('retryTransaction (Drizzle)', () => {
     expect(pool.totalCount).toBe(1);
   });
 
+  it('a nested tx.transaction() (a savepoint) is refused by DSQL: rejected, not retried, nothing committed', async () => {
+    const db = make();
+    let calls = 0;
+    const err = await retryTransaction(db, async (tx) => {
+      calls++;
+      await tx.insert(note).values({ id: 6, bodyText: 'outer' });
+      await tx.transaction(async (inner) => {
+        await inner.insert(note).values({ id: 7, bodyText: 'inner' });
+      });
+    }).catch((e: unknown) => e);
+    expect(calls).toBe(1);
+    const cause = (err as Error).cause ?? err;
+    expect(cause).toMatchObject({ code: '0A000' });
+    expect((await env.pool.query('SELECT id FROM note WHERE id IN (6, 7)')).rows).toEqual([]);
+  });
+
   it('a transaction kept past its attempt refuses to run anything', async () => {
     const db = make();
     let leaked: DrizzleTransaction<typeof schema> | undefined;

@@ -13,6 +13,7 @@ import {
   sql,
   type Transaction,
 } from 'kysely';
+import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
 import {
@@ -167,6 +168,29 @@ describe('retryTransaction (Kysely)', () => {
     expect(pids).toHaveLength(2);
     for (const [a, b] of pids) expect(a).toBe(b);
     expect(pool.totalCount).toBe(1);
+  });
+
+  it('an abort while a statement is in flight abandons the attempt, destroys its connection, no retry', async () => {
+    const pool = env.newPool(2);
+    const db = createKysely<Database>({ pool, plugins: camel });
+    const controller = new AbortController();
+    let calls = 0;
+    const err = await retryTransaction(
+      db,
+      async (trx) => {
+        calls++;
+        await trx.insertInto('note').values({ id: 5, bodyText: 'aborted' }).execute();
+        const slow = sql`SELECT pg_sleep(5)`.execute(trx);
+        controller.abort(new Error('caller gave up'));
+        await slow;
+      },
+      { signal: controller.signal },
+    ).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as OccRetryExhaustedError).reason).toBe('aborted');
+    expect(calls).toBe(1);
+    expect(pool.totalCount).toBe(0);
+    expect((await env.pool.query('SELECT * FROM note WHERE id = 5')).rows).toEqual([]);
   });
 
   it('a Transaction kept past its attempt refuses to run anything', async () => {
@@ -345,6 +369,42 @@ describe('migrate (Kysely)', () => {
     expect(seen.map((s) => [s.migration, s.index, s.recovered])).toEqual([
       ['0002_book', 1, true],
       ['0003_book_year', 0, false],
+    ]);
+  });
+
+  it('a resumed run waits for the index job recorded before the crash instead of re-running the statement', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    // The COMMIT recording the index's job id goes through, its reply is lost.
+    const first = migrate(db, schemaMigrations, {
+      onStatement: (s) => {
+        if (s.migration === '0002_book' && s.index === 0)
+          m.endpoint.faults.dropOnNextCommit({ how: 'fin', afterCommit: true });
+      },
+    });
+    await expect(first).rejects.toBeInstanceOf(CommitOutcomeUnknownError);
+    const state = await m.pool.query("SELECT done, job_id FROM dsql_migrations WHERE name = '0002_book'");
+    expect(state.rows).toEqual([{ done: 1, job_id: expect.any(String) }]);
+    const jobId = state.rows[0].job_id as string;
+
+    // Behind the endpoint's back, the job failed: the resumed run must say so, not re-create the index.
+    const upstream = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: m.database });
+    await upstream.connect();
+    try {
+      await upstream.query("UPDATE sys.jobs SET status = 'failed' WHERE job_id = $1", [jobId]);
+      const err = await migrate(db, schemaMigrations).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(MigrationError);
+      expect(err).toMatchObject({ migration: '0002_book', statement: 1 });
+      expect((err as Error).message).toContain(`job ${jobId} failed`);
+      await upstream.query("UPDATE sys.jobs SET status = 'completed' WHERE job_id = $1", [jobId]);
+    } finally {
+      await upstream.end();
+    }
+
+    const seen: MigrationStatementInfo[] = [];
+    await migrate(db, schemaMigrations, { onStatement: (s) => seen.push(s) });
+    expect(seen.map((s) => [s.migration, s.index, s.recovered, s.jobId])).toEqual([
+      ['0002_book', 1, true, jobId],
+      ['0003_book_year', 0, false, undefined],
     ]);
   });
 
