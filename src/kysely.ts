@@ -246,8 +246,24 @@ export async function migrate<DB>(
   const list: DsqlMigration[] = [];
   for (const name of Object.keys(all).sort()) {
     const statements: string[] = [];
-    const recorder = new Kysely<unknown>({ ...kysely, dialect: recordingDialect(statements, name) });
-    await (all[name] as Migration).up(recorder);
+    // The db's plugins shape the SQL; its logger stays out (nothing runs yet).
+    const recorder = new Kysely<unknown>({
+      plugins: kysely.plugins ?? [],
+      dialect: recordingDialect(statements, name),
+    });
+    try {
+      await (all[name] as Migration).up(recorder);
+    } catch (err) {
+      if (err instanceof MigrationError) throw err;
+      throw new MigrationError(
+        `migrate: up() of ${name} failed: ${(err as Error)?.message}`,
+        name,
+        undefined,
+        {
+          cause: err,
+        },
+      );
+    }
     list.push({ name, statements });
   }
   return runMigrations(pool, list, options);
