@@ -62,7 +62,7 @@ export class FrameSplitter {
 
   /** Appends `chunk` and returns every frame now complete, in order. */
   push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk);
+    if (chunk.length > 0) this.chunks.push(chunk);
     this.length += chunk.length;
     if (this.length < this.needed) return [];
     const buf = this.drain();
