@@ -480,7 +480,7 @@ describe('what the session reports', () => {
 });
 
 describe('optimistic concurrency (the default)', () => {
-  it('writers in opposite order: no one waits on a lock, no 40P01, both conflicts are 40001 OC000; PostgreSQL deadlocks', async () => {
+  it('writers in opposite order: no one queues on a lock, no 40P01, conflicts are 40001 OC000; PostgreSQL deadlocks', async () => {
     const t = name('dl');
     const setup = await connect(dsql);
     await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
@@ -504,18 +504,16 @@ describe('optimistic concurrency (the default)', () => {
     };
     const before = dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0;
     const dsqlResults = await crossed(dsql);
-    expect(dsqlResults).toEqual([
-      expect.objectContaining({
+    // The first wait cut short aborts its transaction, which frees its row: the other may then go
+    // through. Whoever fails, fails with DSQL's conflict, within the lock timeout.
+    const failed = dsqlResults.filter((r) => r !== 'ok');
+    expect(failed.length).toBeGreaterThanOrEqual(1);
+    for (const f of failed)
+      expect(f).toMatchObject({
         code: '40001',
         message: 'change conflicts with another transaction (OC000)',
-      }),
-      expect.objectContaining({
-        code: '40001',
-        message: 'change conflicts with another transaction (OC000)',
-      }),
-    ]);
-    // Both waits were cut by the lock timeout (55P03 upstream), none reached deadlock detection.
-    expect((dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0) - before).toBe(2);
+      });
+    expect((dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0) - before).toBe(failed.length);
     expect(dsql.stats().sql.conflictsByUpstreamCode['40P01']).toBeUndefined();
     // Plain PostgreSQL: one waits until the deadlock detector picks a victim.
     const plainResults = await crossed(plain);
