@@ -579,3 +579,53 @@ describe('optimistic concurrency (the default)', () => {
     expect(delta).toBeGreaterThanOrEqual(seen.length);
   });
 });
+
+describe('a migration tool (Kysely)', () => {
+  it('a migration DSQL would refuse is refused; the same migration runs with dialect postgres', async () => {
+    const { Kysely, PostgresDialect } = await import('kysely');
+    const { Migrator } = await import('kysely/migration');
+    const migrate = async (endpoint: LocalDsql, tag: string) => {
+      const pool = new pg.Pool({
+        ...pgConfig(endpoint, { password: () => signTestToken(endpoint) }),
+        max: 2,
+      });
+      pool.on('error', () => {});
+      const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+      const table = name(`k_${tag}`);
+      const migrator = new Migrator({
+        db,
+        migrationTableName: name(`kmig_${tag}`),
+        migrationLockTableName: name(`kmig_lock_${tag}`),
+        provider: {
+          getMigrations: async () => ({
+            '001_accounts': {
+              up: async (k: InstanceType<typeof Kysely<unknown>>) => {
+                await k.schema
+                  .createTable(table)
+                  .addColumn('id', 'bigint', (c) => c.primaryKey())
+                  .addColumn('email', 'text')
+                  .execute();
+                await k.schema.createIndex(`${table}_email`).on(table).column('email').execute();
+              },
+            },
+          }),
+        },
+      });
+      try {
+        return await migrator.migrateToLatest();
+      } finally {
+        await db.destroy();
+      }
+    };
+    // Kysely runs each migration in one transaction and records it there: two DDL, then DML.
+    const refused = await migrate(dsql, 'd');
+    expect(refused.error).toMatchObject({
+      code: '0A000',
+      message: 'multiple ddl statements not supported in a transaction',
+    });
+    expect(refused.results?.[0]).toMatchObject({ migrationName: '001_accounts', status: 'Error' });
+    const applied = await migrate(plain, 'p');
+    expect(applied.error).toBeUndefined();
+    expect(applied.results?.[0]).toMatchObject({ migrationName: '001_accounts', status: 'Success' });
+  });
+});
