@@ -66,7 +66,7 @@ export interface LocalDsqlOptions {
   /**
    * Limits enforced under `dialect: 'dsql'`, each with DSQL's error. Default DSQL's:
    * `{ rowsPerTransaction: 3000, bytesPerTransaction: 10 MiB, transactionAgeSeconds: 300,
-   * columnsPerIndex: 8, columnsPerTable: 255 }`.
+   * keyBytes: 1024, columnsPerIndex: 8, columnsPerTable: 255 }`.
    */
   limits?: Partial<DsqlLimits>;
   /**

@@ -359,6 +359,14 @@ describe('transaction rules', () => {
         message: 'transaction size limit 1mb exceeded',
         detail: 'Current transaction size 1mb 1mb',
       });
+      // Primary-key values larger than the key limit (here the default 1 KiB).
+      const keyed = name('keyed');
+      await d.query(`CREATE TABLE ${keyed} (k text PRIMARY KEY)`);
+      await d.query(`INSERT INTO ${keyed} VALUES (repeat('k', 1000))`);
+      expect(await failure(d.query(`INSERT INTO ${keyed} VALUES (repeat('k', 1100))`))).toMatchObject({
+        code: '54000',
+        message: 'key size too large',
+      });
       expect(
         await failure(d.query(`CREATE TABLE ${name('wide')} (a int, b int, c int, d int)`)),
       ).toMatchObject({
