@@ -15,6 +15,14 @@ export const MAX_STARTUP_PACKET_BYTES = 10_000;
  */
 export const MAX_PREAUTH_MESSAGE_BYTES = 65_535;
 
+/**
+ * Plaintext negotiation requests accepted before TLS: one GSSENCRequest (answered `N`) and one
+ * SSLRequest, like PostgreSQL, which refuses a repeated request as an unsupported protocol.
+ */
+export const MAX_NEGOTIATION_REQUESTS = 2;
+/** Default cap on connections accepted and not yet authenticated (DSQL's connection burst). */
+export const DEFAULT_MAX_UNAUTHENTICATED = 1000;
+
 /** The DSQL code a connection is refused with at admission. */
 export type AdmissionRefusal = '53300' | '53400';
 
@@ -23,14 +31,32 @@ export class Admission {
   private rate: { perSecond: number; burst: number };
   private bucket: { tokens: number; at: number };
   private readonly admitted = new Set<Connection>();
+  private readonly unauthenticated = new Set<Connection>();
 
   constructor(
     rate: { perSecond: number; burst: number },
     /** Cap on concurrently admitted connections. */
     public maxConnections: number,
+    /** Cap on connections accepted and not yet authenticated (a pre-authentication limit). */
+    public maxUnauthenticated: number,
   ) {
     this.rate = rate;
     this.bucket = { tokens: rate.burst, at: Date.now() };
+  }
+
+  /**
+   * At TCP accept: counts `conn` as unauthenticated, or returns false when the cap is reached
+   * (the connection is then refused before any work is done for it).
+   */
+  accept(conn: Connection): boolean {
+    if (this.unauthenticated.size >= this.maxUnauthenticated) return false;
+    this.unauthenticated.add(conn);
+    return true;
+  }
+
+  /** `conn` authenticated (or went away): it no longer counts as unauthenticated. */
+  authenticated(conn: Connection): void {
+    this.unauthenticated.delete(conn);
   }
 
   /** Takes a rate token and a slot for `conn`, or says why it is refused. */
@@ -47,9 +73,10 @@ export class Admission {
     return undefined;
   }
 
-  /** Gives `conn`'s slot back (idempotent). */
+  /** Gives `conn`'s slots back (idempotent). */
   release(conn: Connection): void {
     this.admitted.delete(conn);
+    this.unauthenticated.delete(conn);
   }
 
   /** Changes the token bucket and refills it to the new burst. */

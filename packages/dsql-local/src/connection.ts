@@ -14,6 +14,7 @@ import type { SessionPolicy } from './policy.js';
 import { errorResponse, type Frame, FrameSplitter } from './protocol.js';
 import type { Dialect } from './sql/dialect.js';
 import type { DsqlLimits } from './sql/limits.js';
+import { bump } from './stats.js';
 import type { LocalDsqlStats, LocalSessionInfo, Negotiation, OccCode } from './types.js';
 import type { UpstreamTarget } from './upstream.js';
 import type { LocalCredentials } from './verify.js';
@@ -145,7 +146,9 @@ export class Connection {
     raw.on('error', () => this.close());
     raw.on('close', () => this.close());
     this.handshakeTimer = setTimeout(() => {
-      if (!this.established) this.close();
+      if (this.established || this.closed) return;
+      bump(core.stats.preAuthRefused, 'handshake-timeout');
+      this.close();
     }, core.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.scheduleAge();
@@ -241,6 +244,7 @@ export class Connection {
   establish(): void {
     this.established = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.core.admission.authenticated(this);
     this.core.register(this);
     this.core.events.emit('session-start', { id: this.pid, user: this.user, role: this.role });
   }

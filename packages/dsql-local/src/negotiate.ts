@@ -6,6 +6,7 @@
  * @packageDocumentation
  */
 import tls from 'node:tls';
+import { MAX_NEGOTIATION_REQUESTS } from './admission.js';
 import type { Connection, EndpointCore } from './connection.js';
 import {
   CANCEL_REQUEST_CODE,
@@ -37,18 +38,19 @@ export function negotiate(core: EndpointCore, conn: Connection): Promise<boolean
       resolve(ok);
     };
     const onClose = () => done(false);
+    const seen = new Set<number>();
     const onData = (chunk: Buffer): void => {
-      if (conn.clientFrames.pendingBytes === 0 && chunk[0] === TLS_HANDSHAKE_RECORD) {
-        // TLS ClientHello first: direct negotiation. Give the bytes back and let TLS read them.
-        raw.removeListener('data', onData);
-        raw.pause();
-        raw.unshift(chunk);
-        startTls(core, conn, 'direct').then(done);
-        return;
-      }
       // One chunk may hold many requests (each answered in order): a loop, never recursion.
       let next: Buffer = chunk;
       for (;;) {
+        if (conn.clientFrames.pendingBytes === 0 && next[0] === TLS_HANDSHAKE_RECORD) {
+          // TLS ClientHello first: direct negotiation. Give the bytes back and let TLS read them.
+          raw.removeListener('data', onData);
+          raw.pause();
+          raw.unshift(next);
+          startTls(core, conn, 'direct').then(done);
+          return;
+        }
         let frames: Frame[];
         try {
           frames = conn.clientFrames.push(next);
@@ -57,11 +59,14 @@ export function negotiate(core: EndpointCore, conn: Connection): Promise<boolean
           done(false);
           return;
         }
-        next = EMPTY;
         const f = frames[0];
         if (!f) return;
-        const outcome = onRequest(core, conn, f.bytes);
-        if (outcome === 'continue') continue;
+        const outcome = onRequest(core, conn, f.bytes, seen);
+        if (outcome === 'continue') {
+          next = conn.clientFrames.drain();
+          if (next.length === 0) return;
+          continue;
+        }
         if (outcome === 'tls') {
           raw.removeListener('data', onData);
           startTls(core, conn, 'postgres').then(done);
@@ -74,15 +79,36 @@ export function negotiate(core: EndpointCore, conn: Connection): Promise<boolean
   });
 }
 
-const EMPTY = Buffer.alloc(0);
-
 /** Handles one plaintext request; says whether to read the next, start TLS, or stop. */
-function onRequest(core: EndpointCore, conn: Connection, bytes: Buffer): 'continue' | 'tls' | 'closed' {
+function onRequest(
+  core: EndpointCore,
+  conn: Connection,
+  bytes: Buffer,
+  seen: Set<number>,
+): 'continue' | 'tls' | 'closed' {
   if (bytes.length < 8) {
     conn.violation();
     return 'closed';
   }
   const code = bytes.readInt32BE(4);
+  if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
+    if (seen.has(code) || seen.size >= MAX_NEGOTIATION_REQUESTS) {
+      // PostgreSQL's answer to a repeated request (libpq never sends one).
+      bump(core.stats.preAuthRefused, 'negotiation-requests');
+      core.events.emit('refused', { reason: 'negotiation-requests' });
+      const version = `${code >>> 16}.${code & 0xffff}`;
+      conn.raw.end(
+        errorResponse(
+          'FATAL',
+          '0A000',
+          `unsupported frontend protocol ${version}: server supports 3.0 to 3.0`,
+        ),
+      );
+      conn.close(true);
+      return 'closed';
+    }
+    seen.add(code);
+  }
   if (code === SSL_REQUEST_CODE) {
     if (conn.clientFrames.pendingBytes > 0) {
       // Bytes pipelined after SSLRequest would be read as if they came over TLS (CVE-2021-23214).

@@ -62,7 +62,7 @@ export class FrameSplitter {
 
   /** Appends `chunk` and returns every frame now complete, in order. */
   push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk);
+    if (chunk.length > 0) this.chunks.push(chunk);
     this.length += chunk.length;
     if (this.length < this.needed) return [];
     const buf = this.drain();
@@ -216,31 +216,6 @@ const COMMIT_RE = /^\s*(?:commit|end)(?:\s+(?:work|transaction))?\s*;?\s*$/i;
 /** True when `sql` is exactly one COMMIT (or END) statement. */
 export function isCommitStatement(sql: string): boolean {
   return COMMIT_RE.test(sql);
-}
-
-/**
- * DSQL-style refusal for statements DSQL does not support, or undefined when `sql` is fine.
- * Looks at the first statement only. Only the SET text is DSQL's documented one; the others are
- * ours.
- */
-export function unsupportedStatement(sql: string): string | undefined {
-  const text = sql.replace(/^(\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*/, '');
-  const set =
-    /^set\s+(?:session\s+|local\s+)?(?!transaction\b|session\s+characteristics\b)("[^"]+"|[\w.]+)/i.exec(
-      text,
-    );
-  if (set)
-    return `setting configuration parameter "${set[1]!.replace(/"/g, '').toLowerCase()}" not supported`;
-  if (/^(set\s+transaction|set\s+session\s+characteristics)\b/i.test(text))
-    return 'SET TRANSACTION not supported';
-  if (/^(savepoint|release|rollback\s+(work\s+|transaction\s+)?to)\b/i.test(text))
-    return 'SAVEPOINT not supported';
-  if (/^truncate\b/i.test(text)) return 'TRUNCATE not supported';
-  if (/^(listen|unlisten|notify)\b/i.test(text)) return 'LISTEN/NOTIFY not supported';
-  if (/^create\s+(?:global\s+|local\s+)?(temp|temporary)\s+table\b/i.test(text))
-    return 'temporary tables not supported';
-  if (/^create\s+(or\s+replace\s+)?(constraint\s+)?trigger\b/i.test(text)) return 'triggers not supported';
-  return undefined;
 }
 
 /**

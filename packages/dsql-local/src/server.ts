@@ -15,11 +15,12 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import { Admission, MAX_STARTUP_PACKET_BYTES } from './admission.js';
+import { Admission, DEFAULT_MAX_UNAUTHENTICATED, MAX_STARTUP_PACKET_BYTES } from './admission.js';
 import { localCertificates } from './certs.js';
 import { Connection, type EndpointCore } from './connection.js';
 import { CommitFaults, createFaults } from './faults.js';
 import { negotiate } from './negotiate.js';
+import { errorResponse } from './protocol.js';
 import { startRelay } from './relay.js';
 import { DEFAULT_LOCK_TIMEOUT_MS, dsqlPolicy, prepareDsql } from './sql/dialect.js';
 import { resolveLimits } from './sql/limits.js';
@@ -150,6 +151,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     admission: new Admission(
       { perSecond: options.rateLimit?.perSecond ?? 100, burst: options.rateLimit?.burst ?? 1000 },
       options.maxConnections ?? 10000,
+      options.maxUnauthenticatedConnections ?? DEFAULT_MAX_UNAUTHENTICATED,
     ),
     commitFaults: new CommitFaults(),
     sessionPolicy: () => (dialect === 'dsql' ? dsqlPolicy(dialectCore) : {}),
@@ -200,6 +202,14 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const server = net.createServer((raw) => {
     core.stats.connections.total++;
     const conn = new Connection(core, raw, MAX_STARTUP_PACKET_BYTES);
+    if (!core.admission.accept(conn)) {
+      // Too many clients between accept and authentication: refuse before doing any work.
+      bump(core.stats.preAuthRefused, 'unauthenticated-cap');
+      core.events.emit('refused', { reason: 'unauthenticated-cap' });
+      raw.end(errorResponse('FATAL', '53300', 'too many connections awaiting authentication'));
+      conn.close(true);
+      return;
+    }
     // Kept until the socket is really gone, so stop() also reaches half-open (silent) ones.
     connections.add(conn);
     raw.once('close', () => connections.delete(conn));

@@ -66,7 +66,7 @@ export interface LocalDsqlOptions {
   /**
    * Limits enforced under `dialect: 'dsql'`, each with DSQL's error. Default DSQL's:
    * `{ rowsPerTransaction: 3000, bytesPerTransaction: 10 MiB, transactionAgeSeconds: 300,
-   * columnsPerIndex: 8, columnsPerTable: 255 }`.
+   * keyBytes: 1024, columnsPerIndex: 8, columnsPerTable: 255 }`.
    */
   limits?: Partial<DsqlLimits>;
   /**
@@ -90,8 +90,16 @@ export interface LocalDsqlOptions {
   userMap?: Record<string, string> | ((user: string) => string);
   /** Tolerated clock skew for tokens dated in the future, seconds. Default `300`. */
   clockSkewSeconds?: number;
-  /** Time allowed from TCP accept to a finished authentication, ms. Default `30000`. */
+  /**
+   * Time allowed from TCP accept to a finished authentication (TLS, startup, token, upstream
+   * session), ms; slower connections are closed. Default `30000`.
+   */
   handshakeTimeoutMs?: number;
+  /**
+   * Cap on connections accepted and not yet authenticated; more are refused at accept with
+   * FATAL 53300 `too many connections awaiting authentication`. Default `1000`.
+   */
+  maxUnauthenticatedConnections?: number;
 }
 
 /** One live, authenticated session. */

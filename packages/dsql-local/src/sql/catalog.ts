@@ -21,6 +21,8 @@ export const ROWS_SETTING = 'dsql_local.rows_limit';
 /** See {@link ROWS_SETTING}. */
 export const BYTES_SETTING = 'dsql_local.bytes_limit';
 /** See {@link ROWS_SETTING}. */
+export const KEY_SETTING = 'dsql_local.key_limit';
+/** See {@link ROWS_SETTING}. */
 export const DATABASE_SETTING = 'dsql_local.database';
 
 /** A job id shaped like DSQL's: 26 characters of lower-case base32. */
@@ -107,6 +109,8 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
   max_rows bigint := nullif(current_setting('${ROWS_SETTING}', true), '')::bigint;
   max_bytes bigint := nullif(current_setting('${BYTES_SETTING}', true), '')::bigint;
+  max_key bigint := nullif(current_setting('${KEY_SETTING}', true), '')::bigint;
+  key_bytes bigint;
   n bigint;
   b bigint := 0;
   total_rows bigint;
@@ -122,6 +126,13 @@ BEGIN
   total_bytes := coalesce(nullif(current_setting('dsql_local.tx_bytes', true), '')::bigint, 0) + b;
   PERFORM set_config('dsql_local.tx_rows', total_rows::text, true);
   PERFORM set_config('dsql_local.tx_bytes', total_bytes::text, true);
+  -- TG_ARGV[0]: the sum of pg_column_size over the primary-key columns, as SQL.
+  IF TG_OP <> 'DELETE' AND max_key IS NOT NULL AND TG_NARGS > 0 AND TG_ARGV[0] <> '' THEN
+    EXECUTE format('SELECT coalesce(max(%s), 0) FROM dsql_local_rows', TG_ARGV[0]) INTO key_bytes;
+    IF key_bytes > max_key THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'key size too large';
+    END IF;
+  END IF;
   IF total_rows > max_rows THEN
     RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction row limit exceeded';
   END IF;
@@ -135,14 +146,18 @@ END $fn$;
 
 CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.on_create_table() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
-DECLARE r record;
+DECLARE r record; key_size text;
 BEGIN
   -- Only tables created by sessions under DSQL's rules get the counter.
   IF nullif(current_setting('${ROWS_SETTING}', true), '') IS NULL THEN RETURN; END IF;
   FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
            WHERE command_tag = 'CREATE TABLE' AND object_type = 'table' LOOP
-    EXECUTE format('CREATE TRIGGER dsql_local_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes()', r.objid::regclass);
-    EXECUTE format('CREATE TRIGGER dsql_local_upd AFTER UPDATE ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes()', r.objid::regclass);
+    SELECT coalesce(string_agg(format('coalesce(pg_column_size(%I), 0)', a.attname), ' + '), '') INTO key_size
+      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      WHERE i.indrelid = r.objid AND i.indisprimary;
+    EXECUTE format('CREATE TRIGGER dsql_local_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
+    EXECUTE format('CREATE TRIGGER dsql_local_upd AFTER UPDATE ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
     EXECUTE format('CREATE TRIGGER dsql_local_del AFTER DELETE ON %s REFERENCING OLD TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes()', r.objid::regclass);
   END LOOP;
 END $fn$;

@@ -4,7 +4,14 @@
  * @packageDocumentation
  */
 import type { SessionPolicy } from '../policy.js';
-import { BYTES_SETTING, CATALOG_SQL, DATABASE_SETTING, DSQL_SEARCH_PATH, ROWS_SETTING } from './catalog.js';
+import {
+  BYTES_SETTING,
+  CATALOG_SQL,
+  DATABASE_SETTING,
+  DSQL_SEARCH_PATH,
+  KEY_SETTING,
+  ROWS_SETTING,
+} from './catalog.js';
 import type { DsqlLimits } from './limits.js';
 import { loadParser } from './parser.js';
 import { type DialectCore, DsqlSession } from './session.js';
@@ -58,6 +65,7 @@ export function dsqlUpstreamParams(
     lock_timeout: `${lockTimeoutMs}ms`,
     [ROWS_SETTING]: String(limits.rowsPerTransaction),
     [BYTES_SETTING]: String(limits.bytesPerTransaction),
+    [KEY_SETTING]: String(limits.keyBytes),
     [DATABASE_SETTING]: clientParams.database || clientParams.user || 'postgres',
     search_path: DSQL_SEARCH_PATH,
     TimeZone: clientParams.TimeZone ?? 'UTC',

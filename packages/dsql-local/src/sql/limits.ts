@@ -11,6 +11,11 @@ export interface DsqlLimits {
   bytesPerTransaction: number;
   /** Age of a transaction at which its next statement or COMMIT fails (54000). Default `300`. */
   transactionAgeSeconds: number;
+  /**
+   * Combined size of a row's primary-key values, bytes, as PostgreSQL sizes them (54000 `key
+   * size too large`). Default `1024`.
+   */
+  keyBytes: number;
   /** Columns in a primary key or index (54011). Default `8`. */
   columnsPerIndex: number;
   /** Columns per table (54011). Default `255`. */
@@ -22,6 +27,7 @@ export const DEFAULT_LIMITS: Readonly<DsqlLimits> = Object.freeze({
   rowsPerTransaction: 3000,
   bytesPerTransaction: 10 * 1024 * 1024,
   transactionAgeSeconds: 300,
+  keyBytes: 1024,
   columnsPerIndex: 8,
   columnsPerTable: 255,
 });
