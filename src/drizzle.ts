@@ -186,7 +186,11 @@ export async function retryTransaction<TSchema extends Schema, T>(
   return dsql ? dsql.transaction(attempt, retry) : withRetry(config.client, attempt, retry);
 }
 
-/** Options of {@link migrate}: the folder drizzle-kit writes, and the runner's options. */
+/**
+ * Options of {@link migrate}: the folder drizzle-kit writes, and the runner's options.
+ * @example
+ * const options: DrizzleMigrateOptions = { migrationsFolder: './drizzle', deadline: Date.now() + 60_000 };
+ */
 export interface DrizzleMigrateOptions extends MigrateOptions {
   /** Folder with `meta/_journal.json` and one `<tag>.sql` per migration (drizzle-kit's `out`). */
   migrationsFolder: string;

@@ -96,7 +96,11 @@ export class MigrationError extends DsqlError {
 const DUPLICATE = new Set(['42P07', '42710', '42701', '42P06', '42723']);
 const UNDEFINED = new Set(['42P01', '42703', '42704', '3F000']);
 
-/** The statement DSQL needs: it has no synchronous `CREATE INDEX`, only `CREATE INDEX ASYNC`. */
+/**
+ * The statement DSQL needs: it has no synchronous `CREATE INDEX`, only `CREATE INDEX ASYNC`.
+ * @example
+ * dsqlStatement('CREATE INDEX i ON t (c)'); // 'CREATE INDEX ASYNC i ON t (c)'
+ */
 export function dsqlStatement(sql: string): string {
   // Leading `--` and `/* */` comments are skipped; ASYNC goes right after INDEX. CONCURRENTLY is
   // left for DSQL to refuse with its own words.
