@@ -4,7 +4,7 @@
  * Workload: W workers on one pool (W connections, like W concurrent Lambda invocations) move money
  * between accounts as fast as they can. Each transfer reads both balances, updates both rows and
  * records its id, in one `withRetry` transaction; conflicts are real, not injected: the local
- * endpoint runs with `occFromContention`, turning PostgreSQL's serialization failures and lock
+ * endpoint runs with its default DSQL dialect, turning PostgreSQL's serialization failures and lock
  * timeouts into DSQL's `40001 OC000`. Two scenarios: `hot` (16 workers, 4 accounts: most
  * transactions conflict; every policy) and `moderate` (12 workers, 64 accounts; the compared
  * policies and the two other jitter schemes), so that a policy tuned for heavy contention is also
@@ -184,13 +184,13 @@ async function openTarget(): Promise<Target> {
     };
   }
   const helper = await import('../test/helpers/endpoint.js');
-  const endpoint = await helper.startTestEndpoint({ occFromContention: true });
+  const endpoint = await helper.startTestEndpoint();
   const config = helper.pgConfig(endpoint, {
     user: 'admin',
     password: () => helper.signTestToken(endpoint, { user: 'admin' }),
   });
   return {
-    label: 'local DSQL-like endpoint, occFromContention',
+    label: 'local DSQL-like endpoint (DSQL dialect: conflicts are 40001 OC000)',
     config,
     close: () => endpoint.stop(),
   };

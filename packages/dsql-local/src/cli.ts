@@ -23,8 +23,6 @@ const HELP = `commands:
   rate <perSecond> [burst]                     new-connection rate limit
   max <connections>                            cap on open connections
   latency <toServerMs> [toClientMs]            added delay per direction
-  contention on|off                            upstream lock/serialization errors → OC000
-  strict on|off                                refuse SET, SAVEPOINT, TRUNCATE, … like DSQL
   sessions | stats | reset | clear | env | help | quit`;
 
 function exportLines(dsql: LocalDsql): string {
@@ -73,12 +71,6 @@ function runCommand(dsql: LocalDsql, line: string): string {
     case 'latency':
       f.setLatency({ toServer: Number(args[0] ?? 0), toClient: Number(args[1] ?? args[0] ?? 0) });
       return 'latency set';
-    case 'contention':
-      f.setOccFromContention(args[0] !== 'off');
-      return `occFromContention ${args[0] !== 'off'}`;
-    case 'strict':
-      f.setStrictSql(args[0] !== 'off');
-      return `strictSql ${args[0] !== 'off'}`;
     case 'sessions':
       return JSON.stringify(dsql.sessions(), null, 2);
     case 'stats':
@@ -104,15 +96,12 @@ async function main(): Promise<void> {
       port: { type: 'string' },
       upstream: { type: 'string' },
       region: { type: 'string' },
-      'occ-from-contention': { type: 'boolean' },
-      'strict-sql': { type: 'boolean' },
+      dialect: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
-    console.log(
-      'usage: dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention] [--strict-sql]\n',
-    );
+    console.log('usage: dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]\n');
     console.log(HELP);
     return;
   }
@@ -120,8 +109,7 @@ async function main(): Promise<void> {
     port: values.port ? Number(values.port) : 0,
     ...(values.upstream ? { upstream: values.upstream } : {}),
     ...(values.region ? { region: values.region } : {}),
-    occFromContention: values['occ-from-contention'] ?? false,
-    strictSql: values['strict-sql'] ?? false,
+    ...(values.dialect ? { dialect: values.dialect as 'dsql' | 'postgres' } : {}),
   });
   console.log(`local DSQL endpoint ${dsql.host} listening on ${dsql.address}:${dsql.port}`);
   console.log(`CA file: ${dsql.caFile}`);

@@ -13,10 +13,13 @@ export {
   randomCredentials,
   startLocalDsql,
 } from './server.js';
+export { DEFAULT_LIMITS } from './sql/limits.js';
 export type {
   AuthFailureReason,
+  DialectStats,
   DropConnectionsOptions,
   DropHow,
+  DsqlLimits,
   LocalCredentials,
   LocalDsql,
   LocalDsqlFaults,

@@ -38,11 +38,12 @@ export class FrameSplitter {
    * @param typed - `true` for regular messages (type byte + length), `false` for startup-phase
    *   messages (length only). Default `true`.
    * @param maxFrameBytes - frames announcing a larger length are treated as a protocol violation
-   *   (throws). Default 1 GiB, PostgreSQL's own limit.
+   *   (throws). Default 1 GiB, PostgreSQL's own limit. Can be changed between pushes (the
+   *   startup packet has a far smaller limit than later messages).
    */
   constructor(
     public typed = true,
-    private readonly maxFrameBytes = 1024 * 1024 * 1024,
+    public maxFrameBytes = 1024 * 1024 * 1024,
   ) {}
 
   /** Bytes received but not yet part of a complete frame. */
@@ -61,7 +62,7 @@ export class FrameSplitter {
 
   /** Appends `chunk` and returns every frame now complete, in order. */
   push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk);
+    if (chunk.length > 0) this.chunks.push(chunk);
     this.length += chunk.length;
     if (this.length < this.needed) return [];
     const buf = this.drain();
@@ -218,33 +219,13 @@ export function isCommitStatement(sql: string): boolean {
 }
 
 /**
- * DSQL-style refusal for statements DSQL does not support, or undefined when `sql` is fine.
- * Looks at the first statement only. Only the SET text is DSQL's documented one; the others are
- * ours.
+ * SQL that makes PostgreSQL itself raise an error with SQLSTATE `code` (five characters `[0-9A-Z]`)
+ * and `message`, so the transaction state it reports afterwards stays right.
  */
-export function unsupportedStatement(sql: string): string | undefined {
-  const text = sql.replace(/^(\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*/, '');
-  const set =
-    /^set\s+(?:session\s+|local\s+)?(?!transaction\b|session\s+characteristics\b)("[^"]+"|[\w.]+)/i.exec(
-      text,
-    );
-  if (set)
-    return `setting configuration parameter "${set[1]!.replace(/"/g, '').toLowerCase()}" not supported`;
-  if (/^(set\s+transaction|set\s+session\s+characteristics)\b/i.test(text))
-    return 'SET TRANSACTION not supported';
-  if (/^(savepoint|release|rollback\s+(work\s+|transaction\s+)?to)\b/i.test(text))
-    return 'SAVEPOINT not supported';
-  if (/^truncate\b/i.test(text)) return 'TRUNCATE not supported';
-  if (/^(listen|unlisten|notify)\b/i.test(text)) return 'LISTEN/NOTIFY not supported';
-  if (/^create\s+(?:global\s+|local\s+)?(temp|temporary)\s+table\b/i.test(text))
-    return 'temporary tables not supported';
-  if (/^create\s+(or\s+replace\s+)?(constraint\s+)?trigger\b/i.test(text)) return 'triggers not supported';
-  return undefined;
-}
-
-/** SQL that makes PostgreSQL itself raise 0A000 with `message`, so transaction state stays right. */
-export function raiseFeatureNotSupported(message: string): string {
-  return `DO $dsql_local$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '${message.replace(/'/g, "''")}'; END $dsql_local$`;
+export function raiseError(code: string, message: string): string {
+  if (!/^[0-9A-Z]{5}$/.test(code))
+    throw new RangeError(`SQLSTATE must be five characters [0-9A-Z], got ${code}`);
+  return `DO $dsql_local$ BEGIN RAISE EXCEPTION USING ERRCODE = '${code}', MESSAGE = '${message.replace(/'/g, "''")}'; END $dsql_local$`;
 }
 
 /** A copy of Parse frame `bytes` with its query text replaced. */

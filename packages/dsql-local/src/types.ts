@@ -3,7 +3,12 @@
  * @packageDocumentation
  */
 import type { EventEmitter } from 'node:events';
+import type { DsqlLimits } from './sql/limits.js';
+import type { DialectStats } from './sql/session.js';
 import type { AuthFailureReason, LocalCredentials } from './verify.js';
+
+export type { DsqlLimits } from './sql/limits.js';
+export type { DialectStats } from './sql/session.js';
 
 export type { AuthFailureReason, LocalCredentials } from './verify.js';
 
@@ -49,18 +54,29 @@ export interface LocalDsqlOptions {
   maxConnections?: number;
   /** The endpoint closes a connection this many seconds after it was accepted. Default `3600`. */
   maxConnectionAgeSeconds?: number;
-  /** Turn upstream 40001 / 55P03 / 40P01 errors into DSQL's OC000 conflict. Default `false`. */
-  occFromContention?: boolean;
   /**
-   * Refuse, with SQLSTATE 0A000, statements DSQL does not support: `SET <parameter>` (DSQL's
-   * text: `setting configuration parameter "<name>" not supported`), `SET TRANSACTION`,
-   * SAVEPOINT, TRUNCATE, LISTEN/NOTIFY, temporary tables, triggers. Only the first statement of a
-   * query string is checked. Default `false` (PostgreSQL accepts everything).
+   * `'dsql'`: every statement is checked against DSQL's SQL surface (parsed by PostgreSQL's own
+   * parser) and refused with DSQL's SQLSTATE and text; DSQL's transaction rules and limits apply;
+   * `CREATE INDEX ASYNC`, `sys.jobs` and `sys.wait_for_job()` work; lock and serialization
+   * conflicts are DSQL's OCC errors (40001 OC000), a schema change underneath fails COMMIT with
+   * OC001; the session reports DSQL's `server_version`, `current_database()` and UTC.
+   * `'postgres'`: a plain relay, PostgreSQL accepts what it accepts. Default `'dsql'`.
    */
-  strictSql?: boolean;
+  dialect?: 'dsql' | 'postgres';
+  /**
+   * Limits enforced under `dialect: 'dsql'`, each with DSQL's error. Default DSQL's:
+   * `{ rowsPerTransaction: 3000, bytesPerTransaction: 10 MiB, transactionAgeSeconds: 300,
+   * keyBytes: 1024, columnsPerIndex: 8, columnsPerTable: 255 }`.
+   */
+  limits?: Partial<DsqlLimits>;
+  /**
+   * Under `dialect: 'dsql'`, how long a statement may wait for a lock held by another
+   * transaction before it fails as a conflict (40001 OC000), ms. Default `10`.
+   */
+  lockTimeoutMs?: number;
   /**
    * Messages of injected and translated OCC conflicts (SQLSTATE is always 40001). Default
-   * `{ OC000: 'change conflicts with another transaction, please retry: (OC000)', OC001:
+   * `{ OC000: 'change conflicts with another transaction (OC000)', OC001:
    * 'schema has been updated by another transaction, please retry: (OC001)' }`.
    */
   occMessages?: { OC000?: string; OC001?: string };
@@ -74,8 +90,16 @@ export interface LocalDsqlOptions {
   userMap?: Record<string, string> | ((user: string) => string);
   /** Tolerated clock skew for tokens dated in the future, seconds. Default `300`. */
   clockSkewSeconds?: number;
-  /** Time allowed from TCP accept to a finished authentication, ms. Default `30000`. */
+  /**
+   * Time allowed from TCP accept to a finished authentication (TLS, startup, token, upstream
+   * session), ms; slower connections are closed. Default `30000`.
+   */
   handshakeTimeoutMs?: number;
+  /**
+   * Cap on connections accepted and not yet authenticated; more are refused at accept with
+   * FATAL 53300 `too many connections awaiting authentication`. Default `1000`.
+   */
+  maxUnauthenticatedConnections?: number;
 }
 
 /** One live, authenticated session. */
@@ -117,6 +141,11 @@ export interface LocalDsqlStats {
   plaintextRefused: number;
   /** Connections closed for protocol violations (data after SSLRequest, direct TLS without ALPN, …). */
   protocolViolations: number;
+  /**
+   * Unauthenticated connections closed by a pre-authentication limit, by limit:
+   * `unauthenticated-cap`, `negotiation-requests`, `handshake-timeout`.
+   */
+  preAuthRefused: Record<string, number>;
   /** Authentication outcomes. */
   auth: { ok: number; failed: number; failedByReason: Partial<Record<AuthFailureReason, number>> };
   /** Tokens accepted (one per successful authentication). */
@@ -129,10 +158,12 @@ export interface LocalDsqlStats {
   tokensByUser: Record<string, number>;
   /** Injected OCC failures (failNextCommits) by code. */
   occInjected: Record<OccCode, number>;
-  /** Upstream contention errors turned into OC000. */
+  /** Upstream lock timeouts, serialization failures and deadlocks reported as OC000 (`dialect: 'dsql'`). */
   occFromContention: number;
-  /** Statements refused by `strictSql`. */
+  /** Statements refused under `dialect: 'dsql'`. */
   unsupportedRejected: number;
+  /** The SQL layer's counters (`dialect: 'dsql'`). */
+  sql: DialectStats;
   /** COMMIT statements seen inside a transaction. */
   commits: number;
   /** Connections dropped by a fault, by how. */
@@ -174,10 +205,6 @@ export interface LocalDsqlFaults {
     afterCommit?: boolean;
     session?: number;
   }): void;
-  /** Turns contention-to-OCC translation on or off (see {@link LocalDsqlOptions.occFromContention}). */
-  setOccFromContention(on: boolean): void;
-  /** Turns the `strictSql` statement refusals on or off (see {@link LocalDsqlOptions.strictSql}). */
-  setStrictSql(on: boolean): void;
   /** Changes the maximum connection age (seconds, fractions allowed); applies to open connections too. */
   setMaxConnectionAge(seconds: number): void;
   /** Changes the new-connection token bucket; the bucket is refilled to the new burst. */

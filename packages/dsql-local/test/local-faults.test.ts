@@ -136,7 +136,7 @@ describe('failNextCommits', () => {
     await client.query(`INSERT INTO ${table} VALUES (1, 1)`);
     const err = await failure(client.query('COMMIT'));
     expect(err.code).toBe('40001');
-    expect(err.message).toBe('change conflicts with another transaction, please retry: (OC000)');
+    expect(err.message).toBe('change conflicts with another transaction (OC000)');
     expect((await client.query('SELECT 1 AS ok')).rows).toEqual([{ ok: 1 }]);
     expect(await upstreamQuery(`SELECT * FROM ${table} WHERE id = 1`)).toEqual([]);
     expect(endpoint.stats().occInjected.OC000).toBeGreaterThanOrEqual(1);
@@ -239,9 +239,9 @@ describe('dropOnNextCommit', () => {
   });
 });
 
-describe('occFromContention', () => {
+describe("conflicts under DSQL's rules (the default)", () => {
   it('two transactions updating one row: the loser gets 40001 OC000', async () => {
-    const contended = await startTestEndpoint({ occFromContention: true });
+    const contended = await startTestEndpoint();
     try {
       await upstreamQuery(`INSERT INTO ${table} VALUES (20, 0)`);
       const a = await connect(contended);
@@ -250,7 +250,7 @@ describe('occFromContention', () => {
       await b.client.query('BEGIN');
       await b.client.query(`SELECT v FROM ${table} WHERE id = 20`); // b's snapshot predates a's commit
       await a.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`);
-      // Row locked by a: b waits for lock_timeout (55P03) → OC000.
+      // Row locked by a: b does not queue behind it (lock_timeout 55P03 upstream) → OC000.
       const blocked = await failure(b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`));
       expect(blocked.code).toBe('40001');
       expect(blocked.message).toMatch(/OC000/);
@@ -262,7 +262,7 @@ describe('occFromContention', () => {
       await a.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`);
       const stale = await failure(b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`));
       expect(stale.code).toBe('40001');
-      expect(stale.message).toBe('change conflicts with another transaction, please retry: (OC000)');
+      expect(stale.message).toBe('change conflicts with another transaction (OC000)');
       await b.client.query('ROLLBACK');
       expect(contended.stats().occFromContention).toBe(2);
       expect(await upstreamQuery(`SELECT v FROM ${table} WHERE id = 20`)).toEqual([{ v: 2 }]);

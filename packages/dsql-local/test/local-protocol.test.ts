@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FrameSplitter, frame, isCommitStatement, unsupportedStatement } from '../src/protocol.js';
+import { FrameSplitter, frame, isCommitStatement } from '../src/protocol.js';
 
 describe('FrameSplitter', () => {
   it('reassembles any sequence of frames however the byte stream is cut', () => {
@@ -46,21 +46,5 @@ describe('statement classification', () => {
       expect(isCommitStatement(sql)).toBe(true);
     for (const sql of ['COMMIT PREPARED x', 'SELECT 1; COMMIT', 'COMMIT AND CHAIN', 'ROLLBACK', 'ending'])
       expect(isCommitStatement(sql)).toBe(false);
-  });
-
-  it('strictSql refusals', () => {
-    expect(unsupportedStatement('SET search_path TO x')).toBe(
-      'setting configuration parameter "search_path" not supported',
-    );
-    expect(unsupportedStatement('/* c */ -- x\n SET LOCAL statement_timeout = 1')).toMatch(
-      /statement_timeout/,
-    );
-    expect(unsupportedStatement('set transaction isolation level serializable')).toBe(
-      'SET TRANSACTION not supported',
-    );
-    expect(unsupportedStatement('ROLLBACK TO SAVEPOINT a')).toBe('SAVEPOINT not supported');
-    expect(unsupportedStatement('ROLLBACK')).toBeUndefined();
-    expect(unsupportedStatement("SELECT 'SET x'")).toBeUndefined();
-    expect(unsupportedStatement('CREATE TABLE settings (x int)')).toBeUndefined();
   });
 });

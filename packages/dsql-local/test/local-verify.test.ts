@@ -97,7 +97,7 @@ describe('verifyToken vs @aws-sdk/dsql-signer', () => {
       reason: 'session-token',
     });
     expect(
-      verifyToken(token, { ...ctx, credentials: [{ ...creds, expiration: new Date(Date.now() - 1) }] }),
+      verifyToken(token, { ...ctx, credentials: [{ ...creds, expiration: new Date(ctx.now - 1) }] }),
     ).toEqual({
       ok: false,
       reason: 'credentials-expired',

@@ -1,0 +1,639 @@
+/**
+ * DSQL's SQL surface through the endpoint with pg: one test per rule family, each showing DSQL's
+ * SQLSTATE and text under the default dialect and the same statements succeeding with
+ * `dialect: 'postgres'`.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import type { LocalDsql, LocalDsqlOptions } from '../src/index.js';
+
+const clients: pg.Client[] = [];
+let dsql: LocalDsql;
+let plain: LocalDsql;
+
+async function connect(endpoint: LocalDsql): Promise<pg.Client> {
+  const client = new pg.Client(pgConfig(endpoint, { password: await signTestToken(endpoint) }));
+  client.on('error', () => {});
+  await client.connect();
+  clients.push(client);
+  return client;
+}
+
+async function failure(p: Promise<unknown>): Promise<{ code?: string; message: string; detail?: string }> {
+  try {
+    await p;
+  } catch (err) {
+    return err as { code?: string; message: string; detail?: string };
+  }
+  throw new Error('expected the statement to fail');
+}
+
+const suffix = randomUUID().slice(0, 8);
+const name = (base: string) => `${base}_${suffix}`;
+
+beforeAll(async () => {
+  [dsql, plain] = await Promise.all([startTestEndpoint(), startTestEndpoint({ dialect: 'postgres' })]);
+});
+
+afterAll(async () => {
+  for (const c of clients) await c.end().catch(() => {});
+  await Promise.all([dsql.stop(), plain.stop()]);
+});
+
+/** Each statement is refused under DSQL's rules and runs (in a rolled-back transaction) on PostgreSQL. */
+async function family(setup: string[], cases: Array<[sql: string, code: string, message: string]>) {
+  const d = await connect(dsql);
+  const p = await connect(plain);
+  for (const s of setup) await p.query(s);
+  for (const [sql, code, message] of cases) {
+    const err = await failure(d.query(sql));
+    expect({ sql, code: err.code, message: err.message }).toEqual({ sql, code, message });
+    await p.query('BEGIN');
+    await p.query(sql);
+    await p.query('ROLLBACK');
+  }
+  // Every refusal was counted, and the session is still usable.
+  expect((await d.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+}
+
+describe('unsupported statements and objects', () => {
+  it('triggers, PL/pgSQL, extensions, TRUNCATE, temporary tables, SAVEPOINT, LISTEN/NOTIFY, SET, locking clauses', async () => {
+    const t = name('unsup');
+    const before = dsql.stats().unsupportedRejected;
+    await family(
+      [`CREATE TABLE IF NOT EXISTS ${t} (id bigint PRIMARY KEY, v text)`],
+      [
+        [`TRUNCATE ${t}`, '0A000', 'unsupported statement: Truncate'],
+        ['CREATE TEMP TABLE scratch (x int)', '0A000', 'unsupported statement: CREATE TEMPORARY TABLE'],
+        ['SAVEPOINT a', '0A000', 'unsupported statement: SAVEPOINT'],
+        ['LISTEN chan', '0A000', 'unsupported statement: Listen'],
+        ["NOTIFY chan, 'x'", '0A000', 'unsupported statement: Notify'],
+        ['CREATE EXTENSION IF NOT EXISTS plpgsql', '0A000', 'unsupported statement: CreateExtension'],
+        [
+          'CREATE FUNCTION f_plpgsql() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$',
+          '0A000',
+          'unsupported language: plpgsql',
+        ],
+        ["DO $$ BEGIN RAISE NOTICE 'x'; END $$", '0A000', 'unsupported statement: Do'],
+        [
+          `CREATE TRIGGER trg BEFORE INSERT ON ${t} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()`,
+          '0A000',
+          'unsupported statement: CreateTrig',
+        ],
+        [
+          'SET statement_timeout = 1000',
+          '0A000',
+          'setting configuration parameter "statement_timeout" not supported',
+        ],
+        [`SELECT * FROM ${t} FOR SHARE`, '0A000', 'unsupported locking clause: FOR SHARE'],
+        [`SELECT * FROM ${t} FOR NO KEY UPDATE`, '0A000', 'unsupported locking clause: FOR NO KEY UPDATE'],
+        [`LOCK TABLE ${t}`, '0A000', 'unsupported statement: Lock'],
+      ],
+    );
+    expect(dsql.stats().unsupportedRejected - before).toBe(13);
+    // What DSQL does support still runs.
+    const d = await connect(dsql);
+    await d.query(`SELECT * FROM ${t} FOR UPDATE`);
+    await d.query(`SELECT * FROM ${t} FOR KEY SHARE`);
+    await d.query('SET search_path = public');
+    await d.query("CREATE OR REPLACE FUNCTION add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1'");
+    expect((await d.query('SELECT add_one(1) AS n')).rows).toEqual([{ n: 2 }]);
+    // The words in a string, a comment or a quoted name are not statements.
+    expect((await d.query("SELECT 'TRUNCATE x' AS s -- SAVEPOINT a")).rows).toEqual([{ s: 'TRUNCATE x' }]);
+  });
+
+  it('refused in the extended protocol, with parameters, the Bind still fits', async () => {
+    const t = name('unsup_ext');
+    const d = await connect(dsql);
+    await d.query(`CREATE TABLE IF NOT EXISTS ${t} (id bigint PRIMARY KEY)`);
+    const err = await failure(d.query(`SELECT * FROM ${t} WHERE id = $1 FOR SHARE`, [1]));
+    expect(err).toMatchObject({ code: '0A000', message: 'unsupported locking clause: FOR SHARE' });
+    const named = await failure(
+      d.query({ name: 'share', text: `SELECT * FROM ${t} WHERE id = $1 FOR SHARE`, values: [1] }),
+    );
+    expect(named.code).toBe('0A000');
+  });
+});
+
+describe('column types', () => {
+  it('jsonb, arrays, inet, money, xml are refused as columns; documented types work', async () => {
+    await family(
+      [],
+      [
+        ['CREATE TABLE t_jsonb (j jsonb)', '0A000', 'datatype jsonb not supported'],
+        ['CREATE TABLE t_arr (a text[])', '0A000', 'datatype text[] not supported'],
+        ['CREATE TABLE t_inet (a inet)', '0A000', 'datatype inet not supported'],
+        ['CREATE TABLE t_money (a money)', '0A000', 'datatype money not supported'],
+        ['CREATE TABLE t_xml (a xml)', '0A000', 'datatype xml not supported'],
+      ],
+    );
+    const d = await connect(dsql);
+    const t = name('types');
+    await d.query(
+      `CREATE TABLE ${t} (id uuid PRIMARY KEY, a smallint, b integer, c bigint, d real, e double precision,
+        f numeric(10,2), g char(3), h varchar(10), i text, j boolean, k bytea, l date, m time, n timestamptz,
+        o interval, p json)`,
+    );
+    // Query-time types still work.
+    expect((await d.query(`SELECT '{"a":1}'::jsonb ->> 'a' AS v, ARRAY[1,2] AS arr`)).rows).toEqual([
+      { v: '1', arr: [1, 2] },
+    ]);
+  });
+});
+
+describe('user-defined types', () => {
+  it('CREATE TYPE (enum, composite) is refused', async () => {
+    await family(
+      [],
+      [
+        ["CREATE TYPE mood AS ENUM ('sad', 'ok')", '0A000', 'unsupported statement: CreateEnum'],
+        ['CREATE TYPE pair AS (a int, b int)', '0A000', 'unsupported statement: CompositeType'],
+      ],
+    );
+    const d = await connect(dsql);
+    await d.query(`CREATE DOMAIN ${name('pos')} AS int CHECK (VALUE > 0)`);
+  });
+});
+
+describe('sequences and identity', () => {
+  it('serial refused, sequences and identity need CACHE 1 or ≥ 65536, identity is bigint', async () => {
+    const cacheText =
+      'CREATE SEQUENCE is not supported without an explicit cache size. please define CACHE greater than or equal to 65536 or equal to 1';
+    const identityText =
+      'identity column is not supported without an explicit cache size. please define CACHE greater than or equal to 65536 or equal to 1';
+    await family(
+      [],
+      [
+        ['CREATE TABLE t_serial (id serial PRIMARY KEY)', '42704', 'type "serial" does not exist'],
+        ['CREATE TABLE t_bigserial (id bigserial PRIMARY KEY)', '42704', 'type "bigserial" does not exist'],
+        ['CREATE SEQUENCE s_nocache', '0A000', cacheText],
+        ['CREATE SEQUENCE s_cache10 CACHE 10', '0A000', cacheText],
+        ['CREATE TABLE t_ident (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)', '0A000', identityText],
+        [
+          'CREATE TABLE t_ident_int (id int GENERATED BY DEFAULT AS IDENTITY (CACHE 1) PRIMARY KEY)',
+          '0A000',
+          'identity column of type integer not supported, use bigint',
+        ],
+      ],
+    );
+    const d = await connect(dsql);
+    await d.query(`CREATE SEQUENCE ${name('seq1')} CACHE 1`);
+    await d.query(`CREATE SEQUENCE ${name('seq2')} CACHE 65536`);
+    const t = name('ident');
+    await d.query(
+      `CREATE TABLE ${t} (id bigint GENERATED BY DEFAULT AS IDENTITY (CACHE 1) PRIMARY KEY, v text)`,
+    );
+    await d.query(`INSERT INTO ${t} (v) VALUES ('a')`);
+    expect((await d.query(`SELECT id FROM ${t}`)).rows).toEqual([{ id: '1' }]);
+  });
+});
+
+describe('ALTER TABLE', () => {
+  it('ADD COLUMN with a default or constraint, ALTER COLUMN TYPE and validated constraints are refused', async () => {
+    const t = name('alter');
+    await family(
+      [`CREATE TABLE IF NOT EXISTS ${t} (id bigint PRIMARY KEY, v text, n int)`],
+      [
+        [
+          `ALTER TABLE ${t} ADD COLUMN d int DEFAULT 0`,
+          '0A000',
+          'ALTER TABLE ADD COLUMN with constraint not supported',
+        ],
+        [
+          `ALTER TABLE ${t} ADD COLUMN e int NOT NULL`,
+          '0A000',
+          'ALTER TABLE ADD COLUMN with constraint not supported',
+        ],
+        [
+          `ALTER TABLE ${t} ALTER COLUMN v TYPE varchar(20)`,
+          '0A000',
+          'unsupported ALTER TABLE ALTER COLUMN ... SET DATA TYPE statement',
+        ],
+        [
+          `ALTER TABLE ${t} ADD CONSTRAINT pos CHECK (n > 0)`,
+          '0A000',
+          'unsupported ALTER TABLE ADD CONSTRAINT statement',
+        ],
+        [`ALTER TABLE ${t} ADD COLUMN arr int[]`, '0A000', 'datatype integer[] not supported'],
+      ],
+    );
+    const d = await connect(dsql);
+    await d.query(`ALTER TABLE ${t} ADD COLUMN extra text`);
+    await d.query(`ALTER TABLE ${t} ADD CONSTRAINT pos CHECK (n > 0) NOT VALID`);
+    await d.query(`ALTER TABLE ${t} DROP COLUMN extra`);
+    await d.query(`ALTER TABLE ${t} RENAME COLUMN v TO w`);
+  });
+});
+
+describe('isolation', () => {
+  it('REPEATABLE READ only; SERIALIZABLE and SET TRANSACTION refused', async () => {
+    await family(
+      [],
+      [
+        ['BEGIN ISOLATION LEVEL SERIALIZABLE', '0A000', 'unsupported isolation level: SERIALIZABLE'],
+        [
+          'START TRANSACTION ISOLATION LEVEL READ COMMITTED',
+          '0A000',
+          'unsupported isolation level: READ COMMITTED',
+        ],
+        [
+          'SET TRANSACTION ISOLATION LEVEL REPEATABLE READ',
+          '0A000',
+          'unsupported statement: SET TRANSACTION',
+        ],
+      ],
+    );
+    const d = await connect(dsql);
+    await d.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    expect((await d.query('SHOW transaction_isolation')).rows).toEqual([
+      { transaction_isolation: 'repeatable read' },
+    ]);
+    await d.query('COMMIT');
+  });
+});
+
+describe('foreign keys (supported by DSQL since 2026-08)', () => {
+  it('inline and NOT VALID foreign keys work; a validated ADD CONSTRAINT is refused', async () => {
+    const parent = name('parent');
+    const child = name('child');
+    const d = await connect(dsql);
+    await d.query(`CREATE TABLE ${parent} (id bigint PRIMARY KEY)`);
+    await d.query(
+      `CREATE TABLE ${child} (id bigint PRIMARY KEY, p bigint REFERENCES ${parent}(id) ON DELETE CASCADE)`,
+    );
+    await d.query(`INSERT INTO ${parent} VALUES (1)`);
+    await d.query(`INSERT INTO ${child} VALUES (1, 1)`);
+    expect((await failure(d.query(`INSERT INTO ${child} VALUES (2, 99)`))).code).toBe('23503');
+    const err = await failure(
+      d.query(`ALTER TABLE ${child} ADD CONSTRAINT fk2 FOREIGN KEY (id) REFERENCES ${parent}(id)`),
+    );
+    expect(err).toMatchObject({ code: '0A000', message: 'unsupported ALTER TABLE ADD CONSTRAINT statement' });
+    await d.query(
+      `ALTER TABLE ${child} ADD CONSTRAINT fk2 FOREIGN KEY (id) REFERENCES ${parent}(id) NOT VALID`,
+    );
+  });
+});
+
+describe('transaction rules', () => {
+  it('one DDL per transaction, no DDL with DML, a multi-statement query is one transaction', async () => {
+    const a = name('tx_a');
+    const b = name('tx_b');
+    const d = await connect(dsql);
+    const p = await connect(plain);
+    await d.query('BEGIN');
+    await d.query(`CREATE TABLE ${a} (id bigint PRIMARY KEY)`);
+    expect(await failure(d.query(`CREATE TABLE ${b} (id bigint PRIMARY KEY)`))).toMatchObject({
+      code: '0A000',
+      message: 'multiple ddl statements not supported in a transaction',
+    });
+    await d.query('ROLLBACK');
+    await d.query(`CREATE TABLE ${a} (id bigint PRIMARY KEY)`);
+    await d.query('BEGIN');
+    await d.query(`INSERT INTO ${a} VALUES (1)`);
+    expect(await failure(d.query(`CREATE TABLE ${b} (id bigint PRIMARY KEY)`))).toMatchObject({
+      code: '0A000',
+      message: 'ddl and dml are not supported in the same transaction',
+    });
+    await d.query('ROLLBACK');
+    await d.query('BEGIN');
+    await d.query(`ALTER TABLE ${a} ADD COLUMN v text`);
+    expect(await failure(d.query(`INSERT INTO ${a} VALUES (2)`))).toMatchObject({
+      message: 'ddl and dml are not supported in the same transaction',
+    });
+    await d.query('ROLLBACK');
+    // A simple query with several statements is one implicit transaction.
+    expect(
+      await failure(d.query(`CREATE TABLE ${b} (id bigint PRIMARY KEY); INSERT INTO ${a} VALUES (3)`)),
+    ).toMatchObject({
+      message: 'ddl and dml are not supported in the same transaction',
+    });
+    expect((await d.query(`SELECT count(*)::int AS n FROM ${a}`)).rows).toEqual([{ n: 0 }]);
+    const ok = (await d.query(`BEGIN; INSERT INTO ${a} VALUES (4); COMMIT`)) as unknown as pg.QueryResult[];
+    expect(ok.map((r) => r.command)).toEqual(['BEGIN', 'INSERT', 'COMMIT']);
+    // Reads mix with either.
+    await d.query('BEGIN');
+    await d.query(`SELECT * FROM ${a}`);
+    await d.query(`CREATE INDEX ASYNC ON ${a} (id)`);
+    await d.query('COMMIT');
+    // PostgreSQL itself accepts all of it.
+    await p.query('BEGIN');
+    await p.query(`CREATE TABLE ${name('tx_p1')} (id int)`);
+    await p.query(`CREATE TABLE ${name('tx_p2')} (id int)`);
+    await p.query(`INSERT INTO ${a} VALUES (5)`);
+    await p.query('ROLLBACK');
+  });
+
+  it('rows, bytes, age, columns per table and per key: DSQL errors at configurable limits', async () => {
+    const limited = await startTestEndpoint({
+      limits: {
+        rowsPerTransaction: 5,
+        bytesPerTransaction: 4096,
+        transactionAgeSeconds: 1,
+        columnsPerTable: 3,
+        columnsPerIndex: 2,
+      },
+    } satisfies LocalDsqlOptions);
+    try {
+      const d = await connect(limited);
+      const t = name('limits');
+      await d.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v text)`);
+      // Exactly the limit is fine, one more row is not (autocommit: the statement fails, nothing commits).
+      await d.query(`INSERT INTO ${t} SELECT g, 'x' FROM generate_series(1, 5) g`);
+      expect(
+        await failure(d.query(`INSERT INTO ${t} SELECT g, 'x' FROM generate_series(6, 11) g`)),
+      ).toMatchObject({
+        code: '54000',
+        message: 'transaction row limit exceeded',
+      });
+      // Counted per transaction, across statements, for updates and deletes too.
+      await d.query('BEGIN');
+      await d.query(`UPDATE ${t} SET v = 'y' WHERE id <= 3`);
+      expect(await failure(d.query(`DELETE FROM ${t} WHERE id > 2`))).toMatchObject({ code: '54000' });
+      await d.query('ROLLBACK');
+      expect((await d.query(`SELECT count(*)::int AS n FROM ${t} WHERE v = 'x'`)).rows).toEqual([{ n: 5 }]);
+      const big = await failure(d.query(`INSERT INTO ${t} VALUES (100, repeat('z', 5000))`));
+      expect(big).toMatchObject({
+        code: '54000',
+        message: 'transaction size limit 1mb exceeded',
+        detail: 'Current transaction size 1mb 1mb',
+      });
+      // Primary-key values larger than the key limit (here the default 1 KiB).
+      const keyed = name('keyed');
+      await d.query(`CREATE TABLE ${keyed} (k text PRIMARY KEY)`);
+      await d.query(`INSERT INTO ${keyed} VALUES (repeat('k', 1000))`);
+      expect(await failure(d.query(`INSERT INTO ${keyed} VALUES (repeat('k', 1100))`))).toMatchObject({
+        code: '54000',
+        message: 'key size too large',
+      });
+      expect(
+        await failure(d.query(`CREATE TABLE ${name('wide')} (a int, b int, c int, d int)`)),
+      ).toMatchObject({
+        code: '54011',
+        message: 'tables can have at most 3 columns',
+      });
+      expect(
+        await failure(d.query(`CREATE TABLE ${name('pk3')} (a int, b int, c int, PRIMARY KEY (a, b, c))`)),
+      ).toMatchObject({ code: '54011', message: 'more than 2 column keys in an index are not supported' });
+      // Transaction age: the next statement fails, and so does COMMIT.
+      await d.query('BEGIN');
+      await d.query(`SELECT * FROM ${t}`);
+      await new Promise((r) => setTimeout(r, 1200));
+      expect(await failure(d.query('SELECT 1'))).toMatchObject({
+        code: '54000',
+        message: 'transaction age limit of 1s exceeded',
+      });
+      await d.query('ROLLBACK');
+      await d.query('BEGIN');
+      await d.query(`UPDATE ${t} SET v = 'aged' WHERE id = 1`);
+      await new Promise((r) => setTimeout(r, 1200));
+      expect(await failure(d.query('COMMIT'))).toMatchObject({
+        code: '54000',
+        message: 'transaction age limit of 1s exceeded',
+      });
+      expect((await d.query(`SELECT v FROM ${t} WHERE id = 1`)).rows).toEqual([{ v: 'x' }]);
+    } finally {
+      await limited.stop();
+    }
+  });
+});
+
+describe('asynchronous DDL', () => {
+  it('CREATE INDEX ASYNC returns a job id, sys.jobs and sys.wait_for_job() work; a synchronous CREATE INDEX on rows is refused', async () => {
+    const t = name('idx');
+    const d = await connect(dsql);
+    const p = await connect(plain);
+    await d.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v text, w text)`);
+    // Empty table: a plain CREATE INDEX is accepted.
+    const empty = await d.query(`CREATE INDEX ${t}_w ON ${t} (w)`);
+    expect(empty.command).toBe('CREATE');
+    expect(empty.rows).toEqual([]);
+    await d.query(`INSERT INTO ${t} VALUES (1, 'a', 'b')`);
+    expect(await failure(d.query(`CREATE INDEX ${t}_v ON ${t} (v)`))).toMatchObject({
+      code: '0A000',
+      message: 'CREATE INDEX on a table with rows is not supported, please use CREATE INDEX ASYNC',
+    });
+    const res = await d.query(`CREATE INDEX ASYNC ${t}_v ON ${t} (v)`);
+    expect(res.command).toBe('CREATE');
+    expect(res.rows).toHaveLength(1);
+    const jobId = res.rows[0].job_id as string;
+    expect(jobId).toMatch(/^[a-z2-7]{26}$/);
+    // The extended protocol too (unique, unnamed).
+    const ext = await d.query({
+      text: `CREATE UNIQUE INDEX ASYNC ON ${t} (id, v)`,
+      values: [],
+    } as pg.QueryConfig);
+    expect(ext.rows[0].job_id).toMatch(/^[a-z2-7]{26}$/);
+    const jobs = await d.query(
+      'SELECT job_id, status, job_type, object_name FROM sys.jobs WHERE job_id = $1',
+      [jobId],
+    );
+    expect(jobs.rows).toEqual([
+      { job_id: jobId, status: 'completed', job_type: 'INDEX_BUILD', object_name: `${t}_v` },
+    ]);
+    expect((await d.query('SELECT sys.wait_for_job($1) AS done', [jobId])).rows).toEqual([{ done: true }]);
+    expect(dsql.stats().sql.asyncIndexJobs).toBeGreaterThanOrEqual(2);
+    // PostgreSQL accepts the synchronous one and knows no ASYNC.
+    await p.query('BEGIN');
+    await p.query(`CREATE INDEX ${t}_plain ON ${t} (v)`);
+    expect((await failure(p.query(`CREATE INDEX ASYNC x ON ${t} (v)`))).code).toBe('42601');
+    await p.query('ROLLBACK');
+  });
+});
+
+describe('commit-time conflicts', () => {
+  it('a schema change underneath fails COMMIT with OC001', async () => {
+    const t = name('occ1');
+    const a = await connect(dsql);
+    const b = await connect(dsql);
+    await a.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
+    await a.query(`INSERT INTO ${t} VALUES (1, 0)`);
+    await a.query('BEGIN');
+    await a.query('SELECT 1');
+    await b.query(`ALTER TABLE ${t} ADD COLUMN w int`);
+    await a.query(`UPDATE ${t} SET v = 1 WHERE id = 1`);
+    expect(await failure(a.query('COMMIT'))).toMatchObject({
+      code: '40001',
+      message: 'schema has been updated by another transaction, please retry: (OC001)',
+    });
+    expect((await a.query(`SELECT v FROM ${t}`)).rows).toEqual([{ v: 0 }]);
+    // A transaction that started after the change commits.
+    await a.query('BEGIN');
+    await a.query(`UPDATE ${t} SET v = 2 WHERE id = 1`);
+    await a.query('COMMIT');
+    expect(dsql.stats().sql.schemaConflicts).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('what the session reports', () => {
+  it("current_database() is the client's, server_version is DSQL's, TimeZone UTC", async () => {
+    const client = new pg.Client(pgConfig(dsql, { password: await signTestToken(dsql) }));
+    const params: Record<string, string> = {};
+    (client as unknown as { connection: NodeJS.EventEmitter }).connection.on(
+      'parameterStatus',
+      (m: { parameterName: string; parameterValue: string }) => {
+        params[m.parameterName] = m.parameterValue;
+      },
+    );
+    await client.connect();
+    clients.push(client);
+    expect(params.server_version).toBe('16.15');
+    expect(params.TimeZone).toBe('UTC');
+    const { rows } = await client.query('SELECT current_database() AS db, version() AS v');
+    expect(rows).toEqual([{ db: 'postgres', v: 'PostgreSQL 16' }]);
+    const p = await connect(plain);
+    expect((await p.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'dsql_local' }]);
+  });
+});
+
+describe('optimistic concurrency (the default)', () => {
+  it('writers in opposite order: no one queues on a lock, no 40P01, conflicts are 40001 OC000; PostgreSQL deadlocks', async () => {
+    const t = name('dl');
+    const setup = await connect(dsql);
+    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
+    await setup.query(`INSERT INTO ${t} VALUES (1, 0), (2, 0)`);
+    const crossed = async (endpoint: LocalDsql) => {
+      const a = await connect(endpoint);
+      const b = await connect(endpoint);
+      await a.query('BEGIN');
+      await b.query('BEGIN');
+      await a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`);
+      await b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`);
+      const results = await Promise.allSettled([
+        a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`),
+        b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`),
+      ]);
+      await a.query('ROLLBACK');
+      await b.query('ROLLBACK');
+      return results.map((r) =>
+        r.status === 'rejected' ? (r.reason as { code?: string; message: string }) : 'ok',
+      );
+    };
+    const before = dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0;
+    const dsqlResults = await crossed(dsql);
+    // The first wait cut short aborts its transaction, which frees its row: the other may then go
+    // through. Whoever fails, fails with DSQL's conflict, within the lock timeout.
+    const failed = dsqlResults.filter((r) => r !== 'ok');
+    expect(failed.length).toBeGreaterThanOrEqual(1);
+    for (const f of failed)
+      expect(f).toMatchObject({
+        code: '40001',
+        message: 'change conflicts with another transaction (OC000)',
+      });
+    expect((dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0) - before).toBe(failed.length);
+    expect(dsql.stats().sql.conflictsByUpstreamCode['40P01']).toBeUndefined();
+    // Plain PostgreSQL: one waits until the deadlock detector picks a victim.
+    const plainResults = await crossed(plain);
+    expect(plainResults.filter((r) => r !== 'ok').map((r) => (r as { code?: string }).code)).toEqual([
+      '40P01',
+    ]);
+  });
+
+  it('N workers on a few hot rows with withRetry: 0 40P01, every conflict 40001 OC000, money conserved', async () => {
+    const { withRetry } = await import('../../../src/retry.js');
+    const t = name('bank');
+    const workers = 6;
+    const transfers = 12;
+    const setup = await connect(dsql);
+    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, balance bigint NOT NULL)`);
+    await setup.query(`INSERT INTO ${t} SELECT g, 1000 FROM generate_series(1, 3) g`);
+    const pool = new pg.Pool({ ...pgConfig(dsql, { password: () => signTestToken(dsql) }), max: workers });
+    pool.on('error', () => {});
+    const seen: Array<{ code?: string; message: string }> = [];
+    const before = structuredClone(dsql.stats().sql.conflictsByUpstreamCode);
+    try {
+      await Promise.all(
+        Array.from({ length: workers }, async (_, w) => {
+          for (let i = 0; i < transfers; i++) {
+            // Any order, on purpose: row locks taken in opposite orders would deadlock on PostgreSQL.
+            const src = 1 + ((w + i) % 3);
+            const dst = 1 + ((w + 2 * i + 1) % 3);
+            if (src === dst) continue;
+            await withRetry(
+              pool,
+              async (tx) => {
+                await tx.query(`UPDATE ${t} SET balance = balance - 1 WHERE id = $1`, [src]);
+                await tx.query('SELECT pg_sleep(0.001)');
+                await tx.query(`UPDATE ${t} SET balance = balance + 1 WHERE id = $1`, [dst]);
+              },
+              {
+                maxAttempts: 200,
+                baseDelayMs: 1,
+                maxDelayMs: 20,
+                onRetry: ({ error }) => seen.push(error as { code?: string; message: string }),
+              },
+            );
+          }
+        }),
+      );
+      const { rows } = await pool.query(`SELECT sum(balance)::int AS total FROM ${t}`);
+      expect(rows).toEqual([{ total: 3000 }]);
+    } finally {
+      await pool.end();
+    }
+    expect(seen.length).toBeGreaterThan(0);
+    expect(seen.filter((e) => e.code === '40P01')).toEqual([]);
+    expect(
+      seen.every(
+        (e) => e.code === '40001' && e.message === 'change conflicts with another transaction (OC000)',
+      ),
+    ).toBe(true);
+    // Every conflict came from a lock wait cut short or a serialization failure, never a deadlock.
+    const after = dsql.stats().sql.conflictsByUpstreamCode;
+    expect(Object.keys(after).every((code) => code === '55P03' || code === '40001')).toBe(true);
+    const delta =
+      (after['55P03'] ?? 0) + (after['40001'] ?? 0) - (before['55P03'] ?? 0) - (before['40001'] ?? 0);
+    expect(delta).toBeGreaterThanOrEqual(seen.length);
+  });
+});
+
+describe('a migration tool (Kysely)', () => {
+  it('a migration DSQL would refuse is refused; the same migration runs with dialect postgres', async () => {
+    const { Kysely, PostgresDialect } = await import('kysely');
+    const { Migrator } = await import('kysely/migration');
+    const migrate = async (endpoint: LocalDsql, tag: string) => {
+      const pool = new pg.Pool({
+        ...pgConfig(endpoint, { password: () => signTestToken(endpoint) }),
+        max: 2,
+      });
+      pool.on('error', () => {});
+      const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+      const table = name(`k_${tag}`);
+      const migrator = new Migrator({
+        db,
+        migrationTableName: name(`kmig_${tag}`),
+        migrationLockTableName: name(`kmig_lock_${tag}`),
+        provider: {
+          getMigrations: async () => ({
+            '001_accounts': {
+              up: async (k: InstanceType<typeof Kysely<unknown>>) => {
+                await k.schema
+                  .createTable(table)
+                  .addColumn('id', 'bigint', (c) => c.primaryKey())
+                  .addColumn('email', 'text')
+                  .execute();
+                await k.schema.createIndex(`${table}_email`).on(table).column('email').execute();
+              },
+            },
+          }),
+        },
+      });
+      try {
+        return await migrator.migrateToLatest();
+      } finally {
+        await db.destroy();
+      }
+    };
+    // Kysely runs each migration in one transaction and records it there: two DDL, then DML.
+    const refused = await migrate(dsql, 'd');
+    expect(refused.error).toMatchObject({
+      code: '0A000',
+      message: 'multiple ddl statements not supported in a transaction',
+    });
+    expect(refused.results?.[0]).toMatchObject({ migrationName: '001_accounts', status: 'Error' });
+    const applied = await migrate(plain, 'p');
+    expect(applied.error).toBeUndefined();
+    expect(applied.results?.[0]).toMatchObject({ migrationName: '001_accounts', status: 'Success' });
+  });
+});
