@@ -14,7 +14,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startLocalDsql } from '../src/local/index.js';
+import { startLocalDsql } from '../packages/dsql-local/src/index.js';
 import { signTestToken } from '../test/helpers/endpoint.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');

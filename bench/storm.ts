@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { AuroraDSQLPool } from '@aws/aurora-dsql-node-postgres-connector';
-import { startLocalDsql } from '../src/local/index.js';
+import { startLocalDsql } from '../packages/dsql-local/src/index.js';
 import { createPool } from '../src/pool.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
