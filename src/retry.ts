@@ -1,19 +1,23 @@
 /**
- * Optimistic-concurrency (OCC) retry for Aurora DSQL: run a transaction, and when DSQL rejects it
- * with a conflict (`OC000` data, `OC001` schema, SQLSTATE `40001`), roll back, back off with
- * jitter and run it again, within an attempt budget, a deadline and an abort signal.
+ * Optimistic-concurrency (OCC) retry for Aurora DSQL: one retry loop ({@link retry}) and two
+ * short attempt bodies, a transaction ({@link withRetry}) and a single autocommit statement
+ * ({@link execWithRetry}). Every attempt checks out its own pool connection, so a retry after a
+ * lost connection runs on a healthy one.
  *
- * What is retried and what is not is decided here from the classifiers in `errors.ts`:
- * - an OCC conflict, on any statement or on COMMIT: retried;
- * - the connection lost *before* COMMIT was sent: retried on a new connection (pool targets only);
- * - the connection lost (or the deadline reached) *while* COMMIT was in flight: the transaction may
- *   or may not have committed, so it is never retried: {@link CommitOutcomeUnknownError};
+ * What is retried, decided from the classifiers in `errors.ts`:
+ * - an OCC conflict (`OC000`, `OC001`, SQLSTATE `40001`) on any statement or on COMMIT: nothing
+ *   was committed, so the attempt is rolled back and run again after a backoff sleep;
+ * - the connection lost *before* COMMIT (or the statement) was sent: run again on another one;
+ * - the connection lost, or the deadline reached, *while* COMMIT (or an autocommit statement)
+ *   was in flight: it may have committed, so it is never retried: {@link CommitOutcomeUnknownError};
  * - anything else: rolled back and rethrown unchanged.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { DSQL_DEFAULTS } from './defaults.js';
 import {
   CommitOutcomeUnknownError,
   DsqlConfigError,
+  DsqlConnectionError,
   DsqlError,
   isConnectionLostError,
   isOccError,
@@ -22,35 +26,8 @@ import {
 } from './errors.js';
 
 /**
- * How each backoff delay is randomised. `d` is the exponential delay for the attempt,
- * `min(maxDelayMs, baseDelayMs × 2^(failures − 1))`, `U` a uniform random number in [0, 1), and
- * `previous` the delay slept before the last attempt.
- * - `'decorrelated'` (default): `min(maxDelayMs, baseDelayMs + U × (3 × previous − baseDelayMs))`
- *   (`3 × baseDelayMs` before the first). Every retry waits at least the base, so it does not
- *   land while the transactions it lost to are still committing, and the window grows from the
- *   delay actually slept rather than from the attempt number, so colliding transactions drift
- *   apart faster than with a fixed schedule. In `bench/occ.ts` it spent the fewest attempts per
- *   commit of the three schemes in every run, gave up least or as little, and under heavy
- *   contention had the highest goodput in 5 of 7 runs.
- * - `'equal'`: `d/2 + U × d/2`. A close second; its sleeps follow the attempt number.
- * - `'full'`: `U × d`. The most spread, but a share of retries come back almost at once. In AWS's
- *   published simulations it needs the fewest calls; in `bench/occ.ts` (real conflicts on the
- *   local endpoint) it spent more attempts per commit than the two others with the same base, in
- *   every run.
- * - `'none'`: `d`. Deterministic; colliding transactions stay in lockstep. For tests.
- * - a number `f` in [0, 1]: `d × (1 + U × f)`, the scheme of the official DSQL connectors
- *   (`0.25`). Jitter proportional to the delay keeps retries nearly synchronised.
- * The deadline check uses the delay actually drawn, whatever the scheme.
- * @example
- * await withRetry(pool, fn, { jitter: 'equal' });
- * await withRetry(pool, fn, { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 100, jitter: 0.25 }); // official node connector
- */
-export type Jitter = 'full' | 'equal' | 'decorrelated' | 'none' | number;
-
-/**
- * Why an attempt is being retried: the OCC code in the message (`OC000` data conflict, `OC001`
- * schema changed), SQLSTATE `40001` without a code (plain PostgreSQL), or a connection lost
- * before COMMIT was sent.
+ * Why an attempt is retried: the OCC code (`OC000` data conflict, `OC001` schema changed),
+ * SQLSTATE `40001` without a code (plain PostgreSQL), or a connection lost before COMMIT was sent.
  * @example
  * const conflicts: Record<RetryCode, number> = { OC000: 0, OC001: 0, '40001': 0, 'connection-lost': 0 };
  * await withRetry(pool, fn, { onRetry: ({ code }) => conflicts[code]++ });
@@ -66,7 +43,7 @@ export type RetryCode = 'OC000' | 'OC001' | '40001' | 'connection-lost';
 export interface RetryInfo {
   /** Number of the attempt that just failed (1 for the first). */
   attempt: number;
-  /** How long withRetry is about to sleep before the next attempt, in milliseconds. */
+  /** How long the retry sleeps before the next attempt, in milliseconds. */
   delayMs: number;
   /** The error that failed the attempt. */
   error: unknown;
@@ -75,8 +52,9 @@ export interface RetryInfo {
 }
 
 /**
- * Options of {@link withRetry} and {@link execWithRetry}. Every field is optional; the policy
- * defaults are {@link RETRY_DEFAULTS}.
+ * Retry policy of {@link withRetry} and {@link execWithRetry}. Every field is optional: a field
+ * not given comes from the pool's policy (`createPool({ retry })`), then from
+ * `DSQL_DEFAULTS.retry`.
  * @example
  * const options: RetryOptions = {
  *   deadline: Date.now() + context.getRemainingTimeInMillis() - 500,
@@ -85,93 +63,38 @@ export interface RetryInfo {
  * };
  */
 export interface RetryOptions {
+  /** Most attempts, the first included (1: never retry). Default `DSQL_DEFAULTS.retry.maxAttempts` (8). */
+  maxAttempts?: number | undefined;
+  /** Shortest backoff sleep, in ms. Default `DSQL_DEFAULTS.retry.baseDelayMs` (50). */
+  baseDelayMs?: number | undefined;
+  /** Longest backoff sleep, in ms; wins over `baseDelayMs`. Default `DSQL_DEFAULTS.retry.maxDelayMs` (1000). */
+  maxDelayMs?: number | undefined;
   /**
-   * Most attempts in total, the first included (1 disables retrying). Default
-   * {@link RETRY_DEFAULTS}`.maxAttempts`: 8.
+   * Epoch milliseconds (`Date.now()`'s clock) by which the call settles, waiting for a pool
+   * connection included. No attempt or sleep starts that is not expected to end before it (an
+   * attempt is expected to last as long as the longest so far). An attempt still running when it
+   * passes is abandoned and its connection closed (which rolls it back); if COMMIT or the
+   * statement was in flight, {@link CommitOutcomeUnknownError}. Default: none.
    */
-  maxAttempts?: number;
-  /** Exponential backoff base: the delay window after the first failure, in ms. Default 50. */
-  baseDelayMs?: number;
-  /** Largest delay window, in ms; wins over `baseDelayMs` when smaller. Default 1000. */
-  maxDelayMs?: number;
-  /** How delays are randomised, see {@link Jitter}. Default `'decorrelated'`. */
-  jitter?: Jitter;
+  deadline?: number | undefined;
   /**
-   * Absolute time (epoch milliseconds, as `Date.now()`) by which withRetry must have settled,
-   * e.g. `Date.now() + context.getRemainingTimeInMillis() - 500` in a Lambda handler. No attempt or
-   * sleep starts that is not expected to finish before it (an attempt is expected to last as long
-   * as the longest attempt so far); an attempt still running when it passes is abandoned and its
-   * connection destroyed (which rolls the transaction back), or, if COMMIT was in flight,
-   * {@link CommitOutcomeUnknownError} is thrown. Default: none.
+   * Stops retrying when aborted: a backoff sleep or the wait for a connection at once, an attempt
+   * by abandoning it and closing its connection. A COMMIT (or statement) in flight is left to
+   * finish, so its outcome is known. Default: none.
    */
-  deadline?: number;
-  /**
-   * Stops retrying when aborted: during a backoff sleep immediately, during an attempt by
-   * abandoning it and destroying its connection (which rolls it back). A COMMIT already in flight
-   * is allowed to finish, so its outcome is known. Default: none.
-   */
-  signal?: AbortSignal;
-  /**
-   * Called before each backoff sleep, e.g. to log or count conflicts. No connection is held
-   * while it runs; if it throws, withRetry rejects with that error. Default: none.
-   */
-  onRetry?: (info: RetryInfo) => void;
-  /** Random source in [0, 1) for jitter; for deterministic tests. Default `Math.random`. */
-  random?: () => number;
-  /**
-   * Sleep used between attempts; must reject promptly when `signal` aborts. For tests.
-   * Default: a timer that honours the signal.
-   */
-  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
-  /** Clock in epoch milliseconds, the same clock as `deadline`; for tests. Default `Date.now`. */
-  now?: () => number;
+  signal?: AbortSignal | undefined;
+  /** Called before each backoff sleep, holding no connection; if it throws, the call rejects with that. Default: none. */
+  onRetry?: ((info: RetryInfo) => void) | undefined;
 }
 
 /**
- * Default retry policy, chosen with `bench/occ.ts`: workers moving money between accounts through
- * the local endpoint, real conflicts, two scenarios (hot: 16 workers on 4 accounts, most
- * transactions conflict; moderate: 12 workers on 64 accounts). Numbers of the last run are in
- * `bench/results/occ.json`; what follows held across all runs made to choose, on a shared
- * 2-core machine where goodput varied by ±50 % from run to run:
- * - `maxAttempts: 8`: with the official connectors' 4 attempts, 2–9 % of hot transfers gave up
- *   even with the Go connector's long delays, and our own backoffs with 4 attempts gave up on
- *   6–32 %; with 8, 0–2 %. A Lambda's `deadline`, not the attempt count, should be what finally
- *   stops a retrying handler, and it bounds the extra attempts.
- * - `baseDelayMs: 50`: a small base hurts most: the node connector's 1 ms base (100 ms cap)
- *   gave up on 40–65 % of hot transfers with 5–9 attempts per commit, and a 10 ms base on
- *   3–12 %; 20 ms still gave up more than 50 ms, and decorrelated jitter with a 25 ms base gave
- *   up several times as often as with 50 ms. The first retry comes after 50–150 ms, like the Go connector's
- *   100–125 ms.
- * - `jitter: 'decorrelated'`: see {@link Jitter}. In the moderate scenario every 8-attempt
- *   policy committed everything and goodput differences were within the noise.
- * - `maxDelayMs: 1000`: bounds any single sleep. The seven sleeps of a transaction that uses
- *   every attempt take 0.35–5.6 s, 2.6 s on average; the deadline check skips a sleep that would
- *   overrun.
- * @example
- * await withRetry(pool, fn, { ...RETRY_DEFAULTS, maxAttempts: RETRY_DEFAULTS.maxAttempts * 2 });
- */
-export const RETRY_DEFAULTS: Readonly<{
-  maxAttempts: number;
-  baseDelayMs: number;
-  maxDelayMs: number;
-  jitter: Jitter;
-}> = Object.freeze({
-  maxAttempts: 8,
-  baseDelayMs: 50,
-  maxDelayMs: 1000,
-  jitter: 'decorrelated' as Jitter,
-});
-
-/**
- * The transaction handle given to the callback of {@link withRetry}: only `query`, so that the
- * callback cannot release, end or commit the connection it runs on. It stops working when its
- * attempt is over (a query made later throws), so a query left running by a failed attempt can
- * never land in the next one.
+ * The transaction handle given to the callback of {@link withRetry}: `query` only, so that the
+ * callback cannot release or commit the connection. It stops working when its attempt ends, so a
+ * query a failed attempt left running can never land in the next one.
  * @example
  * async function debit(tx: TransactionClient, id: string, amount: number): Promise<void> {
  *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [id, amount]);
  * }
- * await withRetry(pool, (tx) => debit(tx, 'alice', 10));
  */
 export interface TransactionClient {
   /** `pg.Client#query`, run inside this attempt's transaction. */
@@ -179,51 +102,30 @@ export interface TransactionClient {
 }
 
 /**
- * What withRetry can run on:
- * - a pool (`pg.Pool`, or anything whose `connect()` resolves to a client with `release()`): each
- *   attempt checks out a client and releases it, so a retry can use a new, healthy connection;
- * - a checked-out `pg.PoolClient` or a connected `pg.Client`: every attempt runs on it. If its
- *   connection is lost there is nothing to retry on, and the connection error is thrown. If it
- *   has to be destroyed (ROLLBACK failed, outcome unknown) it is ended: `release()` of an ended
- *   pool client discards it, and a `pg.Client` must be replaced.
- * @example
- * await withRetry(pool, fn);              // each attempt on a pool connection
- * const client = await pool.connect();
- * try { await withRetry(client, fn); }    // every attempt on this one connection
- * finally { client.release(); }
- */
-export type RetryTarget = pg.Pool | pg.PoolClient | pg.Client | { connect(): Promise<pg.PoolClient> };
-
-/**
- * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT) and runs it again, in a new transaction,
- * after an OCC conflict, with exponential backoff and jitter.
+ * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT) on a pool connection, and runs it again in
+ * a new transaction, on a new checkout, after an OCC conflict or a connection lost before COMMIT.
  *
- * **`fn` must be safe to run more than once.** Everything it does through `tx` is rolled back
- * when an attempt fails, but nothing else is: do not send an email, call an external API,
- * publish a message or increment an in-memory counter inside `fn`; do it after withRetry returns,
- * with the value `fn` returned.
+ * **`fn` must be safe to run more than once.** What it does through `tx` is rolled back when an
+ * attempt fails; nothing else is. Send emails, call APIs and publish messages after withRetry
+ * returns, with the value `fn` returned.
  *
- * - OCC conflict (`OC000`, `OC001`, `40001`) on any statement or on COMMIT: rolled back, retried
- *   after a backoff sleep.
- * - Connection lost before COMMIT was sent: the transaction cannot have committed; the
- *   connection is destroyed and, with a pool target, the attempt retried on another one.
- * - Connection lost, or `deadline` reached, while COMMIT was in flight (including pg's
- *   `query_timeout`, which a COMMIT on a silently dropped connection needs to ever return):
- *   {@link CommitOutcomeUnknownError}, never retried. Make the transaction verifiable (an
- *   idempotency key row) if you must know.
- * - Any other error: rolled back and rethrown unchanged, never retried.
- * - `fn` swallowed a failed statement (so PostgreSQL turned COMMIT into ROLLBACK): retried if the
- *   swallowed error was an OCC conflict, otherwise a `DsqlError` whose `cause` is that error.
+ * - OCC conflict on any statement or on COMMIT: rolled back, retried after a backoff sleep.
+ * - Connection lost before COMMIT was sent: retried on another connection.
+ * - Connection lost, or `deadline` reached, while COMMIT was in flight (pg's `query_timeout`
+ *   included): {@link CommitOutcomeUnknownError}, never retried. Make the transaction verifiable
+ *   (an idempotency key row) if you must know.
+ * - `fn` caught a failed statement, so PostgreSQL turned COMMIT into ROLLBACK: retried when that
+ *   error was an OCC conflict, otherwise a `DsqlError` whose `cause` is it (never a success).
+ * - Any other error: rolled back and rethrown unchanged.
  * - Out of attempts, past `deadline`, or `signal` aborted: {@link OccRetryExhaustedError}
- *   (`attempts`, `elapsedMs`, `reason`, `cause` = the last error).
+ *   (`cause` = the last error). No connection within the deadline: `DsqlConnectionError`.
  *
- * A connection is never returned to its pool in an unknown state: when ROLLBACK fails, or the
- * connection was lost, it is destroyed (`release(err)`). Every checked-out client is released
- * exactly once.
- *
- * @param target A pool, or a client to run every attempt on; see {@link RetryTarget}.
+ * A connection is never pooled again in an unknown state: when ROLLBACK fails or the connection
+ * was lost or abandoned, it is destroyed. Every checkout is released exactly once, a checkout
+ * granted after the call gave up included.
+ * @param pool Where each attempt checks out its connection.
  * @param fn The transaction body; its resolved value is returned after COMMIT succeeds.
- * @param options Retry policy; defaults in {@link RETRY_DEFAULTS}.
+ * @param options Retry policy; see {@link RetryOptions}.
  * @returns What `fn` returned, once COMMIT succeeded.
  * @example
  * ```ts
@@ -233,35 +135,29 @@ export type RetryTarget = pg.Pool | pg.PoolClient | pg.Client | { connect(): Pro
  *   await tx.query('UPDATE account SET balance = balance + $2 WHERE id = $1', [to, amount]);
  *   await tx.query('INSERT INTO transfer (id, amount) VALUES ($1, $2)', [transferId, amount]);
  * }, { deadline: Date.now() + context.getRemainingTimeInMillis() - 1000 });
- * await sendReceiptEmail(transferId); // side effect: after the commit, never inside fn
- *
- * // NOT safe: a conflict at COMMIT runs fn again, so the customer may get two emails, or an
- * // email for a transfer that never committed (attempts exhausted).
- * await withRetry(pool, async (tx) => {
- *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [from, amount]);
- *   await sendReceiptEmail(transferId); // ✗ runs once per attempt
- * });
+ * await sendReceiptEmail(transferId); // after the commit, never inside fn
  * ```
  */
-export async function withRetry<T>(
-  target: RetryTarget,
+export function withRetry<T>(
+  pool: pg.Pool,
   fn: (tx: TransactionClient) => Promise<T>,
-  options: RetryOptions = {},
+  options?: RetryOptions,
 ): Promise<T> {
-  if (typeof fn !== 'function') throw new TypeError('withRetry: fn must be a function');
-  return retryLoop(target, options, (lease, watch) => transactionAttempt(lease, watch, fn));
+  if (typeof fn !== 'function') return Promise.reject(new TypeError('withRetry: fn must be a function'));
+  return retry(pool, options, (a) => transaction(a, fn));
 }
 
 /**
- * Runs one statement outside an explicit transaction (autocommit), with the same retry policy as
- * {@link withRetry}: for DDL such as `CREATE INDEX ASYNC`, which can fail with `OC001`, or a
- * single write. The statement is its own transaction, so a connection lost while it was in
- * flight means its outcome is unknown: {@link CommitOutcomeUnknownError}, not retried.
- *
- * @param target A pool, or a client to run every attempt on; see {@link RetryTarget}.
- * @param sql The statement.
+ * Runs one statement outside an explicit transaction (autocommit), retried like
+ * {@link withRetry}: a statement refused with an OCC conflict cannot have committed, so it is
+ * sent again. For single writes and DDL such as `CREATE INDEX ASYNC` (which can fail with
+ * `OC001`). A connection lost, or the deadline reached, while it was in flight means its outcome
+ * is unknown: {@link CommitOutcomeUnknownError}, never retried. Send one statement: a string of
+ * several that commits part of its work before a conflict would run that part twice.
+ * @param pool Where each attempt checks out its connection.
+ * @param sql The statement, or a pg query config (`{ text, values, rowMode, … }`).
  * @param params Its parameters (`$1`, `$2`, …). Default: none.
- * @param options Retry policy; defaults in {@link RETRY_DEFAULTS}.
+ * @param options Retry policy; see {@link RetryOptions}.
  * @returns The statement's `pg.QueryResult`.
  * @example
  * ```ts
@@ -269,478 +165,290 @@ export async function withRetry<T>(
  * const { rowCount } = await execWithRetry(pool, 'UPDATE counter SET n = n + 1 WHERE id = $1', [id]);
  * ```
  */
-export async function execWithRetry<R extends pg.QueryResultRow = pg.QueryResultRow>(
-  target: RetryTarget,
-  sql: string,
+export function execWithRetry<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  pool: pg.Pool,
+  sql: string | pg.QueryConfig,
   params?: unknown[],
-  options: RetryOptions = {},
+  options?: RetryOptions,
 ): Promise<pg.QueryResult<R>> {
-  return retryLoop(target, options, (lease, watch) => statementAttempt<R>(lease, watch, sql, params));
+  return retry(pool, options, (a) => statement<R>(a, sql, params));
 }
 
 /**
- * The backoff delay before the attempt after `failures` failed ones, per {@link Jitter}.
- * Exported for tests and for tools that want to show a policy's delays.
- * @param failures Attempts failed so far (≥ 1).
- * @param previousDelayMs The previous delay (used by `'decorrelated'`; 0 before the first).
- * @param policy Base, cap and jitter; defaults in {@link RETRY_DEFAULTS}.
- * @param random Uniform random number source in [0, 1). Default `Math.random`.
- * @returns Milliseconds to sleep, ≥ 0.
- * @example
- * backoffDelay(3, 0, { baseDelayMs: 10, maxDelayMs: 1000, jitter: 'none' }); // 40
+ * Test and benchmark seams, read from the options object of a call; not part of
+ * {@link RetryOptions}, not exported from the package.
+ * @internal
+ */
+export interface RetrySeams {
+  /** Clock of `deadline`. Default `Date.now`. */
+  now?: () => number;
+  /** Backoff sleep; must reject when `signal` aborts. Default: a timer. */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Uniform random numbers in [0, 1). Default `Math.random`. */
+  random?: () => number;
+  /** Another backoff scheme (benchmarks). Default {@link backoffDelay}. */
+  backoff?: (failures: number, previousMs: number, policy: Policy, random: () => number) => number;
+}
+
+interface Policy {
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+/**
+ * The backoff sleep after a failed attempt ("decorrelated jitter"): uniform in
+ * `[base, 3 × previous]` (`3 × base` the first time), capped at `maxDelayMs`. Every retry waits
+ * at least the base, and the window grows from the sleep actually taken, so transactions that
+ * collided drift apart. (In `bench/occ.ts` it spent the fewest attempts per commit.)
+ * @internal
  */
 export function backoffDelay(
-  failures: number,
-  previousDelayMs: number,
-  policy: Pick<RetryOptions, 'baseDelayMs' | 'maxDelayMs' | 'jitter'> = {},
+  _failures: number,
+  previousMs: number,
+  { baseDelayMs: base, maxDelayMs: cap }: Policy,
   random: () => number = Math.random,
 ): number {
-  const base = policy.baseDelayMs ?? RETRY_DEFAULTS.baseDelayMs;
-  const cap = policy.maxDelayMs ?? RETRY_DEFAULTS.maxDelayMs;
-  const jitter = policy.jitter ?? RETRY_DEFAULTS.jitter;
-  // 2^30 × base overflows no double and is far beyond any cap; clamping avoids Infinity × 0.
-  const exponential = Math.min(cap, base * 2 ** Math.min(Math.max(failures - 1, 0), 30));
-  if (typeof jitter === 'number') return exponential * (1 + random() * jitter);
-  switch (jitter) {
-    case 'none':
-      return exponential;
-    case 'equal':
-      return exponential / 2 + (random() * exponential) / 2;
-    case 'decorrelated': {
-      const upper = Math.max(base, 3 * (previousDelayMs > 0 ? previousDelayMs : base));
-      return Math.min(cap, base + random() * (upper - base));
-    }
-    default:
-      return random() * exponential;
-  }
+  const upper = Math.max(base, 3 * (previousMs > 0 ? previousMs : base));
+  return Math.min(cap, base + random() * (upper - base));
 }
 
 // ---------------------------------------------------------------------------------------------
-// Internals
+// The loop
 // ---------------------------------------------------------------------------------------------
 
-type ResolvedOptions = Required<Omit<RetryOptions, 'deadline' | 'signal' | 'onRetry'>> &
-  Pick<RetryOptions, 'deadline' | 'signal' | 'onRetry'>;
+type Resolved = Policy & { maxAttempts: number } & Pick<RetryOptions, 'deadline' | 'signal' | 'onRetry'> &
+  Required<RetrySeams>;
 
-function resolveOptions(options: RetryOptions): ResolvedOptions {
-  const o: ResolvedOptions = {
-    ...RETRY_DEFAULTS,
-    random: Math.random,
-    sleep: abortableSleep,
+/** Interrupts whatever a call awaits: the deadline passed, or the signal aborted. */
+class Stop {
+  constructor(
+    readonly reason: 'deadline' | 'aborted',
+    readonly cause?: unknown,
+  ) {}
+}
+
+/** An attempt failed before anything was sent that could commit: worth another connection. */
+class Unsent {
+  constructor(readonly error: unknown) {}
+}
+
+/** One call's deadline and signal, as promises that reject with a {@link Stop}. */
+interface Scope {
+  readonly o: Resolved;
+  /** Races `p` against the deadline and, unless `abortable` is false, the signal. */
+  guard<T>(p: Promise<T>, abortable?: boolean): Promise<T>;
+}
+
+/** One checked-out connection and what happened to it during an attempt. */
+interface Attempt {
+  readonly client: pg.PoolClient;
+  /** 1 for the first attempt of the call. */
+  readonly number: number;
+  readonly scope: Scope;
+  /** Set when the connection emitted `'error'` or `'end'`. */
+  lost?: Error | undefined;
+  /** Set when the connection must be destroyed instead of pooled again. */
+  broken?: boolean;
+}
+
+const noop = () => {};
+// setTimeout fires at once for delays over 2^31 − 1 ms (24.8 days): such a deadline is none.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The retry loop shared by both bodies: acquire, attempt, release, classify, back off. `attempt`
+ * throws to fail; the loop retries OCC conflicts and {@link Unsent}, turns a {@link Stop} into
+ * the caller's error, and rethrows anything else.
+ */
+async function retry<T>(
+  pool: pg.Pool,
+  options: RetryOptions | undefined,
+  attempt: (a: Attempt) => Promise<T>,
+): Promise<T> {
+  const o = resolve(pool, options);
+  const s = scope(o);
+  const started = o.now();
+  let attempts = 0;
+  let lastError: unknown;
+  let previousDelay = 0;
+  let longest = 0;
+  try {
+    for (;;) {
+      if (o.signal?.aborted) throw new Stop('aborted', o.signal.reason);
+      if (o.deadline !== undefined && o.now() + longest >= o.deadline) throw new Stop('deadline');
+      const attemptStarted = o.now();
+      let client: pg.PoolClient;
+      try {
+        client = await acquire(pool, s);
+      } catch (err) {
+        if (err instanceof Stop && err.reason === 'deadline' && attempts === 0)
+          throw noConnection(pool, o.now() - started);
+        throw err;
+      }
+      attempts++;
+      const a = lease(client, s, attempts);
+      try {
+        return await attempt(a);
+      } catch (err) {
+        if (err instanceof Stop || !(err instanceof Unsent || isOccError(err))) throw err;
+        lastError = err;
+      } finally {
+        a.done();
+        longest = Math.max(longest, o.now() - attemptStarted);
+      }
+      if (attempts >= o.maxAttempts) throw gaveUp('attempts', attempts, o.now() - started, lastError);
+      const delayMs = o.backoff(attempts, previousDelay, o, o.random);
+      previousDelay = delayMs;
+      if (o.deadline !== undefined && o.now() + delayMs + longest >= o.deadline) throw new Stop('deadline');
+      const error = lastError instanceof Unsent ? lastError.error : lastError;
+      const code = lastError instanceof Unsent ? 'connection-lost' : (occCode(error) ?? '40001');
+      o.onRetry?.({ attempt: attempts, delayMs, error, code });
+      await s.guard(o.sleep(delayMs, o.signal));
+    }
+  } catch (err) {
+    if (!(err instanceof Stop)) throw err;
+    const last = lastError instanceof Unsent ? lastError.error : lastError;
+    throw gaveUp(err.reason, attempts, o.now() - started, last ?? err.cause);
+  } finally {
+    s.dispose();
+  }
+}
+
+function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
+  // The pool's policy (createPool({ retry })), read defensively: any pg.Pool can be passed.
+  const poolPolicy = (pool as { retry?: RetryOptions } | null)?.retry;
+  const o: Resolved = {
+    ...DSQL_DEFAULTS.retry,
     now: Date.now,
-    ...stripUndefined(options),
+    sleep,
+    random: Math.random,
+    backoff: backoffDelay,
+    ...defined(poolPolicy),
+    ...defined(options),
   };
   if (!Number.isInteger(o.maxAttempts) || o.maxAttempts < 1)
     throw new DsqlConfigError('maxAttempts', 'must be an integer ≥ 1');
-  if (!Number.isFinite(o.baseDelayMs) || o.baseDelayMs < 0)
+  if (!(o.baseDelayMs >= 0 && Number.isFinite(o.baseDelayMs)))
     throw new DsqlConfigError('baseDelayMs', 'must be a finite number ≥ 0');
-  // A cap below the base is allowed and wins: `{ maxDelayMs: 20 }` alone means "never sleep more
-  // than 20 ms", whatever the default base.
-  if (!Number.isFinite(o.maxDelayMs) || o.maxDelayMs < 0)
+  if (!(o.maxDelayMs >= 0 && Number.isFinite(o.maxDelayMs)))
     throw new DsqlConfigError('maxDelayMs', 'must be a finite number ≥ 0');
-  const j = o.jitter;
-  if (typeof j === 'number' ? !(j >= 0 && j <= 1) : !['full', 'equal', 'decorrelated', 'none'].includes(j))
-    throw new DsqlConfigError(
-      'jitter',
-      "must be 'full', 'equal', 'decorrelated', 'none' or a number in [0, 1]",
-    );
   if (o.deadline !== undefined && !Number.isFinite(o.deadline))
     throw new DsqlConfigError('deadline', 'must be a finite epoch time in milliseconds');
+  const t = pool as unknown as Partial<pg.PoolClient> | null;
+  if (
+    typeof t?.connect !== 'function' ||
+    typeof t.release === 'function' ||
+    typeof t.escapeIdentifier === 'function'
+  )
+    throw new TypeError(
+      'withRetry: expected a pg.Pool (each attempt checks out its own connection), not a client',
+    );
   return o;
 }
 
 /** `{ ...defaults, ...options }` must not let an explicit `undefined` erase a default. */
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+function defined<T extends object>(o: T | undefined): Partial<T> {
+  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((done, fail) => {
     const onAbort = () => {
       clearTimeout(timer);
-      reject(signal?.reason);
+      fail(signal?.reason);
     };
     const timer = setTimeout(() => {
       signal?.removeEventListener('abort', onAbort);
-      resolve();
+      done();
     }, ms);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
-/** The client an attempt runs on, and how to give it back. */
-interface Lease {
-  readonly client: pg.ClientBase;
-  /** The error the client emitted, once its connection is gone (`'error'` or `'end'`). */
-  readonly lost: Error | undefined;
-  /** Gives the client back (or destroys it, when `destroy`); effective once, later calls ignored. */
-  done(destroy?: Error): void;
-}
-
-/** Where attempts get their client, and whether a retry can get a different connection. */
-interface Source {
-  readonly reconnects: boolean;
-  acquire(): Promise<Lease>;
-}
-
-function sourceOf(target: RetryTarget): Source {
-  const t = target as Partial<pg.PoolClient> & { connect?: () => Promise<unknown> };
-  if (t === null || typeof t !== 'object' || typeof t.connect !== 'function')
-    throw new TypeError('withRetry: target must be a pg.Pool, a pg.PoolClient or a pg.Client');
-  if (typeof t.release === 'function' || target instanceof pg.Client || isClientLike(t)) {
-    // A client we do not own: run on it, never release it. Destroying means ending it; pg-pool's
-    // release() then discards an ended client instead of pooling it.
-    const client = target as pg.Client;
-    return {
-      reconnects: false,
-      acquire: async () => {
-        // BEGIN inside the caller's transaction would only warn, and our COMMIT or ROLLBACK would
-        // then end the caller's transaction: refuse instead.
-        if (inTransaction(client))
-          throw new DsqlError('withRetry: the client is inside a transaction; withRetry opens its own');
-        return lease(client, (destroy) => {
-          if (destroy) client.end().catch(() => {});
-        });
-      },
-    };
-  }
-  const pool = target as { connect(): Promise<pg.PoolClient> };
-  return {
-    reconnects: true,
-    acquire: async () => {
-      for (;;) {
-        const client = await pool.connect();
-        if (typeof client?.release !== 'function')
-          throw new TypeError('withRetry: target.connect() must resolve to a client with release()');
-        // Someone released this client with a transaction still open: it cannot be trusted.
-        // Each one is destroyed, so the pool runs out of them and opens clean connections.
-        if (inTransaction(client)) {
-          client.release(new DsqlError('pooled client was released inside a transaction'));
-          continue;
-        }
-        return lease(client, (destroy) => client.release(destroy));
-      }
-    },
-  };
-}
-
-/** The server's last word (ReadyForQuery, pg ≥ 8.23) says a transaction is open or failed. */
-function inTransaction(client: pg.ClientBase): boolean {
-  const status = client.getTransactionStatus?.();
-  return status === 'T' || status === 'E';
-}
-
-/** pg-native and other pg-compatible clients: `connect` and `query` like a pool, but escaping too. */
-function isClientLike(t: object): boolean {
-  return typeof (t as pg.ClientBase).escapeIdentifier === 'function';
-}
-
-/**
- * True when pg already knows the client cannot send a query, so a query now fails without
- * reaching the server. pg-pool reads the same two fields to discard dead clients; other clients
- * lack them and count as alive.
- */
-function knownDead(client: pg.ClientBase): boolean {
-  const c = client as { _queryable?: boolean; _ending?: boolean };
-  return c._queryable === false || c._ending === true;
-}
-
-function lease(client: pg.ClientBase, giveBack: (destroy: Error | undefined) => void): Lease {
-  let lost: Error | undefined = knownDead(client)
-    ? new DsqlError('withRetry: the connection of this client is already closed')
-    : undefined;
-  let released = false;
-  // A checked-out client has no pool listener: without ours, a socket error would crash the process.
-  const onError = (err: Error) => {
-    lost ??= err;
-  };
-  const onEnd = () => {
-    lost ??= new DsqlError('connection ended');
-  };
-  client.on('error', onError);
-  client.on('end', onEnd);
-  return {
-    client,
-    get lost() {
-      return lost;
-    },
-    done(destroy) {
-      if (released) return;
-      released = true;
-      client.removeListener('error', onError);
-      client.removeListener('end', onEnd);
-      giveBack(destroy ?? lost);
-    },
-  };
-}
-
-/** How an attempt ended. `destroy` set: the connection must not be reused. */
-type Outcome<T> =
-  | { kind: 'ok'; value: T }
-  | { kind: 'retry'; error: unknown; code: RetryCode; destroy?: Error | undefined }
-  | { kind: 'connection-lost'; error: unknown; destroy: Error }
-  | { kind: 'unknown'; error: unknown; destroy: Error }
-  | { kind: 'fail'; error: unknown; destroy?: Error | undefined }
-  | { kind: 'stop'; reason: 'deadline' | 'aborted'; error: unknown; destroy?: Error | undefined };
-
-/** Where an attempt is; the abort watch reads it to let a COMMIT in flight finish. */
-type Phase = 'begin' | 'body' | 'commit' | 'settled';
-
-/** Rejection value of an attempt's watch: the deadline passed, or the signal aborted. */
-class Interrupt {
-  constructor(
-    readonly reason: 'deadline' | 'aborted',
-    readonly cause: unknown,
-  ) {}
-}
-
-/** Deadline and abort signal of one attempt, as promises that reject with an {@link Interrupt}. */
-interface Watch {
-  phase: Phase;
-  readonly options: ResolvedOptions;
-  /** Rejects when the deadline passes. */
-  readonly deadline: Promise<never>;
-  /** Rejects when the signal aborts, unless COMMIT is in flight then. */
-  readonly aborted: Promise<never>;
-}
-
-// setTimeout fires at once for delays beyond 2^31 − 1 ms (24.8 days): such a deadline is no deadline.
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-function watchAttempt(options: ResolvedOptions): Watch & { dispose(): void } {
-  const { deadline, signal, now } = options;
+function scope(o: Resolved): Scope & { dispose(): void } {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let onAbort: (() => void) | undefined;
-  const never = new Promise<never>(() => {});
-  const watch: Watch & { dispose(): void } = {
-    phase: 'begin',
-    options,
-    deadline: never,
-    aborted: never,
-    dispose() {
-      clearTimeout(timer);
-      if (onAbort) signal?.removeEventListener('abort', onAbort);
-    },
-  };
-  if (deadline !== undefined && deadline - now() <= MAX_TIMER_MS) {
-    (watch as { deadline: Promise<never> }).deadline = new Promise<never>((_, reject) => {
-      const fire = () => reject(new Interrupt('deadline', new DsqlError('withRetry: deadline reached')));
-      timer = setTimeout(fire, Math.max(0, deadline - now()));
+  let onAbort = noop;
+  const never = new Promise<never>(noop);
+  let deadline = never;
+  let aborted = never;
+  const ms = o.deadline === undefined ? Number.POSITIVE_INFINITY : o.deadline - o.now();
+  if (ms <= MAX_TIMER_MS)
+    deadline = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Stop('deadline')), Math.max(0, ms));
     });
-  }
-  if (signal) {
-    (watch as { aborted: Promise<never> }).aborted = new Promise<never>((_, reject) => {
-      onAbort = () => {
-        // A COMMIT in flight is left to finish: abandoning it would make its outcome unknown.
-        if (watch.phase !== 'commit') reject(new Interrupt('aborted', signal.reason));
-      };
+  const { signal } = o;
+  if (signal)
+    aborted = new Promise((_, reject) => {
+      onAbort = () => reject(new Stop('aborted', signal.reason));
       if (signal.aborted) onAbort();
       else signal.addEventListener('abort', onAbort, { once: true });
     });
-  }
-  watch.deadline.catch(() => {});
-  watch.aborted.catch(() => {});
-  return watch;
-}
-
-/** Races `p` against the deadline and, unless `abortable` is false, the abort signal. */
-function guarded<T>(p: Promise<T>, watch: Watch, abortable = true): Promise<T> {
-  p.catch(() => {}); // when the watch wins, a later rejection of p must not go unhandled
-  return Promise.race(abortable ? [p, watch.deadline, watch.aborted] : [p, watch.deadline]);
-}
-
-/** Per-attempt record of errors that came out of `tx.query`, to tell them from fn's own errors. */
-interface QueryLog {
-  readonly fromDatabase: WeakSet<object>;
-  firstError: unknown;
-  occ: unknown;
-}
-
-function transactionClient(client: pg.ClientBase, log: QueryLog): TransactionClient & { close(): void } {
-  let closed = false;
-  const note = (err: unknown) => {
-    if (typeof err === 'object' && err !== null) log.fromDatabase.add(err);
-    if (log.firstError === undefined) log.firstError = err;
-    if (log.occ === undefined && isOccError(err)) log.occ = err;
-  };
-  const query = (...args: unknown[]): unknown => {
-    if (closed)
-      throw new DsqlError('withRetry: tx.query() called after its attempt ended (was a query not awaited?)');
-    const last = args.length - 1;
-    const callback = args[last];
-    if (typeof callback === 'function') {
-      args[last] = (err: unknown, res: unknown) => {
-        if (err) note(err);
-        callback(err, res);
-      };
-    }
-    const result = (client.query as (...a: unknown[]) => unknown).apply(client, args);
-    // A thenable rather than `instanceof Promise`: pg can be configured with another Promise class.
-    if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
-      return (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
-        note(err);
-        throw err;
-      });
-    }
-    return result;
-  };
+  deadline.catch(noop);
+  aborted.catch(noop);
   return {
-    query: query as pg.ClientBase['query'],
-    close() {
-      closed = true;
+    o,
+    guard(p, abortable = true) {
+      p.catch(noop); // when the deadline or the signal wins, p's later rejection is nobody's
+      return Promise.race(abortable ? [p, deadline, aborted] : [p, deadline]);
+    },
+    dispose() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
     },
   };
 }
 
-function retryCode(err: unknown): RetryCode {
-  return occCode(err) ?? (isOccError(err) ? '40001' : 'connection-lost');
-}
-
 /**
- * Rolls back unless the server says no transaction is open. Returns the reason to destroy the
- * connection (ROLLBACK failed, or the connection is gone), undefined when it is clean.
+ * `pool.connect()` within a deadline and a signal (`context.dsql.connect()`): past the deadline a
+ * `DsqlConnectionError` saying what was waited for; a checkout granted later is released at once.
+ * @internal
  */
-async function rollbackIfNeeded(lease: Lease, watch: Watch): Promise<Error | undefined> {
-  if (lease.lost) return lease.lost;
-  // pg ≥ 8.23 exposes the last ReadyForQuery status: 'I' = idle, no ROLLBACK needed (a failed
-  // COMMIT has already ended the transaction). Anything else, or unknown: roll back.
-  if (lease.client.getTransactionStatus?.() === 'I') return undefined;
+export async function connectWithin(
+  pool: pg.Pool,
+  options: Pick<RetryOptions, 'deadline' | 'signal'>,
+): Promise<pg.PoolClient> {
+  const o = resolve(pool, options);
+  const s = scope(o);
+  const started = o.now();
   try {
-    // Not abortable: an aborted caller still wants a clean connection back in the pool.
-    await guarded(lease.client.query('ROLLBACK'), watch, false);
-    return lease.lost;
+    return await acquire(pool, s);
   } catch (err) {
-    return asError(err instanceof Interrupt ? err.cause : err);
+    if (!(err instanceof Stop)) throw err;
+    throw err.reason === 'deadline'
+      ? noConnection(pool, o.now() - started)
+      : gaveUp('aborted', 0, o.now() - started, err.cause);
+  } finally {
+    s.dispose();
   }
 }
 
-async function transactionAttempt<T>(
-  lease: Lease,
-  watch: Watch,
-  fn: (tx: TransactionClient) => Promise<T>,
-): Promise<Outcome<T>> {
-  const { client } = lease;
-  const log: QueryLog = { fromDatabase: new WeakSet(), firstError: undefined, occ: undefined };
-  const tx = transactionClient(client, log);
-  let value: T;
+/** Checks out a client within the scope; a checkout granted after the scope gave up is released. */
+async function acquire(pool: pg.Pool, s: Scope): Promise<pg.PoolClient> {
+  const pending = pool.connect();
   try {
-    await guarded(client.query('BEGIN'), watch);
-    watch.phase = 'body';
-    value = await guarded(
-      Promise.resolve().then(() => fn(tx)),
-      watch,
-    );
+    return await s.guard(pending);
   } catch (err) {
-    tx.close();
-    return failedBeforeCommit(err, lease, watch, log);
-  }
-  tx.close();
-
-  const { deadline, now, signal } = watch.options;
-  if (deadline !== undefined && now() >= deadline) {
-    // Past the deadline a COMMIT could only end as "outcome unknown", and there is no time left
-    // for a ROLLBACK round trip: closing the connection rolls the transaction back.
-    const cause = new DsqlError('withRetry: deadline reached');
-    return { kind: 'stop', reason: 'deadline', error: cause, destroy: cause };
-  }
-  if (signal?.aborted) {
-    // The caller no longer wants the result. fn is done, so nothing of it is in flight: a plain
-    // ROLLBACK keeps the connection for the pool.
-    return {
-      kind: 'stop',
-      reason: 'aborted',
-      error: signal.reason,
-      destroy: await rollbackIfNeeded(lease, watch),
-    };
-  }
-  if (lease.lost) {
-    // The socket died while fn ran and fn swallowed the error: COMMIT would never be sent.
-    return { kind: 'connection-lost', error: lease.lost, destroy: lease.lost };
-  }
-
-  watch.phase = 'commit';
-  let result: pg.QueryResult;
-  try {
-    result = await guarded(client.query('COMMIT'), watch);
-  } catch (err) {
-    return failedCommit(err, lease, watch);
-  }
-  watch.phase = 'settled';
-  if (result.command === 'ROLLBACK') {
-    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK, not an error: fn caught a
-    // statement error. Returning fn's value would report work that was never committed.
-    if (log.occ !== undefined) return { kind: 'retry', error: log.occ, code: retryCode(log.occ) };
-    const error = new DsqlError(
-      'withRetry: COMMIT rolled the transaction back: a statement in fn failed and fn caught the error',
-      { cause: log.firstError },
-    );
-    return { kind: 'fail', error };
-  }
-  return { kind: 'ok', value };
-}
-
-async function failedBeforeCommit(
-  err: unknown,
-  lease: Lease,
-  watch: Watch,
-  log: QueryLog,
-): Promise<Outcome<never>> {
-  const phase = watch.phase;
-  watch.phase = 'settled';
-  if (err instanceof Interrupt) {
-    // fn may still be running, with queries queued on this connection: closing the connection
-    // is the only prompt rollback that cannot race with them.
-    return { kind: 'stop', reason: err.reason, error: err.cause, destroy: asError(err.cause) };
-  }
-  // Nothing can have been committed. A lost connection is worth a new one when the error came
-  // from the database (not, say, an HTTP call in fn that failed with ECONNRESET).
-  const fromDatabase =
-    phase === 'begin' ||
-    lease.lost !== undefined ||
-    (typeof err === 'object' && err !== null && log.fromDatabase.has(err));
-  if (fromDatabase && isConnectionLostError(err))
-    return { kind: 'connection-lost', error: err, destroy: lease.lost ?? asError(err) };
-  const destroy = await rollbackIfNeeded(lease, watch);
-  if (isOccError(err)) return { kind: 'retry', error: err, code: retryCode(err), destroy };
-  return { kind: 'fail', error: err, destroy };
-}
-
-async function statementAttempt<R extends pg.QueryResultRow>(
-  lease: Lease,
-  watch: Watch,
-  sql: string,
-  params: unknown[] | undefined,
-): Promise<Outcome<pg.QueryResult<R>>> {
-  if (lease.lost) return { kind: 'connection-lost', error: lease.lost, destroy: lease.lost };
-  watch.phase = 'commit'; // autocommit: the statement is its own COMMIT
-  try {
-    return { kind: 'ok', value: await guarded(lease.client.query<R>(sql, params), watch) };
-  } catch (err) {
-    return failedCommit(err, lease, watch);
+    if (err instanceof Stop) pending.then((late) => late.release(), noop);
+    throw err;
   }
 }
 
-/**
- * A COMMIT (or an autocommit statement) failed. If the connection went away or the attempt was
- * interrupted while it was in flight, nobody knows whether it committed; any other error is the
- * server's answer, so the outcome is known (nothing committed) and an OCC conflict is retryable.
- */
-async function failedCommit(err: unknown, lease: Lease, watch: Watch): Promise<Outcome<never>> {
-  watch.phase = 'settled';
-  if (err instanceof Interrupt) return { kind: 'unknown', error: err.cause, destroy: asError(err.cause) };
-  if (lease.lost || isConnectionLostError(err)) return { kind: 'unknown', error: err, destroy: asError(err) };
-  // A statement such as BEGIN could leave a transaction open: make sure the connection is idle.
-  const destroy = await rollbackIfNeeded(lease, watch);
-  if (isOccError(err)) return { kind: 'retry', error: err, code: retryCode(err), destroy };
-  return { kind: 'fail', error: err, destroy };
+/** The deadline passed before any connection was handed over: say what was being waited for. */
+function noConnection(pool: pg.Pool, elapsedMs: number): DsqlConnectionError {
+  const { host, port } = (pool as { options?: { host?: string; port?: number } }).options ?? {};
+  const where = host ? ` to ${host}${port ? `:${port}` : ''}` : '';
+  const max = (pool as { options?: { max?: number } }).options?.max;
+  const busy = max !== undefined && pool.totalCount >= max && pool.idleCount === 0;
+  const why = busy
+    ? `all ${max} connections of the pool were in use`
+    : 'opening a new connection did not finish (refused, unreachable or not admitted)';
+  return new DsqlConnectionError(
+    `Could not get a connection${where} within ${Math.round(elapsedMs)} ms (deadline reached): ${why}`,
+    0,
+  );
 }
 
-function asError(e: unknown): Error {
-  return e instanceof Error ? e : new DsqlError(String(e), { cause: e });
-}
-
-function exhausted(
+function gaveUp(
   reason: 'attempts' | 'deadline' | 'aborted',
   attempts: number,
   elapsedMs: number,
@@ -755,95 +463,174 @@ function exhausted(
   );
 }
 
-async function retryLoop<T>(
-  target: RetryTarget,
-  options: RetryOptions,
-  attempt: (lease: Lease, watch: Watch) => Promise<Outcome<T>>,
-): Promise<T> {
-  const o = resolveOptions(options);
-  const source = sourceOf(target);
-  const { now, deadline, signal } = o;
-  const started = now();
-  let attempts = 0;
-  let lastError: unknown;
-  let previousDelay = 0;
-  // Longest attempt so far: the estimate for the next one. The longest rather than the last or
-  // the mean, because overrunning the deadline (a Lambda timeout) costs far more than one retry.
-  let longestAttemptMs = 0;
+function lease(client: pg.PoolClient, s: Scope, number: number): Attempt & { done(): void } {
+  const a: Attempt & { done(): void } = {
+    client,
+    number,
+    scope: s,
+    done() {
+      client.removeListener('error', onError);
+      client.removeListener('end', onEnd);
+      client.release(a.broken || a.lost !== undefined);
+    },
+  };
+  // A checked-out plain pg client has no 'error' listener: without ours a socket error would
+  // crash the process.
+  const onError = (err: Error) => {
+    a.lost ??= err;
+  };
+  const onEnd = () => {
+    a.lost ??= new DsqlError('connection ended');
+  };
+  client.on('error', onError);
+  client.on('end', onEnd);
+  return a;
+}
 
-  for (;;) {
-    if (signal?.aborted) throw exhausted('aborted', attempts, now() - started, lastError ?? signal.reason);
-    if (deadline !== undefined && now() + longestAttemptMs >= deadline)
-      throw exhausted('deadline', attempts, now() - started, lastError);
+// ---------------------------------------------------------------------------------------------
+// The two attempt bodies
+// ---------------------------------------------------------------------------------------------
 
-    const attemptStarted = now();
-    const watch = watchAttempt(o);
-    let lease: Lease;
-    const acquiring = source.acquire();
-    try {
-      // Waiting for a free pool client counts against the deadline and the signal too.
-      lease = await guarded(acquiring, watch);
-    } catch (err) {
-      watch.dispose();
-      if (!(err instanceof Interrupt)) throw err;
-      acquiring.then(
-        (late) => late.done(),
-        () => {},
-      );
-      throw exhausted(err.reason, attempts, now() - started, lastError ?? err.cause);
-    }
-    attempts++;
-    let outcome: Outcome<T>;
-    try {
-      outcome = await attempt(lease, watch);
-    } catch (err) {
-      // Attempts classify their own errors; this is a bug guard so the client is never leaked.
-      outcome = { kind: 'fail', error: err, destroy: asError(err) };
-    } finally {
-      watch.dispose();
-    }
-    lease.done(outcome.kind === 'ok' ? undefined : outcome.destroy);
-    longestAttemptMs = Math.max(longestAttemptMs, now() - attemptStarted);
-
-    switch (outcome.kind) {
-      case 'ok':
-        return outcome.value;
-      case 'fail':
-        throw outcome.error;
-      case 'unknown':
-        throw new CommitOutcomeUnknownError(
-          'The connection was lost (or the deadline passed) while COMMIT was in flight: the transaction may or may not have committed',
-          attempts,
-          { cause: outcome.error },
-        );
-      case 'stop':
-        throw exhausted(outcome.reason, attempts, now() - started, lastError ?? outcome.error);
-      case 'connection-lost':
-        // A client we do not own has no replacement: the caller must learn that it died.
-        if (!source.reconnects) throw outcome.error;
-        break;
-      case 'retry':
-        if (outcome.destroy && !source.reconnects) throw outcome.destroy;
-        break;
-    }
-
-    lastError = outcome.error;
-    if (attempts >= o.maxAttempts) throw exhausted('attempts', attempts, now() - started, lastError);
-    const delayMs = backoffDelay(attempts, previousDelay, o, o.random);
-    previousDelay = delayMs;
-    if (deadline !== undefined && now() + delayMs + longestAttemptMs >= deadline)
-      throw exhausted('deadline', attempts, now() - started, lastError);
-    o.onRetry?.({
-      attempt: attempts,
-      delayMs,
-      error: lastError,
-      code: outcome.kind === 'retry' ? outcome.code : 'connection-lost',
-    });
-    try {
-      await o.sleep(delayMs, signal);
-    } catch (err) {
-      if (signal?.aborted) throw exhausted('aborted', attempts, now() - started, lastError);
+async function transaction<T>(a: Attempt, fn: (tx: TransactionClient) => Promise<T>): Promise<T> {
+  const { client, scope: s } = a;
+  const log = { fromDatabase: new WeakSet<object>(), first: undefined as unknown, occ: undefined as unknown };
+  const tx = transactionClient(client, log);
+  let value: T;
+  let began = false;
+  try {
+    await s.guard(client.query('BEGIN'));
+    began = true;
+    value = await s.guard(Promise.resolve().then(() => fn(tx)));
+  } catch (err) {
+    tx.closed = true;
+    if (err instanceof Stop) {
+      // fn may still be running, with queries queued: closing the connection is the only
+      // prompt rollback that cannot race with them.
+      a.broken = true;
       throw err;
     }
+    // Nothing can have committed. A lost connection is worth another when the error came from the
+    // database (not, say, an HTTP call in fn that failed with ECONNRESET).
+    const fromDatabase = !began || a.lost !== undefined || (isObject(err) && log.fromDatabase.has(err));
+    if (fromDatabase && isConnectionLostError(err)) {
+      a.broken = true;
+      throw new Unsent(err);
+    }
+    await rollback(a);
+    throw err;
   }
+  tx.closed = true;
+  if (s.o.deadline !== undefined && s.o.now() >= s.o.deadline) {
+    // Past the deadline a COMMIT could only end as "outcome unknown", and there is no time left for
+    // a ROLLBACK round trip: closing the connection rolls the transaction back.
+    a.broken = true;
+    throw new Stop('deadline');
+  }
+  if (s.o.signal?.aborted) {
+    await rollback(a);
+    throw new Stop('aborted', s.o.signal.reason);
+  }
+  // The socket died while fn ran and fn swallowed the error: COMMIT would never be answered.
+  if (a.lost) throw new Unsent(a.lost);
+  const result = await sent(a, client.query('COMMIT'), 'COMMIT');
+  if (result.command === 'ROLLBACK') {
+    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK: fn caught a statement error.
+    if (log.occ !== undefined) throw log.occ;
+    throw new DsqlError(
+      'withRetry: COMMIT rolled the transaction back: a statement in fn failed and fn caught the error',
+      { cause: log.first },
+    );
+  }
+  return value;
+}
+
+function statement<R extends pg.QueryResultRow>(
+  a: Attempt,
+  sql: string | pg.QueryConfig,
+  params: unknown[] | undefined,
+): Promise<pg.QueryResult<R>> {
+  if (a.lost) return Promise.reject(new Unsent(a.lost));
+  return sent(a, a.client.query<R>(sql as string, params), 'the statement');
+}
+
+// pg answers these at once, without sending anything, on a client it knows is dead.
+const NOT_SENT = /is not queryable/;
+
+/**
+ * Awaits something that may commit (COMMIT, an autocommit statement). The signal does not cut it
+ * short, so its outcome is known; the deadline or a lost connection leaves it unknown.
+ */
+async function sent<R>(a: Attempt, p: Promise<R>, what: string): Promise<R> {
+  try {
+    return await a.scope.guard(p, false);
+  } catch (err) {
+    const message = (err as { message?: unknown } | null)?.message;
+    if (typeof message === 'string' && NOT_SENT.test(message)) {
+      a.broken = true;
+      throw new Unsent(err);
+    }
+    if (err instanceof Stop || a.lost || isConnectionLostError(err)) {
+      a.broken = true;
+      const cause = err instanceof Stop ? new DsqlError('deadline reached') : err;
+      throw new CommitOutcomeUnknownError(
+        `The connection was lost (or the deadline passed) while ${what} was in flight: it may or may not have committed`,
+        a.number,
+        { cause },
+      );
+    }
+    await rollback(a); // e.g. execWithRetry('BEGIN') left a transaction open
+    throw err;
+  }
+}
+
+/** Rolls back unless the server says no transaction is open; destroys the connection if it fails. */
+async function rollback(a: Attempt): Promise<void> {
+  // pg ≥ 8.23: status of the last ReadyForQuery; 'I' = idle (a failed COMMIT ended the transaction).
+  if (a.broken || a.lost || a.client.getTransactionStatus?.() === 'I') return;
+  try {
+    // Not abortable: an aborted caller still wants a clean connection back in the pool.
+    await a.scope.guard(a.client.query('ROLLBACK'), false);
+  } catch {
+    a.broken = true;
+  }
+}
+
+function isObject(e: unknown): e is object {
+  return typeof e === 'object' && e !== null;
+}
+
+/** `tx`: pg's query, noting errors from the database, refused once its attempt is over. */
+function transactionClient(
+  client: pg.ClientBase,
+  log: { fromDatabase: WeakSet<object>; first: unknown; occ: unknown },
+): TransactionClient & { closed: boolean } {
+  const note = (err: unknown) => {
+    if (isObject(err)) log.fromDatabase.add(err);
+    log.first ??= err;
+    if (log.occ === undefined && isOccError(err)) log.occ = err;
+  };
+  const tx = {
+    closed: false,
+    query: ((...args: unknown[]) => {
+      if (tx.closed)
+        throw new DsqlError(
+          'withRetry: tx.query() called after its attempt ended (was a query not awaited?)',
+        );
+      const callback = args.at(-1);
+      if (typeof callback === 'function')
+        args[args.length - 1] = (err: unknown, res: unknown) => {
+          if (err) note(err);
+          callback(err, res);
+        };
+      const result = (client.query as (...a: unknown[]) => unknown).apply(client, args);
+      // A thenable, not `instanceof Promise`: pg can be configured with another Promise class.
+      const then = (result as PromiseLike<unknown> | undefined)?.then;
+      if (typeof then !== 'function') return result;
+      return (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
+        note(err);
+        throw err;
+      });
+    }) as pg.ClientBase['query'],
+  };
+  return tx;
 }
