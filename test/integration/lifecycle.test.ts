@@ -23,6 +23,7 @@ import {
 } from '../../src/errors.js';
 import { type DsqlContext, type DsqlHandlerOptions, withDsql } from '../../src/lambda.js';
 import { dsql } from '../../src/middy.js';
+import { createPool } from '../../src/pool.js';
 import { startTestEndpoint } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
@@ -233,15 +234,15 @@ describe.each(adapters)('$type', ({ make }) => {
         client.release();
         return rows[0].one;
       },
-      { ...configFor({ max: 1 }), logger },
+      { pool: createPool(configFor({ max: 1 })), logger },
     );
     expect(await handler({ n: 1 }, lambdaContext())).toBe('first');
     const second = handler({ n: 2 }, lambdaContext());
     await held; // the second invocation now holds the pool's only connection
     first!.release(); // the first invocation releases its client again
+    expect(pool!.idleCount).toBe(0); // still checked out by the second invocation
     expect(logger.warn).toHaveBeenCalledOnce();
     expect(String(logger.warn.mock.calls[0]?.[0])).toMatch(/release\(\) called again/);
-    expect(pool!.idleCount).toBe(0); // still checked out by the second invocation
     await expect(first!.query('SELECT 1')).rejects.toThrow(DsqlError);
     finish();
     expect(await second).toBe(1);

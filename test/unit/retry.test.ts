@@ -13,7 +13,9 @@ import {
   DsqlConfigError,
   DsqlConnectionError,
   DsqlError,
+  isOccError,
   OccRetryExhaustedError,
+  occCode,
 } from '../../src/errors.js';
 import {
   backoffDelay,
@@ -574,6 +576,8 @@ describe('withRetry', () => {
 
   it("an error whose code is 'OC000' or 'OC001' (as the official connectors raise) is retried as OCC", async () => {
     for (const code of ['OC000', 'OC001'] as const) {
+      expect(isOccError(Object.assign(new Error('conflict'), { code }))).toBe(true);
+      expect(occCode({ code })).toBe(code);
       const pool = new FakePool(
         (attempt) => (sql) =>
           sql === 'COMMIT' && attempt === 1 ? Object.assign(new Error('conflict'), { code }) : undefined,
