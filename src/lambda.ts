@@ -1,12 +1,8 @@
 /**
- * The Lambda lifecycle: a per-invocation `context.dsql` (query, connect, transaction, pool) whose
- * every call is bounded by the invocation's deadline, and which takes back what the handler forgot
- * when the invocation ends. {@link withDsql} wraps a plain handler and `dsql()`
- * (`dsql-lambda/middy`) is the middy middleware; both are thin layers over {@link lifecycle}.
- *
- * The pool is created on the first invocation (`createPool`, no I/O until a statement runs) and
- * kept in the wrapper's or middleware's closure: one pool per wrapped handler, for the life of the
- * process.
+ * The Lambda lifecycle: a per-invocation `context.dsql` whose every call is bounded by the
+ * invocation's deadline, and which takes back what the handler forgot when the invocation ends.
+ * {@link withDsql} and `dsql()` (`dsql-lambda/middy`) are thin layers over {@link lifecycle}. The
+ * pool is created (`createPool`, no I/O) on the first invocation and kept in their closure.
  */
 import type pg from 'pg';
 import type { DsqlConfig } from './config.js';
@@ -22,7 +18,7 @@ import {
 } from './retry.js';
 
 /**
- * Where warnings go: anything with `warn(message)`, such as `console`, a Powertools `Logger`, pino.
+ * Where warnings go: `console`, a Powertools `Logger`, pino, anything with `warn(message)`.
  * @example
  * withDsql(handler, { logger: { warn: (message) => metrics.leak(message) } });
  */
@@ -32,25 +28,22 @@ export interface DsqlLogger {
 
 /** The part of a Lambda context the lifecycle reads; any real `Context` satisfies it. */
 export interface LambdaContextLike {
-  /** Milliseconds left before Lambda stops the invocation. Absent in some tests: then no deadline. */
+  /** Milliseconds left in the invocation; without it, calls have no deadline. */
   getRemainingTimeInMillis?: () => number;
-  /** Request ID, named in warnings. */
+  /** Named in warnings. */
   awsRequestId?: string;
 }
 
 /**
- * The per-invocation database handle a handler receives as `context.dsql`. Every call settles by
- * the invocation's deadline (remaining time minus `deadlineMarginMs`), waiting for a connection
- * included: past it, a `DsqlConnectionError` if no connection was handed over yet, an
- * `OccRetryExhaustedError` if retries ran out of time, or a `CommitOutcomeUnknownError` if a
- * statement or COMMIT was in flight (it may have committed).
- *
- * Which calls retry: `query` and `transaction` retry OCC conflicts (an autocommit statement or a
- * transaction refused with 40001 has not committed) and connections lost before anything was
- * sent. None ever resends what may have committed. A client from `connect` never retries anything.
+ * The per-invocation handle a handler receives as `context.dsql`. Every call settles by the
+ * deadline (remaining time minus `deadlineMarginMs`), the wait for a connection included: past it,
+ * `DsqlConnectionError` if no connection was handed over, `OccRetryExhaustedError` if retries ran
+ * out of time, `CommitOutcomeUnknownError` if a statement or COMMIT was in flight (it may have
+ * committed). `query` and `transaction` retry OCC conflicts and connections lost before anything
+ * was sent, never what may have committed; a client from `connect` retries nothing.
  * @example
  * ```ts
- * const { rows } = await context.dsql.query<{ id: string }>('SELECT id FROM orders WHERE owner = $1', [owner]);
+ * const { rows } = await context.dsql.query('SELECT id FROM orders WHERE owner = $1', [owner]);
  * await context.dsql.transaction(async (tx) => {
  *   await tx.query('UPDATE accounts SET balance = balance - $1 WHERE id = $2', [amount, from]);
  *   await tx.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [amount, to]);
@@ -58,39 +51,31 @@ export interface LambdaContextLike {
  * ```
  */
 export interface Dsql {
-  /** The pool this handler uses (shared by its concurrent invocations). */
+  /** The pool of this handler (shared by its concurrent invocations). */
   readonly pool: pg.Pool;
-  /**
-   * Runs one statement in autocommit on a pool connection, as `execWithRetry` does: retried on an
-   * OCC conflict within the deadline, never resent once it may have committed.
-   */
-  // biome-ignore lint/suspicious/noExplicitAny: same defaults as pg's own query(), so rows stay usable untyped
+  /** One statement in autocommit, as `execWithRetry` runs it. */
+  // biome-ignore lint/suspicious/noExplicitAny: pg's own defaults, so rows stay usable untyped
   query<R extends pg.QueryResultRow = any, I = any[]>(
     text: string | pg.QueryConfig<I>,
     values?: I,
   ): Promise<pg.QueryResult<R>>;
   /**
-   * Checks out a client for several statements; release it in a `finally`. A second `release()`
-   * is ignored with a warning, and the client refuses queries once released. A client still
-   * checked out when the invocation ends is taken back with a warning and its connection closed.
+   * A client for several statements; release it in a `finally`. It refuses queries once released;
+   * a second `release()` is ignored with a warning. Still held when the invocation ends: taken back
+   * with a warning, its connection closed.
    */
   connect(): Promise<pg.PoolClient>;
-  /**
-   * Runs `fn` in a transaction, as `withRetry` does: retried on OCC conflicts until it commits or
-   * the deadline comes. `fn` may run more than once: keep other side effects out of it.
-   */
+  /** `fn` in a transaction, as `withRetry` runs it: `fn` may run more than once. */
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: RetryOptions): Promise<T>;
 }
 
 /**
  * What the wrapper and the middleware add to the Lambda context.
  * @example
- * async function handler(event: unknown, context: Context & DsqlContext) {
- *   return (await context.dsql.query('SELECT 1 AS one')).rows[0];
- * }
+ * async function handler(event: unknown, context: Context & DsqlContext) {}
  */
 export interface DsqlContext {
-  /** The per-invocation database handle. */
+  /** The per-invocation handle. */
   dsql: Dsql;
 }
 
@@ -102,7 +87,7 @@ export interface DsqlContext {
 export interface DsqlLifecycleOptions {
   /** Milliseconds kept free at the end of each invocation. Default `DSQL_DEFAULTS.deadlineMarginMs` (500). */
   deadlineMarginMs?: number | undefined;
-  /** Retry policy of `query` and `transaction` (per-call options win). Default: the pool's, then `DSQL_DEFAULTS.retry`. */
+  /** Retry policy of `query` and `transaction`; per-call options win. Default: the pool's, then `DSQL_DEFAULTS.retry`. */
   retry?: RetryOptions | undefined;
   /** Where leak and double-release warnings go. Default `console`. */
   logger?: DsqlLogger | undefined;
@@ -110,32 +95,24 @@ export interface DsqlLifecycleOptions {
 
 /**
  * Options of {@link withDsql} and `dsql()`: a connection string, a `DsqlConfig` with lifecycle
- * options mixed in, or an existing pool (`{ pool }`). Default: the environment (`DSQL_ENDPOINT`, …).
+ * options mixed in, or `{ pool }`. Default: the environment (`DSQL_ENDPOINT`, …).
  * @example
- * withDsql(handler);                                                   // environment
- * withDsql(handler, 'postgres://admin@abc…xyz.dsql.us-east-1.on.aws'); // connection string
  * withDsql(handler, { host: process.env.CLUSTER, deadlineMarginMs: 250 });
- * withDsql(handler, { pool: myPool });
  */
 export type DsqlHandlerOptions =
   | string
   | (DsqlConfig & DsqlLifecycleOptions & { pool?: undefined })
   | (DsqlLifecycleOptions & { pool: pg.Pool });
 
-/** One invocation's handle, and what ends it. @internal */
+/** One invocation: its handle, and `end()`, which takes back unreleased clients (idempotent). @internal */
 export interface Invocation {
   readonly dsql: Dsql;
-  /**
-   * Takes back every `connect()` client not released yet, with a warning naming where it was
-   * checked out, and closes its connection (the leaker may still hold it: never pooled again).
-   * Idempotent; returns how many were taken back.
-   */
-  end(): number;
+  end(): void;
 }
 
 /**
- * The one core of the wrapper and the middleware: resolves the options once, creates the pool on
- * the first invocation, and starts an {@link Invocation} per call.
+ * The one core of the wrapper and the middleware: options resolved once, the pool created on the
+ * first invocation, an {@link Invocation} per call.
  * @internal
  */
 export function lifecycle(
@@ -145,19 +122,21 @@ export function lifecycle(
     pool: given,
     deadlineMarginMs,
     retry,
-    logger,
-    ...config
+    logger = console,
+    ...rest
   } = typeof options === 'object' ? options : {};
-  const connection =
+  const config =
     typeof options === 'string'
       ? options
-      : Object.values(config).some((v) => v !== undefined)
-        ? (config as DsqlConfig)
+      : Object.values(rest).some((v) => v !== undefined)
+        ? rest
         : undefined;
-  let pool = given;
   const margin = deadlineMarginMs ?? DSQL_DEFAULTS.deadlineMarginMs;
-  return (context) =>
-    invocation((pool ??= createPool(connection)), context, margin, retry, logger ?? console);
+  let pool = given;
+  return (context) => {
+    pool ??= createPool(config as DsqlConfig | string | undefined);
+    return invocation(pool, context, margin, retry, logger);
+  };
 }
 
 function invocation(
@@ -167,8 +146,7 @@ function invocation(
   retry: RetryOptions | undefined,
   logger: DsqlLogger,
 ): Invocation {
-  // Clients from connect() not released yet, and how to take each back.
-  const held = new Map<object, () => void>();
+  const held = new Set<() => void>(); // how to take back each connect() client not released yet
   let ended = false;
   const deadline = () => {
     const remaining = context?.getRemainingTimeInMillis?.();
@@ -176,51 +154,41 @@ function invocation(
   };
   const options = (call?: RetryOptions): RetryOptions => ({ deadline: deadline(), ...retry, ...call });
   const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
-
-  const dsql: Dsql = {
-    pool,
-    query: (text: string | pg.QueryConfig, values?: unknown) =>
-      execWithRetry(pool, text, values as unknown[] | undefined, options()),
-    transaction: (fn, call) => withRetry(pool, fn, options(call)),
-    async connect() {
-      // Captured now, formatted only if the client leaks (V8 formats stacks lazily).
-      const origin = new Error('checked out here');
-      if (ended) throw new DsqlError('dsql-lambda: connect() called after the invocation ended');
-      const client = await connectWithin(pool, { deadline: deadline() });
-      if (ended) {
-        client.release(); // an un-awaited connect() that completed after the end
-        throw new DsqlError('dsql-lambda: connect() called after the invocation ended');
-      }
-      return tracked(client, origin);
-    },
-  } as Dsql;
+  const late = () => new DsqlError('dsql-lambda: connect() called after the invocation ended');
 
   /**
-   * The handler gets a proxy, not pg-pool's client: pg-pool re-assigns `release` on the same
-   * object at each checkout, so a second release() of the real client would free whichever
-   * invocation checked it out next, and two invocations would share one backend.
+   * The handler gets a proxy, not pg-pool's client: pg-pool re-assigns `release` on the same object
+   * at every checkout, so a second release of the real client would free the next invocation's
+   * checkout, and two invocations would share one backend.
    */
-  function tracked(client: pg.PoolClient, origin: Error): pg.PoolClient {
+  const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
     let released = false;
     let takenBack = false;
     const giveBack = (err?: Error | boolean) => {
       released = true;
-      held.delete(proxy);
+      held.delete(takeBack);
       client.release(err);
     };
+    const takeBack = () => {
+      takenBack = true;
+      logger.warn(
+        `dsql-lambda: a client from dsql.connect() was not released before the invocation ended${request}; ` +
+          'closing its connection. Release clients in a finally block.',
+        origin.stack,
+      );
+      // Destroyed, not pooled: whoever leaked it may still use it (a handler running on after middy's
+      // timeoutEarly, an un-awaited promise) and would share it with the next invocation.
+      giveBack(true);
+    };
     const release = (err?: Error | boolean) => {
-      if (!released) return giveBack(err);
-      if (!takenBack)
-        logger.warn(
-          `dsql-lambda: release() called again on a client from dsql.connect()${request}; ignored.`,
-          new Error('released again here').stack,
-        );
+      if (!released) giveBack(err);
+      else if (!takenBack)
+        logger.warn(`dsql-lambda: release() called again on a client from dsql.connect()${request}; ignored`);
     };
     const refused = () =>
-      Promise.reject(
-        new DsqlError('dsql-lambda: query() on a client from dsql.connect() after its release()'),
-      );
-    const proxy: pg.PoolClient = new Proxy(client, {
+      Promise.reject(new DsqlError('dsql-lambda: query() on a released dsql.connect() client'));
+    held.add(takeBack);
+    return new Proxy(client, {
       get(target, key) {
         if (key === 'release') return release;
         if (key === 'query' && released) return refused;
@@ -229,48 +197,44 @@ function invocation(
         return typeof value === 'function' ? value.bind(target) : value;
       },
     });
-    held.set(proxy, () => {
-      takenBack = true;
-      logger.warn(
-        `dsql-lambda: a client from dsql.connect() was not released before the invocation ended${request}; ` +
-          'closing its connection. Release clients in a finally block.',
-        origin.stack,
-      );
-      // Destroyed, not pooled: whoever leaked it may still hold it (a handler still running after
-      // middy's timeoutEarly, an un-awaited promise) and would share it with the next invocation.
-      giveBack(true);
-    });
-    return proxy;
-  }
+  };
+
+  const dsql: Dsql = {
+    pool,
+    query: (text: string | pg.QueryConfig, values?: unknown) =>
+      execWithRetry(pool, text, values as unknown[] | undefined, options()),
+    transaction: (fn, call) => withRetry(pool, fn, options(call)),
+    async connect() {
+      const origin = new Error('checked out here'); // its stack is formatted only if the client leaks
+      if (ended) throw late();
+      const client = await connectWithin(pool, deadline());
+      if (!ended) return track(client, origin);
+      client.release(); // an un-awaited connect() that completed after the end
+      throw late();
+    },
+  } as Dsql;
 
   return {
     dsql,
     end() {
-      if (ended) return 0;
       ended = true;
-      const leaked = [...held.values()];
-      for (const takeBack of leaked) takeBack();
-      return leaked.length;
+      for (const takeBack of [...held]) takeBack();
     },
   };
 }
 
 /**
- * Wraps an async Lambda handler so it receives `context.dsql` (query, connect, transaction,
- * pool), without middy. The pool is created on the first invocation (so importing the handler
- * needs no DSQL settings) and reused by every later one; when each invocation ends, clients it
- * did not release are taken back (connection closed) with a warning.
+ * Wraps an async Lambda handler so it receives `context.dsql`, without middy. The pool is created
+ * on the first invocation (importing the handler needs no DSQL settings) and reused; when each
+ * invocation ends, clients it did not release are taken back (connection closed) with a warning.
  * @param handler An async handler; its context gains `dsql`.
- * @param options A connection string, a `DsqlConfig` (+ `deadlineMarginMs`, `retry`, `logger`),
- *   or `{ pool }`. Default: the environment.
+ * @param options A connection string, a `DsqlConfig` (+ lifecycle options), or `{ pool }`.
+ *   Default: the environment.
  * @returns The handler to export.
  * @example
  * ```ts
- * import { withDsql } from 'dsql-lambda';
- * export const handler = withDsql(async (event: { id: string }, context) => {
- *   const { rows } = await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id]);
- *   return rows[0];
- * });
+ * export const handler = withDsql(async (event: { id: string }, context) =>
+ *   (await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id])).rows[0]);
  * ```
  */
 export function withDsql<TEvent, TResult, TContext extends LambdaContextLike = LambdaContextLike>(
@@ -280,8 +244,7 @@ export function withDsql<TEvent, TResult, TContext extends LambdaContextLike = L
   const begin = lifecycle(options);
   return async function withDsqlHandler(event: TEvent, context: TContext): Promise<TResult> {
     const invocation = begin(context);
-    const ctx = context as TContext & DsqlContext;
-    ctx.dsql = invocation.dsql;
+    const ctx = Object.assign(context, { dsql: invocation.dsql });
     try {
       return await handler(event, ctx);
     } finally {

@@ -1,14 +1,12 @@
 /**
- * `dsql-lambda/middy`: `context.dsql` as a middy middleware (middy 4–7), over the same core as
- * `withDsql`. `@middy/core` is an optional peer dependency: only its types are imported.
+ * `dsql-lambda/middy`: `context.dsql` as a middy middleware (middy 4–7), over the core `withDsql`
+ * uses. `@middy/core` is an optional peer dependency: only its types are imported.
  *
- * The end of the invocation (taking back unreleased clients) must run on every path. middy runs
- * `after` on success and `onError` on failure, but an early response (a `before` or `after`
- * registered later returning a value) skips the remaining middlewares, ours included. A
- * middleware that responds early can call {@link cleanupDsql}; when it does not, the leftover is
- * swept at the start of the next invocation this middleware handles (in a standard Lambda, one
- * invocation at a time per process, always before any new work), or as soon as the finished
- * request is recognisable (middy ≥ 6 marks it with `earlyResponse`).
+ * The invocation's end must run on every path: middy runs `after` on success and `onError` on
+ * failure, but an early response (a later `before` or `after` returning a value) skips ours. Such a
+ * middleware can call {@link cleanupDsql}; otherwise the leftover is swept when the next invocation
+ * starts (in a standard Lambda, one invocation at a time, always before any new work), or as soon
+ * as the request is visibly finished (middy ≥ 6 marks it `earlyResponse`).
  */
 import type { MiddlewareObj, Request } from '@middy/core';
 import type { Context } from 'aws-lambda';
@@ -16,11 +14,8 @@ import { type DsqlContext, type DsqlHandlerOptions, lifecycle } from './lambda.j
 
 export type { Dsql, DsqlContext, DsqlHandlerOptions, DsqlLifecycleOptions, DsqlLogger } from './lambda.js';
 
-// Also stored in `request.internal`, as Powertools does, for a middleware that reads it directly.
-const CLEANUP_KEY = 'dsql-lambda.cleanup';
-
-// Cleanup per request object: `request.internal` is not always per request (middy 5 gives every
-// request the same object when the plugin option `internal` is set).
+// The end of each request, per request object: `request.internal` is not always per request (middy
+// 5 shares one between requests when the plugin option `internal` is set).
 const cleanups = new WeakMap<object, () => void>();
 
 /**
@@ -33,27 +28,16 @@ export type DsqlMiddleware = MiddlewareObj<unknown, unknown, Error, Context & Ds
 type AnyRequest = Pick<Request, 'context' | 'internal'> & { earlyResponse?: unknown };
 
 /**
- * Middleware giving the handler `context.dsql` (`query`, `connect`, `transaction`, `pool`), as
- * `withDsql` does: the pool is created on the first invocation unless `{ pool }` is given, every
- * call is bounded by the Lambda deadline minus `deadlineMarginMs`, and clients not released are
- * taken back at the end of the invocation (connection closed), with a warning.
- * @param options A connection string, a `DsqlConfig` (+ `deadlineMarginMs`, `retry`, `logger`),
- *   or `{ pool }`. Default: the environment (`DSQL_ENDPOINT`, `AWS_REGION`, …).
- * @returns The middleware.
+ * Middleware giving the handler `context.dsql`, exactly as `withDsql` does (same options, pool made
+ * on the first invocation, calls bounded by the deadline, leaks taken back with a warning).
+ * @param options A connection string, a `DsqlConfig` (+ lifecycle options), or `{ pool }`.
+ *   Default: the environment.
+ * @returns The middleware; `.use()` it before `.handler()` so the context is typed with `dsql`.
  * @example
- * ```ts
- * import middy from '@middy/core';
- * import { dsql } from 'dsql-lambda/middy';
- * // `.use()` before `.handler()`, so the handler's context is typed with `dsql`.
- * export const handler = middy()
- *   .use(dsql())
- *   .handler(async (event: { id: string }, context) =>
- *     (await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id])).rows[0]);
- * ```
+ * export const handler = middy().use(dsql()).handler(async (event, context) => context.dsql.query('SELECT 1'));
  */
 export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
   const begin = lifecycle(options);
-  // Requests whose end has not run yet: in flight, or cut short by an early response.
   const open = new Set<AnyRequest>();
   const end = (request: AnyRequest) => cleanups.get(request)?.();
 
@@ -78,14 +62,12 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
       if (open.size > 0) sweep(req);
       const invocation = begin(request.context);
       (request.context as Context & DsqlContext).dsql = invocation.dsql;
-      const cleanup = () => {
+      cleanups.set(req, () => {
         open.delete(req);
         cleanups.delete(req);
         invocation.end();
-      };
-      cleanups.set(req, cleanup);
-      (request.internal as Record<string, unknown>)[CLEANUP_KEY] = cleanup;
-      open.add(req);
+      });
+      open.add(req); // until its end runs: in flight, or cut short by an early response
     },
     after: function dsqlMiddlewareAfter(request) {
       end(request as unknown as AnyRequest);
@@ -97,21 +79,11 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
 }
 
 /**
- * Ends the `dsql` middleware's invocation for `request` now (idempotent; a no-op when the
- * middleware did not run). Call it from a middleware that returns an early response, so clients
- * checked out earlier are taken back at once instead of at the next invocation.
+ * Ends the middleware's invocation for `request` now (idempotent; a no-op if it did not run): call
+ * it from a middleware that responds early, so clients taken earlier are given back at once.
  * @param request The middy request.
  * @example
- * ```ts
- * const auth = {
- *   before: async (request) => {
- *     if (!request.event.headers?.authorization) {
- *       cleanupDsql(request);
- *       return { statusCode: 401 };
- *     }
- *   },
- * };
- * ```
+ * before: (request) => { if (!authorised(request)) { cleanupDsql(request); return { statusCode: 401 }; } }
  */
 export function cleanupDsql(request: { internal: object }): void {
   cleanups.get(request)?.();

@@ -1,16 +1,10 @@
 /**
- * Optimistic-concurrency (OCC) retry for Aurora DSQL: one retry loop ({@link retry}) and two
- * short attempt bodies, a transaction ({@link withRetry}) and a single autocommit statement
- * ({@link execWithRetry}). Every attempt checks out its own pool connection, so a retry after a
- * lost connection runs on a healthy one.
- *
- * What is retried, decided from the classifiers in `errors.ts`:
- * - an OCC conflict (`OC000`, `OC001`, SQLSTATE `40001`) on any statement or on COMMIT: nothing
- *   was committed, so the attempt is rolled back and run again after a backoff sleep;
- * - the connection lost *before* COMMIT (or the statement) was sent: run again on another one;
- * - the connection lost, or the deadline reached, *while* COMMIT (or an autocommit statement)
- *   was in flight: it may have committed, so it is never retried: {@link CommitOutcomeUnknownError};
- * - anything else: rolled back and rethrown unchanged.
+ * OCC retry for Aurora DSQL: one loop ({@link retry}) and two attempt bodies, a transaction
+ * ({@link withRetry}) and one autocommit statement ({@link execWithRetry}). Every attempt checks out
+ * its own pool connection. Retried: an OCC conflict (nothing committed) and a connection lost before
+ * anything that could commit was sent. Never retried: what may have committed (a connection lost or
+ * the deadline reached while COMMIT or the statement was in flight: {@link CommitOutcomeUnknownError}),
+ * and any other error (rolled back, rethrown unchanged).
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -26,24 +20,22 @@ import {
 } from './errors.js';
 
 /**
- * Why an attempt is retried: the OCC code (`OC000` data conflict, `OC001` schema changed),
- * SQLSTATE `40001` without a code (plain PostgreSQL), or a connection lost before COMMIT was sent.
+ * Why an attempt is retried: the OCC code (`OC000` data, `OC001` schema), SQLSTATE `40001` without
+ * one (plain PostgreSQL), or a connection lost before COMMIT was sent.
  * @example
- * const conflicts: Record<RetryCode, number> = { OC000: 0, OC001: 0, '40001': 0, 'connection-lost': 0 };
- * await withRetry(pool, fn, { onRetry: ({ code }) => conflicts[code]++ });
+ * await withRetry(pool, fn, { onRetry: ({ code }) => metrics.count(`retry_${code}`) });
  */
 export type RetryCode = 'OC000' | 'OC001' | '40001' | 'connection-lost';
 
 /**
  * What {@link RetryOptions.onRetry} is told before each backoff sleep.
  * @example
- * const onRetry = ({ attempt, delayMs, code }: RetryInfo) =>
- *   console.warn(`attempt ${attempt} failed (${code}), retrying in ${Math.round(delayMs)} ms`);
+ * const onRetry = ({ attempt, delayMs, code }: RetryInfo) => console.warn(`#${attempt} ${code}, ${delayMs} ms`);
  */
 export interface RetryInfo {
-  /** Number of the attempt that just failed (1 for the first). */
+  /** The attempt that just failed (1 for the first). */
   attempt: number;
-  /** How long the retry sleeps before the next attempt, in milliseconds. */
+  /** The sleep before the next attempt, in ms. */
   delayMs: number;
   /** The error that failed the attempt. */
   error: unknown;
@@ -52,80 +44,59 @@ export interface RetryInfo {
 }
 
 /**
- * Retry policy of {@link withRetry} and {@link execWithRetry}. Every field is optional: a field
- * not given comes from the pool's policy (`createPool({ retry })`), then from
- * `DSQL_DEFAULTS.retry`.
+ * Retry policy. A field not given comes from the pool's policy (`createPool({ retry })`), then
+ * from `DSQL_DEFAULTS.retry`.
  * @example
- * const options: RetryOptions = {
- *   deadline: Date.now() + context.getRemainingTimeInMillis() - 500,
- *   signal: AbortSignal.timeout(10_000),
- *   onRetry: ({ attempt, code }) => metrics.count('occ_retry', { attempt, code }),
- * };
+ * const options: RetryOptions = { deadline: Date.now() + context.getRemainingTimeInMillis() - 500 };
  */
 export interface RetryOptions {
   /** Most attempts, the first included (1: never retry). Default `DSQL_DEFAULTS.retry.maxAttempts` (8). */
   maxAttempts?: number | undefined;
-  /** Shortest backoff sleep, in ms. Default `DSQL_DEFAULTS.retry.baseDelayMs` (50). */
+  /** Shortest backoff sleep, ms. Default `DSQL_DEFAULTS.retry.baseDelayMs` (50). */
   baseDelayMs?: number | undefined;
-  /** Longest backoff sleep, in ms; wins over `baseDelayMs`. Default `DSQL_DEFAULTS.retry.maxDelayMs` (1000). */
+  /** Longest backoff sleep, ms; wins over `baseDelayMs`. Default `DSQL_DEFAULTS.retry.maxDelayMs` (1000). */
   maxDelayMs?: number | undefined;
   /**
-   * Epoch milliseconds (`Date.now()`'s clock) by which the call settles, waiting for a pool
-   * connection included. No attempt or sleep starts that is not expected to end before it (an
-   * attempt is expected to last as long as the longest so far). An attempt still running when it
-   * passes is abandoned and its connection closed (which rolls it back); if COMMIT or the
-   * statement was in flight, {@link CommitOutcomeUnknownError}. Default: none.
+   * Epoch ms by which the call settles, the wait for a connection included. No attempt or sleep
+   * starts that is not expected to end before it (an attempt lasts as long as the longest so far).
+   * An attempt running when it passes is abandoned and its connection closed (rolling it back), or
+   * {@link CommitOutcomeUnknownError} if COMMIT or the statement was in flight. Default: none.
    */
   deadline?: number | undefined;
   /**
-   * Stops retrying when aborted: a backoff sleep or the wait for a connection at once, an attempt
-   * by abandoning it and closing its connection. A COMMIT (or statement) in flight is left to
-   * finish, so its outcome is known. Default: none.
+   * Aborting stops a sleep or a wait for a connection at once, and an attempt by closing its
+   * connection; a COMMIT (or statement) in flight is left to finish. Default: none.
    */
   signal?: AbortSignal | undefined;
-  /** Called before each backoff sleep, holding no connection; if it throws, the call rejects with that. Default: none. */
+  /** Called before each backoff sleep, holding no connection; if it throws, the call rejects with that. */
   onRetry?: ((info: RetryInfo) => void) | undefined;
 }
 
 /**
- * The transaction handle given to the callback of {@link withRetry}: `query` only, so that the
- * callback cannot release or commit the connection. It stops working when its attempt ends, so a
- * query a failed attempt left running can never land in the next one.
+ * The callback's handle on its transaction: `query` only (no release, no COMMIT), refused once its
+ * attempt is over so that a query left running can never land in the next attempt.
  * @example
- * async function debit(tx: TransactionClient, id: string, amount: number): Promise<void> {
- *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [id, amount]);
- * }
+ * const debit = (tx: TransactionClient, id: string) => tx.query('UPDATE a SET n = n - 1 WHERE id = $1', [id]);
  */
 export interface TransactionClient {
-  /** `pg.Client#query`, run inside this attempt's transaction. */
+  /** `pg.Client#query`, inside this attempt's transaction. */
   query: pg.ClientBase['query'];
 }
 
 /**
- * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT) on a pool connection, and runs it again in
- * a new transaction, on a new checkout, after an OCC conflict or a connection lost before COMMIT.
+ * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT) and runs it again, in a new transaction on
+ * a new checkout, after an OCC conflict or a connection lost before COMMIT was sent.
  *
- * **`fn` must be safe to run more than once.** What it does through `tx` is rolled back when an
- * attempt fails; nothing else is. Send emails, call APIs and publish messages after withRetry
- * returns, with the value `fn` returned.
- *
- * - OCC conflict on any statement or on COMMIT: rolled back, retried after a backoff sleep.
- * - Connection lost before COMMIT was sent: retried on another connection.
- * - Connection lost, or `deadline` reached, while COMMIT was in flight (pg's `query_timeout`
- *   included): {@link CommitOutcomeUnknownError}, never retried. Make the transaction verifiable
- *   (an idempotency key row) if you must know.
- * - `fn` caught a failed statement, so PostgreSQL turned COMMIT into ROLLBACK: retried when that
- *   error was an OCC conflict, otherwise a `DsqlError` whose `cause` is it (never a success).
- * - Any other error: rolled back and rethrown unchanged.
- * - Out of attempts, past `deadline`, or `signal` aborted: {@link OccRetryExhaustedError}
- *   (`cause` = the last error). No connection within the deadline: `DsqlConnectionError`.
- *
- * A connection is never pooled again in an unknown state: when ROLLBACK fails or the connection
- * was lost or abandoned, it is destroyed. Every checkout is released exactly once, a checkout
- * granted after the call gave up included.
+ * **`fn` must be safe to run more than once**: only what it does through `tx` is rolled back. Send
+ * emails or messages after withRetry returns. If `fn` catches a failed statement (PostgreSQL then
+ * answers COMMIT with ROLLBACK), the attempt is retried when that error was a conflict, and fails
+ * with a `DsqlError` whose `cause` is it otherwise, never a success. Out of attempts, past the
+ * deadline or aborted: {@link OccRetryExhaustedError} (`cause`: the last error); no connection
+ * within the deadline: `DsqlConnectionError`. A connection in an unknown state (ROLLBACK failed,
+ * lost, abandoned) is destroyed, never pooled again.
  * @param pool Where each attempt checks out its connection.
- * @param fn The transaction body; its resolved value is returned after COMMIT succeeds.
- * @param options Retry policy; see {@link RetryOptions}.
+ * @param fn The transaction body.
+ * @param options See {@link RetryOptions}.
  * @returns What `fn` returned, once COMMIT succeeded.
  * @example
  * ```ts
@@ -134,8 +105,8 @@ export interface TransactionClient {
  *   await tx.query('UPDATE account SET balance = balance - $2 WHERE id = $1', [from, amount]);
  *   await tx.query('UPDATE account SET balance = balance + $2 WHERE id = $1', [to, amount]);
  *   await tx.query('INSERT INTO transfer (id, amount) VALUES ($1, $2)', [transferId, amount]);
- * }, { deadline: Date.now() + context.getRemainingTimeInMillis() - 1000 });
- * await sendReceiptEmail(transferId); // after the commit, never inside fn
+ * });
+ * await sendReceipt(transferId); // after the commit, never inside fn
  * ```
  */
 export function withRetry<T>(
@@ -148,22 +119,18 @@ export function withRetry<T>(
 }
 
 /**
- * Runs one statement outside an explicit transaction (autocommit), retried like
- * {@link withRetry}: a statement refused with an OCC conflict cannot have committed, so it is
- * sent again. For single writes and DDL such as `CREATE INDEX ASYNC` (which can fail with
- * `OC001`). A connection lost, or the deadline reached, while it was in flight means its outcome
- * is unknown: {@link CommitOutcomeUnknownError}, never retried. Send one statement: a string of
- * several that commits part of its work before a conflict would run that part twice.
+ * Runs one statement in autocommit, retried like {@link withRetry}: a statement refused with an
+ * OCC conflict cannot have committed, so it is sent again (single writes; DDL such as
+ * `CREATE INDEX ASYNC`, which can fail with `OC001`). Once it may have committed it is never resent:
+ * {@link CommitOutcomeUnknownError}. Send one statement: a string of several that commits part of
+ * its work before a conflict would run that part twice.
  * @param pool Where each attempt checks out its connection.
- * @param sql The statement, or a pg query config (`{ text, values, rowMode, … }`).
- * @param params Its parameters (`$1`, `$2`, …). Default: none.
- * @param options Retry policy; see {@link RetryOptions}.
- * @returns The statement's `pg.QueryResult`.
+ * @param sql The statement, or a pg query config.
+ * @param params Its parameters. Default: none.
+ * @param options See {@link RetryOptions}.
+ * @returns The statement's result.
  * @example
- * ```ts
- * await execWithRetry(pool, 'CREATE INDEX ASYNC idx_orders_customer ON orders (customer_id)');
- * const { rowCount } = await execWithRetry(pool, 'UPDATE counter SET n = n + 1 WHERE id = $1', [id]);
- * ```
+ * await execWithRetry(pool, 'UPDATE counter SET n = n + 1 WHERE id = $1', [id]);
  */
 export function execWithRetry<R extends pg.QueryResultRow = pg.QueryResultRow>(
   pool: pg.Pool,
@@ -171,55 +138,35 @@ export function execWithRetry<R extends pg.QueryResultRow = pg.QueryResultRow>(
   params?: unknown[],
   options?: RetryOptions,
 ): Promise<pg.QueryResult<R>> {
-  return retry(pool, options, (a) => statement<R>(a, sql, params));
+  return retry(pool, options, (a) => sent(a, a.client.query<R>(sql as string, params), 'the statement'));
 }
 
-/**
- * Test and benchmark seams, read from the options object of a call; not part of
- * {@link RetryOptions}, not exported from the package.
- * @internal
- */
+/** Test and benchmark seams, read from a call's options object; not in {@link RetryOptions}. @internal */
 export interface RetrySeams {
-  /** Clock of `deadline`. Default `Date.now`. */
   now?: () => number;
-  /** Backoff sleep; must reject when `signal` aborts. Default: a timer. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
-  /** Uniform random numbers in [0, 1). Default `Math.random`. */
   random?: () => number;
-  /** Another backoff scheme (benchmarks). Default {@link backoffDelay}. */
-  backoff?: (failures: number, previousMs: number, policy: Policy, random: () => number) => number;
-}
-
-interface Policy {
-  baseDelayMs: number;
-  maxDelayMs: number;
+  backoff?: typeof backoffDelay;
 }
 
 /**
- * The backoff sleep after a failed attempt ("decorrelated jitter"): uniform in
- * `[base, 3 × previous]` (`3 × base` the first time), capped at `maxDelayMs`. Every retry waits
- * at least the base, and the window grows from the sleep actually taken, so transactions that
- * collided drift apart. (In `bench/occ.ts` it spent the fewest attempts per commit.)
+ * The backoff sleep ("decorrelated jitter", chosen with `bench/occ.ts`): uniform in
+ * `[base, 3 × previous]` (`3 × base` the first time), capped. Every retry waits at least the base,
+ * and colliding transactions drift apart.
  * @internal
  */
 export function backoffDelay(
   _failures: number,
   previousMs: number,
-  { baseDelayMs: base, maxDelayMs: cap }: Policy,
+  { baseDelayMs: base, maxDelayMs: cap }: { baseDelayMs: number; maxDelayMs: number },
   random: () => number = Math.random,
 ): number {
-  const upper = Math.max(base, 3 * (previousMs > 0 ? previousMs : base));
-  return Math.min(cap, base + random() * (upper - base));
+  return Math.min(cap, base + random() * (Math.max(base, 3 * (previousMs || base)) - base));
 }
 
-// ---------------------------------------------------------------------------------------------
-// The loop
-// ---------------------------------------------------------------------------------------------
+type Resolved = typeof DSQL_DEFAULTS.retry & RetryOptions & Required<RetrySeams>;
 
-type Resolved = Policy & { maxAttempts: number } & Pick<RetryOptions, 'deadline' | 'signal' | 'onRetry'> &
-  Required<RetrySeams>;
-
-/** Interrupts whatever a call awaits: the deadline passed, or the signal aborted. */
+/** Rejection of whatever a call awaits when the deadline passes or the signal aborts. */
 class Stop {
   constructor(
     readonly reason: 'deadline' | 'aborted',
@@ -227,39 +174,32 @@ class Stop {
   ) {}
 }
 
-/** An attempt failed before anything was sent that could commit: worth another connection. */
+/** An attempt failed before anything that could commit was sent: worth another connection. */
 class Unsent {
   constructor(readonly error: unknown) {}
 }
 
-/** One call's deadline and signal, as promises that reject with a {@link Stop}. */
+/** A call's deadline and signal: `guard(p)` races `p` against them. */
 interface Scope {
   readonly o: Resolved;
-  /** Races `p` against the deadline and, unless `abortable` is false, the signal. */
   guard<T>(p: Promise<T>, abortable?: boolean): Promise<T>;
+  dispose(): void;
 }
 
-/** One checked-out connection and what happened to it during an attempt. */
+/** One checkout and what happened to it. */
 interface Attempt {
   readonly client: pg.PoolClient;
-  /** 1 for the first attempt of the call. */
-  readonly number: number;
   readonly scope: Scope;
-  /** Set when the connection emitted `'error'` or `'end'`. */
-  lost?: Error | undefined;
-  /** Set when the connection must be destroyed instead of pooled again. */
+  readonly number: number;
+  /** Set by the client's `'error'` or `'end'`: the connection is gone. */
+  lost?: Error;
+  /** Destroy the connection instead of pooling it again. */
   broken?: boolean;
+  onError?: (err?: Error) => void;
 }
 
 const noop = () => {};
-// setTimeout fires at once for delays over 2^31 − 1 ms (24.8 days): such a deadline is none.
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/**
- * The retry loop shared by both bodies: acquire, attempt, release, classify, back off. `attempt`
- * throws to fail; the loop retries OCC conflicts and {@link Unsent}, turns a {@link Stop} into
- * the caller's error, and rethrows anything else.
- */
 async function retry<T>(
   pool: pg.Pool,
   options: RetryOptions | undefined,
@@ -269,71 +209,53 @@ async function retry<T>(
   const s = scope(o);
   const started = o.now();
   let attempts = 0;
-  let lastError: unknown;
-  let previousDelay = 0;
-  let longest = 0;
+  let last: unknown; // the error of the last failed attempt
+  let code: RetryCode = '40001';
+  let slept = 0;
+  let longest = 0; // the estimate of the next attempt: overrunning a deadline costs more than a retry
+  const giveUp = (reason: 'attempts' | 'deadline' | 'aborted', cause = last) => {
+    const why = { attempts: 'out of attempts', deadline: 'deadline reached', aborted: 'aborted' }[reason];
+    const message = `OCC retry gave up after ${attempts} attempt${attempts === 1 ? '' : 's'} (${why})`;
+    return new OccRetryExhaustedError(
+      cause instanceof Error ? `${message}: ${cause.message}` : message,
+      { attempts, elapsedMs: o.now() - started, reason },
+      { cause },
+    );
+  };
   try {
     for (;;) {
       if (o.signal?.aborted) throw new Stop('aborted', o.signal.reason);
       if (o.deadline !== undefined && o.now() + longest >= o.deadline) throw new Stop('deadline');
       const attemptStarted = o.now();
-      let client: pg.PoolClient;
-      try {
-        client = await acquire(pool, s);
-      } catch (err) {
-        if (err instanceof Stop && err.reason === 'deadline' && attempts === 0)
-          throw noConnection(pool, o.now() - started);
-        throw err;
-      }
+      const a = await acquire(pool, s, attempts + 1).catch((err: unknown) => {
+        const late = err instanceof Stop && err.reason === 'deadline' && attempts === 0;
+        throw late ? noConnection(pool, o.now() - started) : err;
+      });
       attempts++;
-      const a = lease(client, s, attempts);
       try {
         return await attempt(a);
       } catch (err) {
-        if (err instanceof Stop || !(err instanceof Unsent || isOccError(err))) throw err;
-        lastError = err;
+        if (err instanceof Unsent) [last, code] = [err.error, 'connection-lost'];
+        else if (!(err instanceof Stop) && isOccError(err)) [last, code] = [err, occCode(err) ?? '40001'];
+        else throw err;
       } finally {
-        a.done();
+        release(a);
         longest = Math.max(longest, o.now() - attemptStarted);
       }
-      if (attempts >= o.maxAttempts) throw gaveUp('attempts', attempts, o.now() - started, lastError);
-      const delayMs = o.backoff(attempts, previousDelay, o, o.random);
-      previousDelay = delayMs;
-      if (o.deadline !== undefined && o.now() + delayMs + longest >= o.deadline) throw new Stop('deadline');
-      const error = lastError instanceof Unsent ? lastError.error : lastError;
-      const code = lastError instanceof Unsent ? 'connection-lost' : (occCode(error) ?? '40001');
-      o.onRetry?.({ attempt: attempts, delayMs, error, code });
-      await s.guard(o.sleep(delayMs, o.signal));
+      if (attempts >= o.maxAttempts) throw giveUp('attempts');
+      slept = o.backoff(attempts, slept, o, o.random);
+      if (o.deadline !== undefined && o.now() + slept + longest >= o.deadline) throw new Stop('deadline');
+      o.onRetry?.({ attempt: attempts, delayMs: slept, error: last, code });
+      await s.guard(o.sleep(slept, o.signal));
     }
   } catch (err) {
-    if (!(err instanceof Stop)) throw err;
-    const last = lastError instanceof Unsent ? lastError.error : lastError;
-    throw gaveUp(err.reason, attempts, o.now() - started, last ?? err.cause);
+    throw err instanceof Stop ? giveUp(err.reason, last ?? err.cause) : err;
   } finally {
     s.dispose();
   }
 }
 
 function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
-  // The pool's policy (createPool({ retry })), read defensively: any pg.Pool can be passed.
-  const poolPolicy = (pool as { retry?: RetryOptions } | null)?.retry;
-  const o: Resolved = {
-    ...DSQL_DEFAULTS.retry,
-    now: Date.now,
-    sleep,
-    random: Math.random,
-    backoff: backoffDelay,
-    ...defined(poolPolicy),
-    ...defined(options),
-  };
-  if (!Number.isInteger(o.maxAttempts) || o.maxAttempts < 1)
-    throw new DsqlConfigError('maxAttempts', 'must be an integer ≥ 1');
-  if (!(o.baseDelayMs >= 0 && Number.isFinite(o.baseDelayMs)))
-    throw new DsqlConfigError('baseDelayMs', 'must be a finite number ≥ 0');
-  if (!(o.maxDelayMs >= 0 && Number.isFinite(o.maxDelayMs)))
-    throw new DsqlConfigError('maxDelayMs', 'must be a finite number ≥ 0');
-  if (o.deadline !== undefined && !Number.isFinite(o.deadline))
-    throw new DsqlConfigError('deadline', 'must be a finite epoch time in milliseconds');
   const t = pool as unknown as Partial<pg.PoolClient> | null;
   if (
     typeof t?.connect !== 'function' ||
@@ -343,6 +265,21 @@ function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
     throw new TypeError(
       'withRetry: expected a pg.Pool (each attempt checks out its own connection), not a client',
     );
+  const seams: Required<RetrySeams> = { now: Date.now, sleep, random: Math.random, backoff: backoffDelay };
+  // The pool's policy (createPool({ retry })), read defensively: any pg.Pool may be passed.
+  const policy = (pool as { retry?: RetryOptions }).retry;
+  const o = { ...DSQL_DEFAULTS.retry, ...seams, ...defined(policy), ...defined(options) } as Resolved;
+  const check = (field: string, ok: boolean, rule: string) => {
+    if (!ok) throw new DsqlConfigError(field, rule);
+  };
+  check('maxAttempts', Number.isInteger(o.maxAttempts) && o.maxAttempts >= 1, 'must be an integer ≥ 1');
+  check('baseDelayMs', o.baseDelayMs >= 0 && o.baseDelayMs < Infinity, 'must be a finite number ≥ 0');
+  check('maxDelayMs', o.maxDelayMs >= 0 && o.maxDelayMs < Infinity, 'must be a finite number ≥ 0');
+  check(
+    'deadline',
+    o.deadline === undefined || Number.isFinite(o.deadline),
+    'must be a finite epoch time in ms',
+  );
   return o;
 }
 
@@ -365,24 +302,19 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-function scope(o: Resolved): Scope & { dispose(): void } {
+function scope(o: Resolved): Scope {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let onAbort = noop;
-  const never = new Promise<never>(noop);
-  let deadline = never;
-  let aborted = never;
-  const ms = o.deadline === undefined ? Number.POSITIVE_INFINITY : o.deadline - o.now();
-  if (ms <= MAX_TIMER_MS)
-    deadline = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Stop('deadline')), Math.max(0, ms));
-    });
-  const { signal } = o;
-  if (signal)
-    aborted = new Promise((_, reject) => {
-      onAbort = () => reject(new Stop('aborted', signal.reason));
-      if (signal.aborted) onAbort();
-      else signal.addEventListener('abort', onAbort, { once: true });
-    });
+  const ms = o.deadline === undefined ? Infinity : o.deadline - o.now();
+  // (setTimeout fires at once beyond 2^31 − 1 ms, 24.8 days: such a deadline is none.)
+  const deadline = new Promise<never>((_, reject) => {
+    if (ms < 2 ** 31) timer = setTimeout(() => reject(new Stop('deadline')), Math.max(0, ms));
+  });
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new Stop('aborted', o.signal?.reason));
+    if (o.signal?.aborted) onAbort();
+    else o.signal?.addEventListener('abort', onAbort, { once: true });
+  });
   deadline.catch(noop);
   aborted.catch(noop);
   return {
@@ -393,103 +325,68 @@ function scope(o: Resolved): Scope & { dispose(): void } {
     },
     dispose() {
       clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
+      o.signal?.removeEventListener('abort', onAbort);
     },
   };
 }
 
 /**
- * `pool.connect()` within a deadline and a signal (`context.dsql.connect()`): past the deadline a
- * `DsqlConnectionError` saying what was waited for; a checkout granted later is released at once.
+ * `pool.connect()` within a deadline (`context.dsql.connect()`): past it, a `DsqlConnectionError`
+ * saying what was waited for. A checkout granted after the caller gave up is released at once.
  * @internal
  */
-export async function connectWithin(
-  pool: pg.Pool,
-  options: Pick<RetryOptions, 'deadline' | 'signal'>,
-): Promise<pg.PoolClient> {
-  const o = resolve(pool, options);
-  const s = scope(o);
-  const started = o.now();
+export async function connectWithin(pool: pg.Pool, deadline: number | undefined): Promise<pg.PoolClient> {
+  const s = scope(resolve(pool, { deadline }));
+  const started = Date.now();
   try {
-    return await acquire(pool, s);
-  } catch (err) {
-    if (!(err instanceof Stop)) throw err;
-    throw err.reason === 'deadline'
-      ? noConnection(pool, o.now() - started)
-      : gaveUp('aborted', 0, o.now() - started, err.cause);
+    const pending = pool.connect();
+    return await s.guard(pending).catch((err: unknown) => {
+      if (!(err instanceof Stop)) throw err;
+      pending.then((late) => late.release(), noop);
+      throw noConnection(pool, Date.now() - started);
+    });
   } finally {
     s.dispose();
   }
 }
 
-/** Checks out a client within the scope; a checkout granted after the scope gave up is released. */
-async function acquire(pool: pg.Pool, s: Scope): Promise<pg.PoolClient> {
+async function acquire(pool: pg.Pool, s: Scope, number: number): Promise<Attempt> {
   const pending = pool.connect();
-  try {
-    return await s.guard(pending);
-  } catch (err) {
+  const client = await s.guard(pending).catch((err: unknown) => {
     if (err instanceof Stop) pending.then((late) => late.release(), noop);
     throw err;
-  }
-}
-
-/** The deadline passed before any connection was handed over: say what was being waited for. */
-function noConnection(pool: pg.Pool, elapsedMs: number): DsqlConnectionError {
-  const { host, port } = (pool as { options?: { host?: string; port?: number } }).options ?? {};
-  const where = host ? ` to ${host}${port ? `:${port}` : ''}` : '';
-  const max = (pool as { options?: { max?: number } }).options?.max;
-  const busy = max !== undefined && pool.totalCount >= max && pool.idleCount === 0;
-  const why = busy
-    ? `all ${max} connections of the pool were in use`
-    : 'opening a new connection did not finish (refused, unreachable or not admitted)';
-  return new DsqlConnectionError(
-    `Could not get a connection${where} within ${Math.round(elapsedMs)} ms (deadline reached): ${why}`,
-    0,
-  );
-}
-
-function gaveUp(
-  reason: 'attempts' | 'deadline' | 'aborted',
-  attempts: number,
-  elapsedMs: number,
-  cause: unknown,
-): OccRetryExhaustedError {
-  const why = { attempts: 'out of attempts', deadline: 'deadline reached', aborted: 'aborted' }[reason];
-  const last = cause instanceof Error ? `: ${cause.message}` : '';
-  return new OccRetryExhaustedError(
-    `OCC retry gave up after ${attempts} attempt${attempts === 1 ? '' : 's'} (${why})${last}`,
-    { attempts, elapsedMs, reason },
-    { cause },
-  );
-}
-
-function lease(client: pg.PoolClient, s: Scope, number: number): Attempt & { done(): void } {
-  const a: Attempt & { done(): void } = {
-    client,
-    number,
-    scope: s,
-    done() {
-      client.removeListener('error', onError);
-      client.removeListener('end', onEnd);
-      client.release(a.broken || a.lost !== undefined);
-    },
+  });
+  const a: Attempt = { client, scope: s, number };
+  // A checked-out plain pg client has no 'error' listener: without one a socket error would crash
+  // the process. Ours also tells the attempt its connection is gone.
+  a.onError = (err?: Error) => {
+    a.lost ??= err ?? new DsqlError('connection ended');
   };
-  // A checked-out plain pg client has no 'error' listener: without ours a socket error would
-  // crash the process.
-  const onError = (err: Error) => {
-    a.lost ??= err;
-  };
-  const onEnd = () => {
-    a.lost ??= new DsqlError('connection ended');
-  };
-  client.on('error', onError);
-  client.on('end', onEnd);
+  client.on('error', a.onError);
+  client.on('end', a.onError);
   return a;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The two attempt bodies
-// ---------------------------------------------------------------------------------------------
+function release(a: Attempt): void {
+  a.client.removeListener('error', a.onError ?? noop);
+  a.client.removeListener('end', a.onError ?? noop);
+  a.client.release(a.broken || a.lost !== undefined);
+}
+
+/** The deadline passed before a connection was handed over: say what was being waited for. */
+function noConnection(pool: pg.Pool, elapsedMs: number): DsqlConnectionError {
+  const { host, port, max } =
+    (pool as { options?: { host?: string; port?: number; max?: number } }).options ?? {};
+  const busy = max !== undefined && pool.totalCount >= max && pool.idleCount === 0;
+  return new DsqlConnectionError(
+    `Could not get a connection${host ? ` to ${host}${port ? `:${port}` : ''}` : ''} within ${Math.round(elapsedMs)} ms (deadline reached): ${
+      busy
+        ? `all ${max} connections of the pool were in use`
+        : 'a new connection was still being opened (refused, unreachable or not admitted)'
+    }`,
+    0,
+  );
+}
 
 async function transaction<T>(a: Attempt, fn: (tx: TransactionClient) => Promise<T>): Promise<T> {
   const { client, scope: s } = a;
@@ -503,79 +400,55 @@ async function transaction<T>(a: Attempt, fn: (tx: TransactionClient) => Promise
     value = await s.guard(Promise.resolve().then(() => fn(tx)));
   } catch (err) {
     tx.closed = true;
-    if (err instanceof Stop) {
-      // fn may still be running, with queries queued: closing the connection is the only
-      // prompt rollback that cannot race with them.
-      a.broken = true;
-      throw err;
-    }
-    // Nothing can have committed. A lost connection is worth another when the error came from the
-    // database (not, say, an HTTP call in fn that failed with ECONNRESET).
-    const fromDatabase = !began || a.lost !== undefined || (isObject(err) && log.fromDatabase.has(err));
-    if (fromDatabase && isConnectionLostError(err)) {
+    // Interrupted: fn may still be running, with queries queued. Closing the connection is the only
+    // prompt rollback that cannot race with them.
+    if (err instanceof Stop) a.broken = true;
+    // A lost connection is worth another when the error came from the database (not from, say, an
+    // HTTP call in fn failing with ECONNRESET).
+    else if ((!began || a.lost || log.fromDatabase.has(err as object)) && isConnectionLostError(err)) {
       a.broken = true;
       throw new Unsent(err);
-    }
-    await rollback(a);
+    } else await rollback(a);
     throw err;
   }
   tx.closed = true;
-  if (s.o.deadline !== undefined && s.o.now() >= s.o.deadline) {
-    // Past the deadline a COMMIT could only end as "outcome unknown", and there is no time left for
-    // a ROLLBACK round trip: closing the connection rolls the transaction back.
+  const { deadline, now, signal } = s.o;
+  if (deadline !== undefined && now() >= deadline) {
+    // A COMMIT now could only end as "outcome unknown"; closing the connection rolls back at once.
     a.broken = true;
     throw new Stop('deadline');
   }
-  if (s.o.signal?.aborted) {
+  if (signal?.aborted) {
     await rollback(a);
-    throw new Stop('aborted', s.o.signal.reason);
+    throw new Stop('aborted', signal.reason);
   }
-  // The socket died while fn ran and fn swallowed the error: COMMIT would never be answered.
-  if (a.lost) throw new Unsent(a.lost);
+  if (a.lost) throw new Unsent(a.lost); // fn swallowed the error of a connection that died
   const result = await sent(a, client.query('COMMIT'), 'COMMIT');
-  if (result.command === 'ROLLBACK') {
-    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK: fn caught a statement error.
-    if (log.occ !== undefined) throw log.occ;
-    throw new DsqlError(
-      'withRetry: COMMIT rolled the transaction back: a statement in fn failed and fn caught the error',
-      { cause: log.first },
-    );
-  }
-  return value;
+  if (result.command !== 'ROLLBACK') return value;
+  // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK: fn caught a statement error.
+  if (log.occ !== undefined) throw log.occ;
+  throw new DsqlError('withRetry: COMMIT rolled back: a statement in fn failed and fn caught the error', {
+    cause: log.first,
+  });
 }
-
-function statement<R extends pg.QueryResultRow>(
-  a: Attempt,
-  sql: string | pg.QueryConfig,
-  params: unknown[] | undefined,
-): Promise<pg.QueryResult<R>> {
-  if (a.lost) return Promise.reject(new Unsent(a.lost));
-  return sent(a, a.client.query<R>(sql as string, params), 'the statement');
-}
-
-// pg answers these at once, without sending anything, on a client it knows is dead.
-const NOT_SENT = /is not queryable/;
 
 /**
- * Awaits something that may commit (COMMIT, an autocommit statement). The signal does not cut it
- * short, so its outcome is known; the deadline or a lost connection leaves it unknown.
+ * Awaits what may commit (COMMIT, an autocommit statement). The signal does not cut it short, so
+ * its outcome is known; the deadline or a lost connection leaves it unknown.
  */
 async function sent<R>(a: Attempt, p: Promise<R>, what: string): Promise<R> {
   try {
     return await a.scope.guard(p, false);
   } catch (err) {
-    const message = (err as { message?: unknown } | null)?.message;
-    if (typeof message === 'string' && NOT_SENT.test(message)) {
+    // pg answers at once, sending nothing, on a client it knows is dead.
+    const unsent = /is not queryable/.test((err as Error | null)?.message ?? '');
+    if (unsent || err instanceof Stop || a.lost || isConnectionLostError(err)) {
       a.broken = true;
-      throw new Unsent(err);
-    }
-    if (err instanceof Stop || a.lost || isConnectionLostError(err)) {
-      a.broken = true;
-      const cause = err instanceof Stop ? new DsqlError('deadline reached') : err;
+      if (unsent) throw new Unsent(err);
       throw new CommitOutcomeUnknownError(
-        `The connection was lost (or the deadline passed) while ${what} was in flight: it may or may not have committed`,
+        `The connection was lost or the deadline passed while ${what} was in flight: it may or may not have committed`,
         a.number,
-        { cause },
+        { cause: err instanceof Stop ? new DsqlError('deadline reached') : err },
       );
     }
     await rollback(a); // e.g. execWithRetry('BEGIN') left a transaction open
@@ -583,29 +456,23 @@ async function sent<R>(a: Attempt, p: Promise<R>, what: string): Promise<R> {
   }
 }
 
-/** Rolls back unless the server says no transaction is open; destroys the connection if it fails. */
+/** Rolls back unless the server says no transaction is open; destroys the connection if that fails. */
 async function rollback(a: Attempt): Promise<void> {
-  // pg ≥ 8.23: status of the last ReadyForQuery; 'I' = idle (a failed COMMIT ended the transaction).
+  // pg ≥ 8.23 keeps the last ReadyForQuery status: 'I' = idle (a failed COMMIT ended the transaction).
   if (a.broken || a.lost || a.client.getTransactionStatus?.() === 'I') return;
-  try {
-    // Not abortable: an aborted caller still wants a clean connection back in the pool.
-    await a.scope.guard(a.client.query('ROLLBACK'), false);
-  } catch {
+  // Not abortable: an aborted caller still wants a clean connection back in the pool.
+  await a.scope.guard(a.client.query('ROLLBACK'), false).catch(() => {
     a.broken = true;
-  }
+  });
 }
 
-function isObject(e: unknown): e is object {
-  return typeof e === 'object' && e !== null;
-}
-
-/** `tx`: pg's query, noting errors from the database, refused once its attempt is over. */
+/** `tx`: pg's query, noting errors from the database; refused once its attempt is over. */
 function transactionClient(
   client: pg.ClientBase,
   log: { fromDatabase: WeakSet<object>; first: unknown; occ: unknown },
 ): TransactionClient & { closed: boolean } {
   const note = (err: unknown) => {
-    if (isObject(err)) log.fromDatabase.add(err);
+    if (typeof err === 'object' && err !== null) log.fromDatabase.add(err);
     log.first ??= err;
     if (log.occ === undefined && isOccError(err)) log.occ = err;
   };
@@ -613,9 +480,7 @@ function transactionClient(
     closed: false,
     query: ((...args: unknown[]) => {
       if (tx.closed)
-        throw new DsqlError(
-          'withRetry: tx.query() called after its attempt ended (was a query not awaited?)',
-        );
+        throw new DsqlError('withRetry: tx.query() after its attempt ended (was a query not awaited?)');
       const callback = args.at(-1);
       if (typeof callback === 'function')
         args[args.length - 1] = (err: unknown, res: unknown) => {
@@ -624,8 +489,7 @@ function transactionClient(
         };
       const result = (client.query as (...a: unknown[]) => unknown).apply(client, args);
       // A thenable, not `instanceof Promise`: pg can be configured with another Promise class.
-      const then = (result as PromiseLike<unknown> | undefined)?.then;
-      if (typeof then !== 'function') return result;
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then !== 'function') return result;
       return (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
         note(err);
         throw err;
