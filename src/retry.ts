@@ -164,7 +164,7 @@ export function backoffDelay(
   return Math.min(cap, base + random() * (Math.max(base, 3 * (previousMs || base)) - base));
 }
 
-type Resolved = typeof DSQL_DEFAULTS.retry & RetryOptions & Required<RetrySeams>;
+type Resolved = typeof DSQL_DEFAULTS.retry & RetryOptions & Required<Omit<RetrySeams, 'sleep'>> & RetrySeams;
 
 /** Rejection of whatever a call awaits when the deadline passes or the signal aborts. */
 class Stop {
@@ -183,6 +183,7 @@ class Unsent {
 interface Scope {
   readonly o: Resolved;
   guard<T>(p: Promise<T>, abortable?: boolean): Promise<T>;
+  sleep(ms: number): Promise<void>;
   dispose(): void;
 }
 
@@ -195,7 +196,6 @@ interface Attempt {
   lost?: Error;
   /** Destroy the connection instead of pooling it again. */
   broken?: boolean;
-  onError?: (err?: Error) => void;
 }
 
 const noop = () => {};
@@ -227,11 +227,7 @@ async function retry<T>(
       if (o.signal?.aborted) throw new Stop('aborted', o.signal.reason);
       if (o.deadline !== undefined && o.now() + longest >= o.deadline) throw new Stop('deadline');
       const attemptStarted = o.now();
-      const a = await acquire(pool, s, attempts + 1).catch((err: unknown) => {
-        const late = err instanceof Stop && err.reason === 'deadline' && attempts === 0;
-        throw late ? noConnection(pool, o.now() - started) : err;
-      });
-      attempts++;
+      const a = lease(await checkout(pool, s, started, last), s, ++attempts);
       try {
         return await attempt(a);
       } catch (err) {
@@ -239,14 +235,14 @@ async function retry<T>(
         else if (!(err instanceof Stop) && isOccError(err)) [last, code] = [err, occCode(err) ?? '40001'];
         else throw err;
       } finally {
-        release(a);
+        a.release();
         longest = Math.max(longest, o.now() - attemptStarted);
       }
       if (attempts >= o.maxAttempts) throw giveUp('attempts');
       slept = o.backoff(attempts, slept, o, o.random);
       if (o.deadline !== undefined && o.now() + slept + longest >= o.deadline) throw new Stop('deadline');
       o.onRetry?.({ attempt: attempts, delayMs: slept, error: last, code });
-      await s.guard(o.sleep(slept, o.signal));
+      await s.guard(s.sleep(slept));
     }
   } catch (err) {
     throw err instanceof Stop ? giveUp(err.reason, last ?? err.cause) : err;
@@ -256,30 +252,27 @@ async function retry<T>(
 }
 
 function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
-  const t = pool as unknown as Partial<pg.PoolClient> | null;
-  if (
-    typeof t?.connect !== 'function' ||
-    typeof t.release === 'function' ||
-    typeof t.escapeIdentifier === 'function'
-  )
-    throw new TypeError(
-      'withRetry: expected a pg.Pool (each attempt checks out its own connection), not a client',
-    );
-  const seams: Required<RetrySeams> = { now: Date.now, sleep, random: Math.random, backoff: backoffDelay };
+  const t = pool as unknown as Partial<pg.PoolClient> | null; // a client has release or escapeIdentifier
+  if (typeof t?.connect !== 'function' || typeof (t.release ?? t.escapeIdentifier) === 'function')
+    throw new TypeError('withRetry: expected a pg.Pool (each attempt checks out its own connection)');
+  const seams: RetrySeams = { now: Date.now, random: Math.random, backoff: backoffDelay };
   // The pool's policy (createPool({ retry })), read defensively: any pg.Pool may be passed.
   const policy = (pool as { retry?: RetryOptions }).retry;
   const o = { ...DSQL_DEFAULTS.retry, ...seams, ...defined(policy), ...defined(options) } as Resolved;
-  const check = (field: string, ok: boolean, rule: string) => {
-    if (!ok) throw new DsqlConfigError(field, rule);
-  };
-  check('maxAttempts', Number.isInteger(o.maxAttempts) && o.maxAttempts >= 1, 'must be an integer ≥ 1');
-  check('baseDelayMs', o.baseDelayMs >= 0 && o.baseDelayMs < Infinity, 'must be a finite number ≥ 0');
-  check('maxDelayMs', o.maxDelayMs >= 0 && o.maxDelayMs < Infinity, 'must be a finite number ≥ 0');
-  check(
-    'deadline',
-    o.deadline === undefined || Number.isFinite(o.deadline),
-    'must be a finite epoch time in ms',
-  );
+  const bad = !(Number.isInteger(o.maxAttempts) && o.maxAttempts >= 1)
+    ? 'maxAttempts'
+    : !(o.baseDelayMs >= 0 && o.baseDelayMs < Infinity)
+      ? 'baseDelayMs'
+      : !(o.maxDelayMs >= 0 && o.maxDelayMs < Infinity)
+        ? 'maxDelayMs'
+        : o.deadline !== undefined && !Number.isFinite(o.deadline)
+          ? 'deadline'
+          : undefined;
+  if (bad)
+    throw new DsqlConfigError(
+      bad,
+      bad === 'maxAttempts' ? 'must be an integer ≥ 1' : 'must be a finite number',
+    );
   return o;
 }
 
@@ -288,22 +281,9 @@ function defined<T extends object>(o: T | undefined): Partial<T> {
   return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((done, fail) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      fail(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      done();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
 function scope(o: Resolved): Scope {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let nap: ReturnType<typeof setTimeout> | undefined;
   let onAbort = noop;
   const ms = o.deadline === undefined ? Infinity : o.deadline - o.now();
   // (setTimeout fires at once beyond 2^31 − 1 ms, 24.8 days: such a deadline is none.)
@@ -319,12 +299,15 @@ function scope(o: Resolved): Scope {
   aborted.catch(noop);
   return {
     o,
+    // The guard cuts a sleep short on abort; dispose() clears its timer.
+    sleep: (ms) => o.sleep?.(ms, o.signal) ?? new Promise((done) => (nap = setTimeout(done, ms))),
     guard(p, abortable = true) {
       p.catch(noop); // when the deadline or the signal wins, p's later rejection is nobody's
       return Promise.race(abortable ? [p, deadline, aborted] : [p, deadline]);
     },
     dispose() {
       clearTimeout(timer);
+      clearTimeout(nap);
       o.signal?.removeEventListener('abort', onAbort);
     },
   };
@@ -332,60 +315,57 @@ function scope(o: Resolved): Scope {
 
 /**
  * `pool.connect()` within a deadline (`context.dsql.connect()`): past it, a `DsqlConnectionError`
- * saying what was waited for. A checkout granted after the caller gave up is released at once.
+ * saying what was waited for.
  * @internal
  */
 export async function connectWithin(pool: pg.Pool, deadline: number | undefined): Promise<pg.PoolClient> {
   const s = scope(resolve(pool, { deadline }));
-  const started = Date.now();
   try {
-    const pending = pool.connect();
-    return await s.guard(pending).catch((err: unknown) => {
-      if (!(err instanceof Stop)) throw err;
-      pending.then((late) => late.release(), noop);
-      throw noConnection(pool, Date.now() - started);
-    });
+    return await checkout(pool, s, Date.now(), undefined);
   } finally {
     s.dispose();
   }
 }
 
-async function acquire(pool: pg.Pool, s: Scope, number: number): Promise<Attempt> {
+/** `pool.connect()` within the scope; a checkout granted after the scope gave up is released at once. */
+function checkout(pool: pg.Pool, s: Scope, started: number, last: unknown): Promise<pg.PoolClient> {
   const pending = pool.connect();
-  const client = await s.guard(pending).catch((err: unknown) => {
-    if (err instanceof Stop) pending.then((late) => late.release(), noop);
-    throw err;
+  return s.guard(pending).catch((err: unknown) => {
+    if (!(err instanceof Stop)) throw err;
+    pending.then((late) => late.release(), noop);
+    if (err.reason !== 'deadline') throw err;
+    // Say what was waited for: a busy pool, or a connection still being opened.
+    const { host, port, max } =
+      (pool as { options?: { host?: string; port?: number; max?: number } }).options ?? {};
+    const busy = pool.totalCount >= (max ?? Infinity) && pool.idleCount === 0;
+    const why = busy
+      ? `all ${max} connections of the pool were in use`
+      : 'a new connection was still being opened';
+    const to = host ? ` to ${host}${port ? `:${port}` : ''}` : '';
+    throw new DsqlConnectionError(
+      `Could not get a connection${to} within ${Math.round(s.o.now() - started)} ms (deadline reached): ${why}`,
+      0,
+      { cause: last },
+    );
   });
-  const a: Attempt = { client, scope: s, number };
-  // A checked-out plain pg client has no 'error' listener: without one a socket error would crash
-  // the process. Ours also tells the attempt its connection is gone.
-  a.onError = (err?: Error) => {
+}
+
+/** Watches a checked-out client: a plain pg client has no 'error' listener, and one would crash. */
+function lease(client: pg.PoolClient, s: Scope, number: number): Attempt & { release(): void } {
+  const onError = (err?: Error) => {
     a.lost ??= err ?? new DsqlError('connection ended');
   };
-  client.on('error', a.onError);
-  client.on('end', a.onError);
+  const a = {
+    client,
+    scope: s,
+    number,
+    release() {
+      client.removeListener('error', onError).removeListener('end', onError);
+      client.release(a.broken || a.lost !== undefined);
+    },
+  } as Attempt & { release(): void };
+  client.on('error', onError).on('end', onError);
   return a;
-}
-
-function release(a: Attempt): void {
-  a.client.removeListener('error', a.onError ?? noop);
-  a.client.removeListener('end', a.onError ?? noop);
-  a.client.release(a.broken || a.lost !== undefined);
-}
-
-/** The deadline passed before a connection was handed over: say what was being waited for. */
-function noConnection(pool: pg.Pool, elapsedMs: number): DsqlConnectionError {
-  const { host, port, max } =
-    (pool as { options?: { host?: string; port?: number; max?: number } }).options ?? {};
-  const busy = max !== undefined && pool.totalCount >= max && pool.idleCount === 0;
-  return new DsqlConnectionError(
-    `Could not get a connection${host ? ` to ${host}${port ? `:${port}` : ''}` : ''} within ${Math.round(elapsedMs)} ms (deadline reached): ${
-      busy
-        ? `all ${max} connections of the pool were in use`
-        : 'a new connection was still being opened (refused, unreachable or not admitted)'
-    }`,
-    0,
-  );
 }
 
 async function transaction<T>(a: Attempt, fn: (tx: TransactionClient) => Promise<T>): Promise<T> {
