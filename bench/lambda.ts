@@ -4,7 +4,7 @@
  *
  * 1. Warm overhead. The same handler (`SELECT 1`) through the local DSQL-like endpoint, invoked
  *    in-process back to back, five ways: a module-scoped bare `pg.Pool` (the reference), the
- *    guarded pool from `lambdaPool()` called directly, `withDsql`, and the middy 7 and middy 5
+ *    guarded pool from `createPool()` called directly, `withDsql`, and the middy 7 and middy 5
  *    middleware. Rounds are interleaved so drift hits every variant alike. Reports per-invocation
  *    time and the statements each invocation sent (endpoint statistics when available, the freeze
  *    guard's validation counter otherwise). Goal: no extra round trip, < 5 % time.
@@ -23,16 +23,10 @@ import middy5 from 'middy-core-5';
 import pg from 'pg';
 import type { DsqlConfig } from '../src/config.js';
 import { resolveConfig } from '../src/config.js';
-import {
-  type DsqlContext,
-  endLambdaPools,
-  getFreezeGuardStats,
-  installFreezeGuard,
-  lambdaPool,
-  withDsql,
-} from '../src/lambda.js';
+import { getFreezeGuardStats, installFreezeGuard } from '../src/checkout.js';
+import { type DsqlContext, withDsql } from '../src/lambda.js';
 import { dsql } from '../src/middy.js';
-import { toPgConfig } from '../src/pool.js';
+import { createPool, toPgConfig } from '../src/pool.js';
 import { tokenCacheFor } from '../src/token.js';
 import { startTestEndpoint } from '../test/helpers/endpoint.js';
 import { lambdaContext } from '../test/helpers/lambda-context.js';
@@ -151,7 +145,7 @@ async function main() {
   const tokens = tokenCacheFor(resolved);
   const bare = new pg.Pool(toPgConfig(resolved, () => tokens.get()));
   bare.on('error', () => {});
-  const guardedPool = lambdaPool(config);
+  const guardedPool = createPool(config);
   // `{ pool }` so every variant uses one connection and measures only its own layer.
   const wrapped = withDsql(async (_e: unknown, c) => (await c.dsql.query('SELECT 1 AS one')).rows[0], {
     pool: guardedPool,
@@ -171,7 +165,7 @@ async function main() {
     'bare pg.Pool': async () => (await bare.query('SELECT 1 AS one')).rows[0],
     'middy 7 + bare pg.Pool': (ctx) => middy7Bare({}, ctx),
     'middy 5 + bare pg.Pool': (ctx) => middy5Bare({}, ctx),
-    'lambdaPool (freeze guard)': async () => (await guardedPool.query('SELECT 1 AS one')).rows[0],
+    'createPool (freeze guard)': async () => (await guardedPool.query('SELECT 1 AS one')).rows[0],
     withDsql: (ctx) => wrapped({}, ctx),
     'middy 7 + dsql()': (ctx) => middy7({}, ctx),
     'middy 5 + dsql()': (ctx) => middy5Handler({}, ctx),
@@ -230,7 +224,7 @@ async function main() {
   });
   console.table(warm);
   await bare.end();
-  await endLambdaPools();
+  await guardedPool.end();
 
   // Thaw latency in a frozen child.
   const child = await startLambdaChild({

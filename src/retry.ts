@@ -146,7 +146,7 @@ export interface RetrySeams {
   now?: () => number;
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
-  backoff?: typeof backoffDelay;
+  backoff?: (failures: number, previousMs: number, policy: Policy, random: () => number) => number;
 }
 
 /**
@@ -158,12 +158,13 @@ export interface RetrySeams {
 export function backoffDelay(
   _failures: number,
   previousMs: number,
-  { baseDelayMs: base, maxDelayMs: cap }: { baseDelayMs: number; maxDelayMs: number },
+  { baseDelayMs: base, maxDelayMs: cap }: Policy,
   random: () => number = Math.random,
 ): number {
   return Math.min(cap, base + random() * (Math.max(base, 3 * (previousMs || base)) - base));
 }
 
+type Policy = { baseDelayMs: number; maxDelayMs: number };
 type Resolved = typeof DSQL_DEFAULTS.retry & RetryOptions & Required<Omit<RetrySeams, 'sleep'>> & RetrySeams;
 
 /** Rejection of whatever a call awaits when the deadline passes or the signal aborts. */
@@ -215,7 +216,10 @@ async function retry<T>(
   let longest = 0; // the estimate of the next attempt: overrunning a deadline costs more than a retry
   const giveUp = (reason: 'attempts' | 'deadline' | 'aborted', cause = last) => {
     const why = { attempts: 'out of attempts', deadline: 'deadline reached', aborted: 'aborted' }[reason];
-    const message = `OCC retry gave up after ${attempts} attempt${attempts === 1 ? '' : 's'} (${why})`;
+    const after = attempts
+      ? `after ${attempts} attempt${attempts === 1 ? '' : 's'}`
+      : 'before the first attempt';
+    const message = `OCC retry gave up ${after} (${why})`;
     return new OccRetryExhaustedError(
       cause instanceof Error ? `${message}: ${cause.message}` : message,
       { attempts, elapsedMs: o.now() - started, reason },
