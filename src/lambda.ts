@@ -115,9 +115,7 @@ export interface Invocation {
  * first invocation, an {@link Invocation} per call.
  * @internal
  */
-export function lifecycle(
-  options?: DsqlHandlerOptions,
-): (context: LambdaContextLike | undefined) => Invocation {
+export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContextLike) => Invocation {
   const {
     pool: given,
     deadlineMarginMs,
@@ -125,101 +123,95 @@ export function lifecycle(
     logger = console,
     ...rest
   } = typeof options === 'object' ? options : {};
+  // Lifecycle keys are not configuration: createPool refuses unknown keys.
   const config =
     typeof options === 'string'
       ? options
       : Object.values(rest).some((v) => v !== undefined)
-        ? rest
+        ? (rest as DsqlConfig)
         : undefined;
   const margin = deadlineMarginMs ?? DSQL_DEFAULTS.deadlineMarginMs;
-  let pool = given;
+  let shared = given;
   return (context) => {
-    pool ??= createPool(config as DsqlConfig | string | undefined);
-    return invocation(pool, context, margin, retry, logger);
-  };
-}
+    shared ??= createPool(config);
+    const pool = shared;
+    const held = new Set<() => void>(); // how to take back each connect() client not released yet
+    let ended = false;
+    const deadline = () => {
+      const remaining = context?.getRemainingTimeInMillis?.();
+      return typeof remaining === 'number' ? Date.now() + remaining - margin : undefined;
+    };
+    const policy = (call?: RetryOptions): RetryOptions => ({ deadline: deadline(), ...retry, ...call });
+    const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
+    const late = () => new DsqlError('dsql-lambda: connect() called after the invocation ended');
 
-function invocation(
-  pool: pg.Pool,
-  context: LambdaContextLike | undefined,
-  margin: number,
-  retry: RetryOptions | undefined,
-  logger: DsqlLogger,
-): Invocation {
-  const held = new Set<() => void>(); // how to take back each connect() client not released yet
-  let ended = false;
-  const deadline = () => {
-    const remaining = context?.getRemainingTimeInMillis?.();
-    return typeof remaining === 'number' ? Date.now() + remaining - margin : undefined;
-  };
-  const options = (call?: RetryOptions): RetryOptions => ({ deadline: deadline(), ...retry, ...call });
-  const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
-  const late = () => new DsqlError('dsql-lambda: connect() called after the invocation ended');
+    /**
+     * The handler gets a proxy, not pg-pool's client: pg-pool re-assigns `release` on the same object
+     * at every checkout, so a second release of the real client would free the next invocation's
+     * checkout, and two invocations would share one backend.
+     */
+    const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
+      let released = false;
+      let takenBack = false;
+      const giveBack = (err?: Error | boolean) => {
+        released = true;
+        held.delete(takeBack);
+        client.release(err);
+      };
+      const takeBack = () => {
+        takenBack = true;
+        logger.warn(
+          `dsql-lambda: a client from dsql.connect() was not released before the invocation ended${request}; ` +
+            'closing its connection. Release clients in a finally block.',
+          origin.stack,
+        );
+        // Destroyed, not pooled: whoever leaked it may still use it (a handler running on after middy's
+        // timeoutEarly, an un-awaited promise) and would share it with the next invocation.
+        giveBack(true);
+      };
+      const release = (err?: Error | boolean) => {
+        if (!released) giveBack(err);
+        else if (!takenBack)
+          logger.warn(
+            `dsql-lambda: release() called again on a client from dsql.connect()${request}; ignored`,
+          );
+      };
+      const refused = () =>
+        Promise.reject(new DsqlError('dsql-lambda: query() on a released dsql.connect() client'));
+      held.add(takeBack);
+      return new Proxy(client, {
+        get(target, key) {
+          if (key === 'release') return release;
+          if (key === 'query' && released) return refused;
+          const value = Reflect.get(target, key, target);
+          // Bound to the real client: pg's methods (and any #private field) need it as `this`.
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      });
+    };
 
-  /**
-   * The handler gets a proxy, not pg-pool's client: pg-pool re-assigns `release` on the same object
-   * at every checkout, so a second release of the real client would free the next invocation's
-   * checkout, and two invocations would share one backend.
-   */
-  const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
-    let released = false;
-    let takenBack = false;
-    const giveBack = (err?: Error | boolean) => {
-      released = true;
-      held.delete(takeBack);
-      client.release(err);
-    };
-    const takeBack = () => {
-      takenBack = true;
-      logger.warn(
-        `dsql-lambda: a client from dsql.connect() was not released before the invocation ended${request}; ` +
-          'closing its connection. Release clients in a finally block.',
-        origin.stack,
-      );
-      // Destroyed, not pooled: whoever leaked it may still use it (a handler running on after middy's
-      // timeoutEarly, an un-awaited promise) and would share it with the next invocation.
-      giveBack(true);
-    };
-    const release = (err?: Error | boolean) => {
-      if (!released) giveBack(err);
-      else if (!takenBack)
-        logger.warn(`dsql-lambda: release() called again on a client from dsql.connect()${request}; ignored`);
-    };
-    const refused = () =>
-      Promise.reject(new DsqlError('dsql-lambda: query() on a released dsql.connect() client'));
-    held.add(takeBack);
-    return new Proxy(client, {
-      get(target, key) {
-        if (key === 'release') return release;
-        if (key === 'query' && released) return refused;
-        const value = Reflect.get(target, key, target);
-        // Bound to the real client: pg's methods (and any #private field) need it as `this`.
-        return typeof value === 'function' ? value.bind(target) : value;
+    const dsql: Dsql = {
+      pool,
+      query: (text: string | pg.QueryConfig, values?: unknown) =>
+        execWithRetry(pool, text, values as unknown[] | undefined, policy()),
+      transaction: (fn, call) => withRetry(pool, fn, policy(call)),
+      async connect() {
+        const origin = new Error('checked out here'); // its stack is formatted only if the client leaks
+        if (ended) throw late();
+        const client = await connectWithin(pool, deadline());
+        if (!ended) return track(client, origin);
+        client.release(); // an un-awaited connect() that completed after the end
+        throw late();
       },
-    });
-  };
+    } as Dsql;
 
-  const dsql: Dsql = {
-    pool,
-    query: (text: string | pg.QueryConfig, values?: unknown) =>
-      execWithRetry(pool, text, values as unknown[] | undefined, options()),
-    transaction: (fn, call) => withRetry(pool, fn, options(call)),
-    async connect() {
-      const origin = new Error('checked out here'); // its stack is formatted only if the client leaks
-      if (ended) throw late();
-      const client = await connectWithin(pool, deadline());
-      if (!ended) return track(client, origin);
-      client.release(); // an un-awaited connect() that completed after the end
-      throw late();
-    },
-  } as Dsql;
-
-  return {
-    dsql,
-    end() {
-      ended = true;
-      for (const takeBack of [...held]) takeBack();
-    },
+    return {
+      dsql,
+      end() {
+        ended = true;
+        for (const takeBack of [...held]) takeBack();
+      },
+    };
   };
 }
 
