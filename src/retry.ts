@@ -339,8 +339,9 @@ function checkout(pool: pg.Pool, s: Scope, started: number, last: unknown): Prom
     pending.then((late) => late.release(), noop);
     if (err.reason !== 'deadline') throw err;
     // Say what was waited for: a busy pool, or a connection still being opened.
-    const { host, port, max } =
-      (pool as { options?: { host?: string; port?: number; max?: number } }).options ?? {};
+    type Options = { host?: string; port?: number; max?: number; ssl?: { servername?: string } };
+    const { host: dialled, port, max, ssl } = (pool as { options?: Options }).options ?? {};
+    const host = ssl?.servername ?? dialled; // the cluster's name, when an address is dialled
     const busy = pool.totalCount >= (max ?? Infinity) && pool.idleCount === 0;
     const why = busy
       ? `all ${max} connections of the pool were in use`
