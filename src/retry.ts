@@ -200,6 +200,7 @@ interface Attempt {
 }
 
 const noop = () => {};
+const NEVER = new Promise<never>(noop);
 
 async function retry<T>(
   pool: pg.Pool,
@@ -282,7 +283,9 @@ function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
 
 /** `{ ...defaults, ...options }` must not let an explicit `undefined` erase a default. */
 function defined<T extends object>(o: T | undefined): Partial<T> {
-  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
+  const out: Partial<T> = {};
+  for (const key in o) if (o[key] !== undefined) out[key] = o[key];
+  return out;
 }
 
 function scope(o: Resolved): Scope {
@@ -291,14 +294,19 @@ function scope(o: Resolved): Scope {
   let onAbort = noop;
   const ms = o.deadline === undefined ? Infinity : o.deadline - o.now();
   // (setTimeout fires at once beyond 2^31 − 1 ms, 24.8 days: such a deadline is none.)
-  const deadline = new Promise<never>((_, reject) => {
-    if (ms < 2 ** 31) timer = setTimeout(() => reject(new Stop('deadline')), Math.max(0, ms));
-  });
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(new Stop('aborted', o.signal?.reason));
-    if (o.signal?.aborted) onAbort();
-    else o.signal?.addEventListener('abort', onAbort, { once: true });
-  });
+  const deadline =
+    ms < 2 ** 31
+      ? new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Stop('deadline')), Math.max(0, ms));
+        })
+      : NEVER;
+  const aborted = o.signal
+    ? new Promise<never>((_, reject) => {
+        onAbort = () => reject(new Stop('aborted', o.signal?.reason));
+        if (o.signal?.aborted) onAbort();
+        else o.signal?.addEventListener('abort', onAbort, { once: true });
+      })
+    : NEVER;
   deadline.catch(noop);
   aborted.catch(noop);
   return {
