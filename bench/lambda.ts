@@ -4,10 +4,11 @@
  *
  * 1. Warm overhead. The same handler (`SELECT 1`) through the local DSQL-like endpoint, invoked
  *    in-process back to back, five ways: a module-scoped bare `pg.Pool` (the reference), the
- *    guarded pool from `lambdaPool()` called directly, `withDsql`, and the middy 7 and middy 5
+ *    guarded pool from `createPool()` called directly, `withDsql`, and the middy 7 and middy 5
  *    middleware. Rounds are interleaved so drift hits every variant alike. Reports per-invocation
- *    time and the statements each invocation sent (endpoint statistics when available, the freeze
- *    guard's validation counter otherwise). Goal: no extra round trip, < 5 % time.
+ *    time and the statements each invocation sent (a validation round trip would show there).
+ *    `context.dsql.query` runs the deadline-bounded, OCC-retrying statement path. Goal: no extra
+ *    round trip, < 5 % time.
  * 2. Thaw latency, in a child process frozen with SIGSTOP: a warm invocation, one after a freeze
  *    longer than the thaw threshold (one validation round trip on the pooled connection), and one
  *    after a freeze longer than maxIdleMillis (a fresh connection: TLS, token, startup).
@@ -22,19 +23,10 @@ import type { Context } from 'aws-lambda';
 import middy5 from 'middy-core-5';
 import pg from 'pg';
 import type { DsqlConfig } from '../src/config.js';
-import { resolveConfig } from '../src/config.js';
-import {
-  type DsqlContext,
-  endLambdaPools,
-  getFreezeGuardStats,
-  installFreezeGuard,
-  lambdaPool,
-  withDsql,
-} from '../src/lambda.js';
+import { type DsqlContext, withDsql } from '../src/lambda.js';
 import { dsql } from '../src/middy.js';
-import { toPgConfig } from '../src/pool.js';
-import { tokenCacheFor } from '../src/token.js';
-import { startTestEndpoint } from '../test/helpers/endpoint.js';
+import { createPool } from '../src/pool.js';
+import { pgConfig, signTestToken, startTestEndpoint } from '../test/helpers/endpoint.js';
 import { lambdaContext } from '../test/helpers/lambda-context.js';
 import { sleep, startLambdaChild } from '../test/lambda/harness.js';
 
@@ -77,33 +69,29 @@ async function cpuOverhead() {
     }
     query(_text: unknown, values: unknown, cb?: (err: Error | undefined, res: unknown) => void) {
       const callback = typeof values === 'function' ? (values as typeof cb) : cb;
-      queueMicrotask(() => callback?.(undefined, { rows: [{ one: 1 }] }));
+      const result = { command: 'SELECT', rows: [{ one: 1 }] };
+      if (!callback) return Promise.resolve(result);
+      queueMicrotask(() => callback(undefined, result));
     }
     end(cb?: () => void) {
       cb?.();
     }
   }
   const bareMem = new pg.Pool({ max: 1, Client: MemoryClient as never });
-  const guardedMem = new pg.Pool({ max: 1, Client: MemoryClient as never });
-  installFreezeGuard(guardedMem, {
-    maxLifetimeSeconds: 3300,
-    maxIdleMillis: 300_000,
-    thawThresholdMillis: 5_000,
-    validationTimeoutMillis: 1_000,
-  });
+  // The same kind of pool under every variant: what differs is the layer (context.dsql.query goes
+  // through the deadline-bounded, OCC-retrying statement path; pool.query does not).
+  const mem = new pg.Pool({ max: 1, Client: MemoryClient as never });
   const q = async (pool: pg.Pool) => (await pool.query('SELECT 1 AS one')).rows[0];
+  const dq = async (c: DsqlContext) => (await c.dsql.query('SELECT 1 AS one')).rows[0];
   const m7 = middy<unknown, unknown, Error, Context>().handler(() => q(bareMem));
   const m7d = middy<unknown, unknown, Error, Context>()
-    .use(dsql({ pool: guardedMem }))
-    .handler((_e, c) => q(c.dsql.pool));
+    .use(dsql({ pool: mem }))
+    .handler((_e, c) => dq(c));
   const m5 = middy5(() => q(bareMem));
-  const m5d = middy5((_e: unknown, c: Context & DsqlContext) => q(c.dsql.pool)).use(
-    dsql({ pool: guardedMem }),
-  );
-  const w = withDsql(async (_e: unknown, c) => q(c.dsql.pool), { pool: guardedMem });
+  const m5d = middy5((_e: unknown, c: Context & DsqlContext) => dq(c)).use(dsql({ pool: mem }));
+  const w = withDsql(async (_e: unknown, c) => dq(c), { pool: mem });
   const fns: Record<string, () => Promise<unknown>> = {
     'bare pg.Pool': () => q(bareMem),
-    'freeze guard': () => q(guardedMem),
     withDsql: () => w({}, context()),
     'middy 7': () => m7({}, context()),
     'middy 7 + dsql()': () => m7d({}, context()),
@@ -125,7 +113,6 @@ async function cpuOverhead() {
   const us = Object.fromEntries(Object.entries(out).map(([k, v]) => [k, round(median(v), 2)]));
   return {
     usPerInvocation: us,
-    addedByFreezeGuardUs: round(us['freeze guard']! - us['bare pg.Pool']!, 2),
     addedByWithDsqlUs: round(us.withDsql! - us['bare pg.Pool']!, 2),
     addedByDsqlMiddlewareUs: round(us['middy 7 + dsql()']! - us['middy 7']!, 2),
     addedByDsqlMiddlewareOnMiddy5Us: round(us['middy 5 + dsql()']! - us['middy 5']!, 2),
@@ -147,11 +134,12 @@ async function main() {
   };
 
   // Reference: what most handlers do today, a bare module-scoped pg.Pool (same TLS and token).
-  const resolved = resolveConfig(config);
-  const tokens = tokenCacheFor(resolved);
-  const bare = new pg.Pool(toPgConfig(resolved, () => tokens.get()));
+  const bare = new pg.Pool({
+    ...pgConfig(endpoint, { sslnegotiation: 'direct', password: () => signTestToken(endpoint) }),
+    max: 1,
+  });
   bare.on('error', () => {});
-  const guardedPool = lambdaPool(config);
+  const guardedPool = createPool(config);
   // `{ pool }` so every variant uses one connection and measures only its own layer.
   const wrapped = withDsql(async (_e: unknown, c) => (await c.dsql.query('SELECT 1 AS one')).rows[0], {
     pool: guardedPool,
@@ -171,7 +159,7 @@ async function main() {
     'bare pg.Pool': async () => (await bare.query('SELECT 1 AS one')).rows[0],
     'middy 7 + bare pg.Pool': (ctx) => middy7Bare({}, ctx),
     'middy 5 + bare pg.Pool': (ctx) => middy5Bare({}, ctx),
-    'lambdaPool (freeze guard)': async () => (await guardedPool.query('SELECT 1 AS one')).rows[0],
+    'createPool (freeze guard)': async () => (await guardedPool.query('SELECT 1 AS one')).rows[0],
     withDsql: (ctx) => wrapped({}, ctx),
     'middy 7 + dsql()': (ctx) => middy7({}, ctx),
     'middy 5 + dsql()': (ctx) => middy5Handler({}, ctx),
@@ -179,7 +167,6 @@ async function main() {
   const names = Object.keys(variants);
   const times = new Map<string, number[]>(names.map((n) => [n, []]));
   const statements = new Map<string, number[]>(names.map((n) => [n, []]));
-  const validations = new Map<string, number>(names.map((n) => [n, 0]));
 
   // Warm up: connections open, JIT settled.
   for (const name of names) for (let i = 0; i < 300; i++) await variants[name]!(context());
@@ -189,17 +176,12 @@ async function main() {
     const order = [...names].sort(() => Math.random() - 0.5);
     for (const name of order) {
       const fn = variants[name]!;
-      const v0 = getFreezeGuardStats(guardedPool)?.validations ?? 0;
       const s0 = statementsSent;
       const t0 = performance.now();
       for (let i = 0; i < PER_ROUND; i++) await fn(context());
       const t1 = performance.now();
       times.get(name)!.push(((t1 - t0) / PER_ROUND) * 1000);
       statements.get(name)!.push((statementsSent - s0) / PER_ROUND);
-      validations.set(
-        name,
-        validations.get(name)! + (getFreezeGuardStats(guardedPool)?.validations ?? 0) - v0,
-      );
     }
   }
   const reference = median(times.get('bare pg.Pool')!);
@@ -225,12 +207,11 @@ async function main() {
       overheadPct: round(((us - base) / base) * 100, 2),
       overheadP10Pct: round(((fast - baseFast) / baseFast) * 100, 2),
       statementsPerInvocation: round(st.reduce((a, b) => a + b, 0) / st.length, 3),
-      validationRoundTrips: validations.get(name),
     };
   });
   console.table(warm);
   await bare.end();
-  await endLambdaPools();
+  await guardedPool.end();
 
   // Thaw latency in a frozen child.
   const child = await startLambdaChild({

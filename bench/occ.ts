@@ -10,8 +10,9 @@
  * policies and the two other jitter schemes), so that a policy tuned for heavy contention is also
  * seen where conflicts are occasional.
  *
- * Policies, all run by the same `withRetry` so only the policy differs:
- * - dsql-lambda defaults (`RETRY_DEFAULTS`);
+ * Policies, all run by the same `withRetry` so only the policy differs (the other jitter schemes
+ * through the internal `backoff` seam: the library ships one, decorrelated):
+ * - dsql-lambda defaults (`DSQL_DEFAULTS.retry`, decorrelated jitter);
  * - the official node-postgres connector: 3 retries, 1 ms base, 100 ms cap, +0–25 % jitter;
  * - the official Go connector: 3 retries, 100 ms initial, ×2, 5 s cap, +0–25 % jitter;
  * - a few alternatives (other jitter schemes and bases, and our backoff with only 4 attempts)
@@ -37,13 +38,33 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { DSQL_DEFAULTS } from '../src/defaults.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../src/errors.js';
-import { RETRY_DEFAULTS, type RetryOptions, withRetry } from '../src/retry.js';
+import { backoffDelay, type RetryOptions, type RetrySeams, withRetry } from '../src/retry.js';
 
 const ROUNDS = Number(process.env.OCC_ROUNDS ?? 2);
 const ROUND_MS = process.env.OCC_ROUND_MS ? Number(process.env.OCC_ROUND_MS) : undefined;
 const DIRECT = process.env.OCC_DIRECT === '1';
 const INITIAL_BALANCE = 1_000_000;
+
+type Backoff = NonNullable<RetrySeams['backoff']>;
+const exponential = (failures: number, p: { baseDelayMs: number; maxDelayMs: number }) =>
+  Math.min(p.maxDelayMs, p.baseDelayMs * 2 ** Math.min(failures - 1, 30));
+/** The jitter schemes compared; the library's own is `decorrelated`. */
+const JITTER: Record<'decorrelated' | 'full' | 'equal' | 'proportional', Backoff> = {
+  /** min(cap, base + U × (3 × previous − base)): the library's `backoffDelay`. */
+  decorrelated: backoffDelay,
+  /** U × d, d = min(cap, base × 2^(n−1)). */
+  full: (n, _previous, p, random) => random() * exponential(n, p),
+  /** d/2 + U × d/2. */
+  equal: (n, _previous, p, random) => exponential(n, p) * (0.5 + random() / 2),
+  /** d × (1 + U × 0.25): the official connectors'. */
+  proportional: (n, _previous, p, random) => exponential(n, p) * (1 + random() * 0.25),
+};
+const jitter = (scheme: keyof typeof JITTER, options: RetryOptions = {}): RetryOptions =>
+  ({ ...options, backoff: JITTER[scheme] }) as RetryOptions & RetrySeams;
+
+const RETRY_DEFAULTS = { ...DSQL_DEFAULTS.retry, jitter: 'decorrelated' };
 
 interface Policy {
   name: string;
@@ -64,13 +85,13 @@ const POLICIES: Policy[] = [
   {
     name: 'official node connector',
     summary: '4 attempts, 1 ms base, 100 ms cap, +0-25 % jitter',
-    options: { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 100, jitter: 0.25 },
+    options: jitter('proportional', { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 100 }),
     role: 'compared',
   },
   {
     name: 'official Go connector',
     summary: '4 attempts, 100 ms base, 5 s cap, +0-25 % jitter',
-    options: { maxAttempts: 4, baseDelayMs: 100, maxDelayMs: 5000, jitter: 0.25 },
+    options: jitter('proportional', { maxAttempts: 4, baseDelayMs: 100, maxDelayMs: 5000 }),
     role: 'compared',
   },
   {
@@ -82,31 +103,31 @@ const POLICIES: Policy[] = [
   {
     name: 'full jitter, 10 ms base',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 10 ms base, 1 s cap, full jitter (first draft)`,
-    options: { baseDelayMs: 10, jitter: 'full' },
+    options: jitter('full', { baseDelayMs: 10 }),
     role: 'candidate',
   },
   {
     name: 'full jitter, 20 ms base',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 20 ms base, 1 s cap, full jitter`,
-    options: { baseDelayMs: 20, jitter: 'full' },
+    options: jitter('full', { baseDelayMs: 20 }),
     role: 'candidate',
   },
   {
     name: 'full jitter',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, full jitter`,
-    options: { jitter: 'full' },
+    options: jitter('full'),
     role: 'candidate',
   },
   {
     name: 'equal jitter',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, ${RETRY_DEFAULTS.baseDelayMs} ms base, 1 s cap, equal jitter`,
-    options: { jitter: 'equal' },
+    options: jitter('equal'),
     role: 'candidate',
   },
   {
     name: 'decorrelated, 25 ms base',
     summary: `${RETRY_DEFAULTS.maxAttempts} attempts, 25 ms base, 1 s cap, decorrelated`,
-    options: { baseDelayMs: 25, jitter: 'decorrelated' },
+    options: { baseDelayMs: 25 },
     role: 'candidate',
   },
 ];
@@ -311,7 +332,7 @@ async function runScenario(pool: pg.Pool, scenario: Scenario) {
         policy: p.name,
         role: p.role,
         summary: p.summary,
-        options: p.options,
+        options: { ...p.options, backoff: undefined },
         committed: t.committed,
         goodputPerSec: Math.round((t.committed / t.elapsedMs) * 1000 * 10) / 10,
         p50Ms: Math.round(percentile(sorted, 50) * 10) / 10,

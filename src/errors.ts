@@ -120,27 +120,36 @@ function messageOf(e: unknown): string {
 
 /**
  * True when `err` (or anything in its `cause` chain) is an Aurora DSQL optimistic-concurrency
- * conflict: SQLSTATE `40001`, or `OC000` (data conflict) / `OC001` (schema changed) in the
- * message. Deadlocks (`40P01`) are not OCC conflicts: DSQL takes no locks, so a 40P01 means
+ * conflict: SQLSTATE `40001`, or `OC000` (data conflict) / `OC001` (schema changed) as the
+ * error's `code` or in its message. Deadlocks (`40P01`) are not OCC conflicts: DSQL takes no locks, so a 40P01 means
  * something else is wrong and is not retried.
  * @example
  * try { await tx.query('COMMIT'); } catch (err) { if (isOccError(err)) retry(); else throw err; }
  */
 export function isOccError(err: unknown): boolean {
-  for (const e of errorChain(err)) {
-    if (codeOf(e) === SQLSTATE_SERIALIZATION_FAILURE) return true;
-    if (OCC_CODE.test(messageOf(e))) return true;
-  }
+  for (const e of errorChain(err))
+    if (codeOf(e) === SQLSTATE_SERIALIZATION_FAILURE || occCodeOf(e)) return true;
   return false;
 }
 
-/** The OCC code (`'OC000'` or `'OC001'`) in `err`'s chain, if any. */
+/**
+ * The OCC code (`'OC000'` or `'OC001'`) in `err`'s chain, if any: as `code` (how the official
+ * connectors' errors carry it) or in the message (how DSQL sends it, with SQLSTATE 40001).
+ * @example
+ * occCode(err) === 'OC001' // schema changed: the statement's catalog was stale
+ */
 export function occCode(err: unknown): 'OC000' | 'OC001' | undefined {
   for (const e of errorChain(err)) {
-    const m = OCC_CODE.exec(messageOf(e));
-    if (m) return m[0] as 'OC000' | 'OC001';
+    const code = occCodeOf(e);
+    if (code) return code;
   }
   return undefined;
+}
+
+function occCodeOf(e: unknown): 'OC000' | 'OC001' | undefined {
+  const code = codeOf(e);
+  if (code === 'OC000' || code === 'OC001') return code;
+  return OCC_CODE.exec(messageOf(e))?.[0] as 'OC000' | 'OC001' | undefined;
 }
 
 const TRANSIENT_NETWORK_CODES = new Set(

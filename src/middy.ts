@@ -1,114 +1,58 @@
 /**
- * `dsql-lambda/middy`: the per-invocation `context.dsql` handle as a middy middleware (middy 4–7).
+ * `dsql-lambda/middy`: `context.dsql` as a middy middleware (middy 4–7), over the core `withDsql`
+ * uses. `@middy/core` is an optional peer dependency: only its types are imported.
  *
- * `@middy/core` is an optional peer dependency: this module imports its types only, never code.
- *
- * Cleanup (releasing clients the handler forgot) must run on every path. middy runs `after` on
- * success and `onError` on failure, but an early response — a `before` (or `after`) registered
- * later returning a value — skips the remaining middlewares, ours included. So, like Powertools,
- * the cleanup function is stored in `request.internal` under {@link DSQL_CLEANUP_KEY}: a
- * middleware that responds early can call {@link cleanupDsql}. When it does not, the leftover is
- * swept at the start of the next invocation handled by the same middleware — in a standard
- * Lambda (one invocation at a time per process) that is always before any new work — or as soon
- * as the finished request is recognisable (middy ≥ 6 marks it with `earlyResponse`).
+ * The invocation's end must run on every path: middy runs `after` on success and `onError` on
+ * failure, but an early response (a later `before` or `after` returning a value) skips ours. Such a
+ * middleware can call {@link cleanupDsql}; otherwise the leftover is swept when the next invocation
+ * starts (in a standard Lambda, one invocation at a time, always before any new work), or as soon
+ * as the request is visibly finished (middy ≥ 6 marks it `earlyResponse`).
  */
 import type { MiddlewareObj, Request } from '@middy/core';
 import type { Context } from 'aws-lambda';
-import type pg from 'pg';
-import {
-  createDsqlContext,
-  type DsqlContext,
-  type DsqlHandlerOptions,
-  type DsqlInvocation,
-  splitHandlerOptions,
-} from './lambda.js';
+import { type DsqlContext, type DsqlHandlerOptions, lifecycle } from './lambda.js';
 
-export type {
-  Dsql,
-  DsqlContext,
-  DsqlHandlerOptions,
-  DsqlLifecycleOptions,
-  DsqlLogger,
-} from './lambda.js';
+export type { Dsql, DsqlContext, DsqlHandlerOptions, DsqlLifecycleOptions, DsqlLogger } from './lambda.js';
 
-/**
- * Key in `request.internal` holding this middleware's cleanup function (a function of no
- * arguments, idempotent). Prefer {@link cleanupDsql}: when `request.internal` is shared between
- * requests (middy 5 with the plugin option `internal`), the key holds the latest request's.
- * @example
- * ```ts
- * (request.internal[DSQL_CLEANUP_KEY] as (() => void) | undefined)?.();
- * ```
- */
-export const DSQL_CLEANUP_KEY = 'dsql-lambda.cleanup';
-
-// Cleanup per request object. `request.internal` is not always per request: middy 5 gives every
-// request the same object when the plugin option `internal` is set, so under concurrent
-// invocations the key there holds only the latest request's cleanup. This map is what
-// `after`/`onError`/`cleanupDsql` read; the key stays for code that reads it directly.
+// The end of each request, per request object: `request.internal` is not always per request (middy
+// 5 shares one between requests when the plugin option `internal` is set).
 const cleanups = new WeakMap<object, () => void>();
 
 /**
  * The middleware `dsql()` returns: `.use()` adds `context.dsql` to the handler's context type.
  * @example
- * ```ts
  * const middleware: DsqlMiddleware = dsql();
- * ```
  */
 export type DsqlMiddleware = MiddlewareObj<unknown, unknown, Error, Context & DsqlContext>;
 
-type AnyRequest = Pick<Request, 'context' | 'internal' | 'response'> & { earlyResponse?: unknown };
+type AnyRequest = Pick<Request, 'context' | 'internal'> & { earlyResponse?: unknown };
 
 /**
- * Middleware giving the handler `context.dsql` (`query`, `connect`, `transaction`, `pool`). The
- * pool is the process-wide {@link lambdaPool} for the configuration (resolved on the first
- * invocation, so importing the handler needs no DSQL settings) unless `{ pool }` is given. No
- * connection is opened unless a statement runs. `transaction()` retries OCC conflicts until the
- * Lambda deadline minus `deadlineMarginMs`. Clients checked out with `context.dsql.connect()` and
- * not released are taken back at the end of the invocation (connection closed), with a warning.
- *
- * @param options - connection string, config (+ lifecycle options), or `{ pool }`;
- *   `deadlineMarginMs` default 500, `retry` default `withRetry`'s, `logger` default `console`.
- *   Default: configuration from the environment (`DSQL_ENDPOINT`, `AWS_REGION`, …).
+ * Middleware giving the handler `context.dsql`, exactly as `withDsql` does (same options, pool made
+ * on the first invocation, calls bounded by the deadline, leaks taken back with a warning).
+ * @param options A connection string, a `DsqlConfig` (+ lifecycle options), or `{ pool }`.
+ *   Default: the environment.
+ * @returns The middleware; `.use()` it before `.handler()` so the context is typed with `dsql`.
  * @example
- * ```ts
- * import middy from '@middy/core';
- * import { dsql } from 'dsql-lambda/middy';
- *
- * // `.use()` before `.handler()`, so the handler's context is typed with `dsql`.
- * export const handler = middy()
- *   .use(dsql())
- *   .handler(async (event: { id: string }, context) => {
- *     const { rows } = await context.dsql.query('SELECT * FROM orders WHERE id = $1', [event.id]);
- *     return rows[0];
- *   });
- * ```
+ * export const handler = middy().use(dsql()).handler(async (event, context) => context.dsql.query('SELECT 1'));
  */
 export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
-  const { getPool, lifecycle } = splitHandlerOptions(options);
-  let pool: pg.Pool | undefined;
-  // Requests whose cleanup has not run yet. Only references to requests that are in flight or
-  // were cut short by an early response; the state itself lives in each request.
+  const begin = lifecycle(options);
   const open = new Set<AnyRequest>();
+  const end = (request: AnyRequest) => cleanups.get(request)?.();
 
   const sweep = (current: AnyRequest) => {
-    // Inside a standard Lambda (no AWS_LAMBDA_MAX_CONCURRENCY) invocations never overlap, so a
-    // request still open when the next one starts has finished. Anywhere else (Managed Instances,
-    // tests running invocations side by side) only a request visibly finished is swept.
+    // In a standard Lambda (no AWS_LAMBDA_MAX_CONCURRENCY) invocations never overlap, so a request
+    // still open when the next one starts has finished. Elsewhere (Managed Instances, tests running
+    // invocations side by side) only a request visibly finished is swept.
     const env = process.env;
     const oneAtATime =
       env.AWS_LAMBDA_FUNCTION_NAME !== undefined && Number(env.AWS_LAMBDA_MAX_CONCURRENCY ?? '1') <= 1;
     for (const request of open) {
-      if (request === current) continue;
       const finished =
         oneAtATime || 'earlyResponse' in request || (request.context.getRemainingTimeInMillis?.() ?? 1) <= 0;
-      if (finished) runCleanup(request);
+      if (request !== current && finished) end(request);
     }
-  };
-
-  const runCleanup = (request: AnyRequest) => {
-    open.delete(request);
-    cleanups.get(request)?.();
   };
 
   return {
@@ -116,45 +60,30 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
     before: function dsqlMiddlewareBefore(request) {
       const req = request as unknown as AnyRequest;
       if (open.size > 0) sweep(req);
-      pool ??= getPool();
-      const invocation: DsqlInvocation = createDsqlContext(pool, request.context, lifecycle);
+      const invocation = begin(request.context);
       (request.context as Context & DsqlContext).dsql = invocation.dsql;
-      let done = false;
-      const cleanup = () => {
-        if (done) return;
-        done = true;
+      cleanups.set(req, () => {
         open.delete(req);
         cleanups.delete(req);
-        invocation.cleanup();
-      };
-      cleanups.set(req, cleanup);
-      (request.internal as Record<string, unknown>)[DSQL_CLEANUP_KEY] = cleanup;
-      open.add(req);
+        invocation.end();
+      });
+      open.add(req); // until its end runs: in flight, or cut short by an early response
     },
     after: function dsqlMiddlewareAfter(request) {
-      runCleanup(request as unknown as AnyRequest);
+      end(request as unknown as AnyRequest);
     },
     onError: function dsqlMiddlewareOnError(request) {
-      runCleanup(request as unknown as AnyRequest);
+      end(request as unknown as AnyRequest);
     },
   };
 }
 
 /**
- * Runs the `dsql` middleware's cleanup for `request` now (idempotent; a no-op when the middleware
- * did not run). Call it from a middleware that returns an early response, so clients checked
- * out earlier in the invocation are released right away instead of at the next invocation.
+ * Ends the middleware's invocation for `request` now (idempotent; a no-op if it did not run): call
+ * it from a middleware that responds early, so clients taken earlier are given back at once.
+ * @param request The middy request.
  * @example
- * ```ts
- * const auth = {
- *   before: async (request) => {
- *     if (!request.event.headers?.authorization) {
- *       cleanupDsql(request);
- *       return { statusCode: 401 };
- *     }
- *   },
- * };
- * ```
+ * before: (request) => { if (!authorised(request)) { cleanupDsql(request); return { statusCode: 401 }; } }
  */
 export function cleanupDsql(request: { internal: object }): void {
   cleanups.get(request)?.();

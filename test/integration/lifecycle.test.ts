@@ -1,25 +1,54 @@
 /**
- * The module-scoped pool and the per-invocation handle against the local DSQL-like endpoint
- * (TLS, IAM tokens): no I/O until a statement runs, one pool per configuration, and many
- * concurrent invocations (a Lambda Managed Instance) sharing one pool within its limit.
+ * `context.dsql` against the local DSQL-like endpoint (TLS, IAM tokens), one body for each
+ * adapter (the withDsql wrapper, the middy 7 and middy 5 middleware): the pool made on the first
+ * invocation and kept, no I/O before a statement, every call bounded by the invocation's
+ * deadline (a late write reported as outcome unknown, a busy pool or an unreachable endpoint
+ * named), statements retried on OCC conflicts, a double release that cannot free another
+ * invocation's client, leak cleanup, and 64 concurrent invocations within the pool's limit.
+ * Assertions are on outcomes, counts and messages, never on durations.
  */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
 import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import middy5 from 'middy-core-5';
+import type pg from 'pg';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { DsqlConfig } from '../../src/config.js';
-import { endLambdaPools, getFreezeGuardStats, lambdaPool, withDsql } from '../../src/lambda.js';
+import {
+  CommitOutcomeUnknownError,
+  DsqlConnectionError,
+  DsqlError,
+  OccRetryExhaustedError,
+} from '../../src/errors.js';
+import { type DsqlContext, type DsqlHandlerOptions, withDsql } from '../../src/lambda.js';
 import { dsql } from '../../src/middy.js';
+import { createPool } from '../../src/pool.js';
 import { startTestEndpoint } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
+type UserHandler<E> = (event: E, context: Context & DsqlContext) => Promise<unknown>;
+type Handler<E> = (event: E, context: Context) => Promise<unknown>;
+
 let endpoint: Endpoint;
+const pools = new Set<pg.Pool>();
+const logger = { warn: vi.fn() };
+const table = `lifecycle_${randomUUID().slice(0, 8)}`;
 
 beforeAll(async () => {
   endpoint = await startTestEndpoint();
+  await adapters[0]!.make(async (_e, c) => c.dsql.query(`CREATE TABLE ${table} (id text PRIMARY KEY)`), {
+    ...configFor(),
+    logger,
+  })({}, lambdaContext());
+});
+beforeEach(() => {
+  logger.warn.mockClear();
+  endpoint.faults.clear();
 });
 afterAll(async () => {
-  await endLambdaPools();
+  await Promise.allSettled([...pools].map((p) => p.end()));
   await endpoint?.stop();
 });
 
@@ -35,107 +64,348 @@ function configFor(extra: Partial<DsqlConfig> = {}): DsqlConfig {
   };
 }
 
-const connectionsOpened = () => endpoint.stats().connections.total;
+/** Remembers every pool a handler used, to end them after the file. */
+function seen<E>(handler: UserHandler<E>): UserHandler<E> {
+  return (event, context) => {
+    pools.add(context.dsql.pool);
+    return handler(event, context);
+  };
+}
+
+const adapters = [
+  {
+    type: 'wrapper',
+    make: <E>(h: UserHandler<E>, o?: DsqlHandlerOptions): Handler<E> => withDsql(seen(h), o),
+  },
+  {
+    type: 'middy 7',
+    make: <E>(h: UserHandler<E>, o?: DsqlHandlerOptions): Handler<E> =>
+      middy(seen(h) as unknown as Handler<E>).use(dsql(o)) as unknown as Handler<E>,
+  },
+  {
+    type: 'middy 5',
+    make: <E>(h: UserHandler<E>, o?: DsqlHandlerOptions): Handler<E> =>
+      middy5(seen(h) as unknown as Handler<E>).use(dsql(o)) as unknown as Handler<E>,
+  },
+];
+
+async function rowCount(id: string): Promise<number> {
+  const pool = [...pools][0]!;
+  const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table} WHERE id = $1`, [
+    id,
+  ]);
+  return rows[0]!.n;
+}
+
 const openSessions = () => endpoint.sessions().length;
 
-describe('lambdaPool', () => {
-  it('returns one pool per configuration, and creating it does no I/O', async () => {
-    const before = openSessions();
-    const statsBefore = JSON.stringify(endpoint.stats());
-    const a = lambdaPool(configFor({ applicationName: 'memo' }));
-    const b = lambdaPool(configFor({ applicationName: 'memo' }));
-    const c = lambdaPool(configFor({ applicationName: 'other' }));
-    expect(b).toBe(a);
-    expect(c).not.toBe(a);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(openSessions()).toBe(before);
-    expect(JSON.stringify(endpoint.stats())).toBe(statsBefore);
-    expect(a.totalCount).toBe(0);
-    await a.query('SELECT 1');
-    expect(a.totalCount).toBe(1);
+describe.each(adapters)('$type', ({ make }) => {
+  it('creates its pool on the first invocation, keeps it, and opens no connection until a statement runs', async () => {
+    const sessions = openSessions();
+    const opened = endpoint.stats().connections.total;
+    const used: pg.Pool[] = [];
+    const handler = make(
+      async (event: { query: boolean }, context) => {
+        used.push(context.dsql.pool);
+        return event.query ? (await context.dsql.query('SELECT 1 AS one')).rows[0] : 'nothing';
+      },
+      { ...configFor(), logger },
+    );
+    expect(await handler({ query: false }, lambdaContext())).toBe('nothing');
+    expect(openSessions()).toBe(sessions);
+    expect(endpoint.stats().connections.total).toBe(opened);
+    expect(used[0]!.totalCount).toBe(0);
+    expect(await handler({ query: true }, lambdaContext())).toEqual({ one: 1 });
+    expect(used[1]).toBe(used[0]);
+    expect(used[0]!.totalCount).toBe(1);
   });
 
-  it('a pool that was ended is replaced on the next call', async () => {
-    const a = lambdaPool(configFor({ applicationName: 'ended' }));
-    await a.end();
-    const b = lambdaPool(configFor({ applicationName: 'ended' }));
-    expect(b).not.toBe(a);
-    expect((await b.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  it('a write whose reply comes after the deadline: CommitOutcomeUnknownError (it did commit), never "Query read timeout"', async () => {
+    const id = randomUUID();
+    const handler = make(
+      async (event: { warm: boolean }, context) => {
+        if (event.warm) return context.dsql.query('SELECT 1'); // connects: what follows is only the statement
+        // The statement commits after 3 s of server time; the deadline is 1.5 s away.
+        return context.dsql.query(`INSERT INTO ${table} (id) SELECT $1 FROM pg_sleep(3)`, [id]);
+      },
+      { ...configFor({ max: 1 }), logger, deadlineMarginMs: 500 },
+    );
+    await handler({ warm: true }, lambdaContext());
+    const err = await handler({ warm: false }, lambdaContext(2_000)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
+    expect((err as Error).message).toMatch(/may or may not have committed/);
+    await vi.waitFor(async () => expect(await rowCount(id)).toBe(1), { timeout: 10_000 });
+  });
+
+  it('a statement lost on a silently dropped connection: outcome unknown by the deadline; the next invocation recovers', async () => {
+    let pool: pg.Pool | undefined;
+    const handler = make(
+      async (_e: unknown, context) => {
+        pool = context.dsql.pool;
+        return (await context.dsql.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      },
+      { ...configFor({ max: 1 }), logger, deadlineMarginMs: 200 },
+    );
+    const pid = (await handler({}, lambdaContext())) as number;
+    // The path goes dead without a FIN or RST, right after use: no thaw, so no validation.
+    expect(endpoint.faults.dropConnections({ which: pid, how: 'silent' })).toBe(1);
+    const err = await handler({}, lambdaContext(2_000)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
+    // The abandoned connection was destroyed, not pooled: with max 1 the next invocation gets a new one.
+    expect(await handler({}, lambdaContext())).not.toBe(pid);
+    expect(pool!.totalCount).toBe(1);
+  });
+
+  it('query, connect and transaction wait for a busy pool only until the deadline, and say so', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let pool: pg.Pool | undefined;
+    const handler = make(
+      async (event: { hold?: boolean; call?: 'query' | 'connect' | 'transaction' }, context) => {
+        pool = context.dsql.pool;
+        if (event.hold) {
+          const client = await context.dsql.connect();
+          await held;
+          client.release();
+          return 'held';
+        }
+        if (event.call === 'query') return context.dsql.query('SELECT 1');
+        if (event.call === 'connect') return context.dsql.connect();
+        return context.dsql.transaction(async (tx) => tx.query('SELECT 1'));
+      },
+      { ...configFor({ max: 1 }), logger, deadlineMarginMs: 200 },
+    );
+    const holder = handler({ hold: true }, lambdaContext());
+    await vi.waitFor(() => expect(pool?.idleCount === 0 && pool.totalCount === 1).toBe(true));
+    for (const call of ['query', 'connect', 'transaction'] as const) {
+      const err = await handler({ call }, lambdaContext(700)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DsqlConnectionError);
+      expect((err as Error).message).toMatch(
+        /Could not get a connection to .* within \d+ ms \(deadline reached\)/,
+      );
+      expect((err as Error).message).toMatch(/all 1 connections of the pool were in use/);
+    }
+    release();
+    expect(await holder).toBe('held');
+    // The checkouts granted after the callers gave up were handed straight back.
+    await vi.waitFor(() => expect(pool!.idleCount).toBe(1));
+    expect(pool!.waitingCount).toBe(0);
+  });
+
+  it('an unreachable endpoint: the deadline error names the host, not "gave up after 0 attempts"', async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise((resolve) => closed.close(resolve)); // nothing listens there any more
+    const handler = make(
+      async (_e: unknown, context) => context.dsql.transaction(async (tx) => tx.query('SELECT 1')),
+      { ...configFor({ port }), logger, deadlineMarginMs: 200 },
+    );
+    const err = await handler({}, lambdaContext(800)).catch((e: unknown) => e);
+    // Whichever gives up first, the deadline or the connect path, the error names the cluster.
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toMatch(
+      new RegExp(`Could not (get a connection|connect) to ${endpoint.host}`),
+    );
+    expect((err as Error).message).not.toMatch(/0 attempts/);
+  });
+
+  it('a second release() of a connect() client is ignored with a warning: it cannot free the next invocation’s checkout', async () => {
+    let pool: pg.Pool | undefined;
+    let first: pg.PoolClient | undefined;
+    let secondHeld!: () => void;
+    const held = new Promise<void>((resolve) => {
+      secondHeld = resolve;
+    });
+    let finish!: () => void;
+    const mayFinish = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    const handler = make(
+      async (event: { n: number }, context) => {
+        pool = context.dsql.pool;
+        const client = await context.dsql.connect();
+        if (event.n === 1) {
+          first = client;
+          client.release();
+          return 'first';
+        }
+        secondHeld();
+        await mayFinish;
+        const { rows } = await client.query('SELECT 1 AS one');
+        client.release();
+        return rows[0].one;
+      },
+      { pool: createPool(configFor({ max: 1 })), logger },
+    );
+    expect(await handler({ n: 1 }, lambdaContext())).toBe('first');
+    const second = handler({ n: 2 }, lambdaContext());
+    await held; // the second invocation now holds the pool's only connection
+    first!.release(); // the first invocation releases its client again
+    expect(pool!.idleCount).toBe(0); // still checked out by the second invocation
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(String(logger.warn.mock.calls[0]?.[0])).toMatch(/release\(\) called again/);
+    await expect(first!.query('SELECT 1')).rejects.toThrow(DsqlError);
+    finish();
+    expect(await second).toBe(1);
+    expect(pool!.idleCount).toBe(1);
+  });
+
+  it('takes back a leaked client when the invocation ends, closes it, and warns naming where it was taken', async () => {
+    let leaked: pg.PoolClient | undefined;
+    let pool: pg.Pool | undefined;
+    const handler = make(
+      async (_e: unknown, context) => {
+        pool = context.dsql.pool;
+        leaked = await context.dsql.connect();
+        await leaked.query('BEGIN');
+        await leaked.query('SELECT 1');
+        return 'leaked';
+      },
+      { ...configFor(), logger },
+    );
+    const context = lambdaContext();
+    expect(await handler({}, context)).toBe('leaked');
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(String(logger.warn.mock.calls[0]?.[0])).toContain(context.awsRequestId);
+    expect(String(logger.warn.mock.calls[0]?.[1])).toContain('lifecycle.test.ts');
+    // Closed, not pooled: the next user cannot land inside that transaction.
+    expect(pool!.totalCount).toBe(0);
+    await expect(leaked!.query('SELECT 1')).rejects.toThrow();
+    expect(() => leaked!.release()).not.toThrow(); // a late release is harmless
+    expect(logger.warn).toHaveBeenCalledOnce(); // and not warned about twice
+  });
+
+  it('cleans up on the error path, and the error reaches the caller', async () => {
+    let pool: pg.Pool | undefined;
+    const handler = make(
+      async (_e: unknown, context) => {
+        pool = context.dsql.pool;
+        await context.dsql.connect();
+        throw new Error('boom');
+      },
+      { ...configFor(), logger },
+    );
+    await expect(handler({}, lambdaContext())).rejects.toThrow('boom');
+    expect(logger.warn).toHaveBeenCalledOnce();
+    expect(pool!.idleCount).toBe(pool!.totalCount);
+  });
+
+  it('transaction() stops retrying at the Lambda deadline minus deadlineMarginMs', async () => {
+    let calls = 0;
+    const handler = make(
+      async (_e: unknown, context) =>
+        context.dsql.transaction(async (tx) => {
+          calls++;
+          await tx.query('SELECT 1');
+          throw Object.assign(new Error('change conflicts with another transaction (OC000)'), {
+            code: '40001',
+          });
+        }),
+      // Lambda's deadline is 60 s away (beyond the test's timeout), ours 1 s: only the margin can end it.
+      { ...configFor(), logger, deadlineMarginMs: 59_000, retry: { maxAttempts: 1_000_000, maxDelayMs: 20 } },
+    );
+    const err = await handler({}, lambdaContext(60_000)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect(err).toMatchObject({ reason: 'deadline', attempts: calls });
+  });
+
+  it('retry policy: per call over the handler options over the pool’s', async () => {
+    const handler = make(
+      async (event: { perCall?: number }, context) => {
+        (context.dsql.pool as { retry?: unknown }).retry = { maxAttempts: 5, baseDelayMs: 1, maxDelayMs: 1 };
+        let calls = 0;
+        const err = await context.dsql
+          .transaction(
+            async () => {
+              calls++;
+              throw Object.assign(new Error('conflict'), { code: 'OC000' });
+            },
+            event.perCall ? { maxAttempts: event.perCall } : undefined,
+          )
+          .catch((e: unknown) => e);
+        return { calls, exhausted: err instanceof OccRetryExhaustedError };
+      },
+      { ...configFor(), logger, retry: { maxAttempts: 3 } },
+    );
+    expect(await handler({}, lambdaContext())).toEqual({ calls: 3, exhausted: true });
+    expect(await handler({ perCall: 2 }, lambdaContext())).toEqual({ calls: 2, exhausted: true });
+    const poolOnly = make(
+      async (_e: unknown, context) => {
+        (context.dsql.pool as { retry?: unknown }).retry = { maxAttempts: 4, baseDelayMs: 1, maxDelayMs: 1 };
+        let calls = 0;
+        await context.dsql
+          .transaction(async () => {
+            calls++;
+            throw Object.assign(new Error('conflict'), { code: 'OC001' });
+          })
+          .catch(() => {});
+        return calls;
+      },
+      { ...configFor(), logger },
+    );
+    expect(await poolOnly({}, lambdaContext())).toBe(4);
   });
 });
 
-describe('invocations', () => {
-  it('an invocation that runs no statement opens no connection', async () => {
-    const config = configFor({ applicationName: 'noop' });
-    const handler = middy<unknown, unknown, Error, Context>()
-      .use(dsql(config))
-      .handler(async (_event, context) => ({ hasDsql: typeof context.dsql.query === 'function' }));
-    const wrapped = withDsql(async () => 'nothing', config);
-    const before = openSessions();
-    const statsBefore = connectionsOpened();
-    expect(await handler({}, lambdaContext())).toEqual({ hasDsql: true });
-    expect(await wrapped({}, lambdaContext())).toBe('nothing');
-    expect(openSessions()).toBe(before);
-    expect(connectionsOpened()).toBe(statsBefore);
-    expect(lambdaPool(config).totalCount).toBe(0);
+describe('context.dsql.query retries OCC conflicts', () => {
+  it('an autocommit UPDATE refused with OC000 (it cannot have committed) is sent again and commits once', async () => {
+    const id = randomUUID();
+    endpoint.faults.setOccFromContention(true);
+    try {
+      const retried: string[] = [];
+      let blocker: pg.PoolClient | undefined;
+      let pool: pg.Pool | undefined;
+      const handler = adapters[0]!.make(
+        async (_e: unknown, context) => {
+          pool = context.dsql.pool;
+          await context.dsql.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+          blocker = await context.dsql.connect();
+          await blocker.query('BEGIN');
+          await blocker.query(`UPDATE ${table} SET id = id WHERE id = $1`, [id]);
+          const pending = context.dsql.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id, `${id}-x`]);
+          // Commit the blocker once our statement waits on its row lock: snapshot isolation then
+          // fails ours (40001), which the endpoint reports as DSQL's OC000.
+          await vi.waitFor(async () => {
+            const { rows } = await pool!.query<{ n: number }>(
+              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            );
+            expect(rows[0]!.n).toBeGreaterThan(0);
+          });
+          await blocker.query('COMMIT');
+          blocker.release();
+          return (await pending).rowCount;
+        },
+        {
+          ...configFor({ max: 3 }),
+          logger,
+          retry: { baseDelayMs: 1, maxDelayMs: 5, onRetry: (i) => retried.push(i.code) },
+        },
+      );
+      expect(await handler({}, lambdaContext())).toBe(1);
+      expect(retried[0]).toBe('OC000');
+      expect(await rowCount(`${id}-x`)).toBe(1);
+    } finally {
+      endpoint.faults.setOccFromContention(false);
+    }
   });
+});
 
-  it('a statement lost on a silently dropped connection fails before the deadline; the next invocation recovers', async () => {
-    const config = configFor({ applicationName: 'half-open', max: 1 });
-    const handler = withDsql(
-      async (_event: unknown, context) =>
-        (await context.dsql.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid,
-      { ...config, deadlineMarginMs: 200 },
-    );
-    const pid = await handler({}, lambdaContext());
-    // The path goes dead without a FIN or RST, right after use: no thaw, so no validation.
-    expect(endpoint.faults.dropConnections({ which: pid, how: 'silent' })).toBe(1);
-    const err = await handler({}, lambdaContext(1_500)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/Query read timeout/);
-    // The dead connection was destroyed, not pooled: with max 1 the next invocation gets a new one.
-    const next = await handler({}, lambdaContext());
-    expect(next).not.toBe(pid);
-    expect(lambdaPool(config).totalCount).toBe(1);
-  });
-
-  it('a query_timeout of the statement or the pool wins over the deadline', async () => {
-    const config = configFor({ applicationName: 'own-timeout', query_timeout: 60_000 });
-    let seen: unknown;
-    const handler = withDsql(async (_event: unknown, context) => {
-      const pool = context.dsql.pool;
-      const original = pool.query.bind(pool);
-      (pool as { query: unknown }).query = (text: unknown, values: unknown) => {
-        seen = text;
-        return original(text as string, values as unknown[]);
-      };
-      try {
-        return (await context.dsql.query('SELECT 1 AS one')).rows[0].one;
-      } finally {
-        (pool as { query: unknown }).query = original;
-      }
-    }, config);
-    expect(await handler({}, lambdaContext(2_000))).toBe(1);
-    expect(seen).toBe('SELECT 1 AS one');
-  });
-
-  it('64 concurrent invocations share one pool: all succeed, the pool never exceeds max', async () => {
+describe('64 concurrent invocations (a Managed Instance)', () => {
+  it('share one pool: all succeed, the pool never exceeds max, nothing is left checked out', async () => {
     const max = 8;
-    const config = configFor({ applicationName: 'concurrent', max });
-    const pool = lambdaPool(config);
     let peak = 0;
-    let peakSessions = 0;
-    pool.on('acquire', () => {
-      peak = Math.max(peak, pool.totalCount);
-    });
-    const handler = middy<{ i: number }, unknown, Error, Context>()
-      .use(dsql(config))
-      .handler(async (event, context) => {
+    let pool: pg.Pool | undefined;
+    const handler = adapters[1]!.make(
+      async (event: { i: number }, context) => {
+        pool = context.dsql.pool;
         const { rows } = await context.dsql.query<{ i: number }>('SELECT $1::int AS i', [event.i]);
         const client = await context.dsql.connect();
         try {
           await client.query('SELECT pg_sleep(0.01)');
-          peakSessions = Math.max(peakSessions, openSessions());
+          peak = Math.max(peak, pool.totalCount);
         } finally {
           client.release();
         }
@@ -143,16 +413,15 @@ describe('invocations', () => {
           async (tx) => (await tx.query('SELECT 2 AS two')).rows[0].two,
         );
         return rows[0]!.i + t;
-      });
-    const baseline = openSessions();
+      },
+      { ...configFor({ max }), logger },
+    );
     const results = await Promise.all(Array.from({ length: 64 }, (_, i) => handler({ i }, lambdaContext())));
     expect(results).toEqual(Array.from({ length: 64 }, (_, i) => i + 2));
     expect(peak).toBeLessThanOrEqual(max);
-    expect(peak).toBeGreaterThan(1);
-    expect(pool.totalCount).toBeLessThanOrEqual(max);
-    expect(pool.waitingCount).toBe(0);
-    expect(pool.idleCount).toBe(pool.totalCount);
-    expect(peakSessions - baseline).toBeLessThanOrEqual(max);
-    expect(getFreezeGuardStats(pool)?.evictedDead).toBe(0);
+    expect(pool!.totalCount).toBeLessThanOrEqual(max);
+    expect(pool!.waitingCount).toBe(0);
+    expect(pool!.idleCount).toBe(pool!.totalCount);
+    expect(logger.warn).not.toHaveBeenCalled();
   });
 });

@@ -1,16 +1,16 @@
 /**
- * The middy middleware and the withDsql wrapper on a real database (plain PostgreSQL through a
- * guarded pg.Pool passed as `{ pool }`): queries, transactions with the Lambda deadline, and the
- * cleanup that must run on every path — after, onError, early responses — for middy 5 and 7.
+ * What only the middy middleware has to get right, on a real database (plain PostgreSQL through a
+ * pg.Pool passed as `{ pool }`), for middy 5 and 7: the end of the invocation runs on every path
+ * middy has (after, onError, early responses from other middlewares, timeoutEarly), and
+ * concurrent requests sharing one `request.internal` each end their own. What the wrapper and the
+ * middleware share is tested once for both in lifecycle.test.ts.
  */
 import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
 import middy5 from 'middy-core-5';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { installFreezeGuard } from '../../src/checkout.js';
-import { OccRetryExhaustedError } from '../../src/errors.js';
-import { type DsqlContext, withDsql } from '../../src/lambda.js';
+import type { DsqlContext } from '../../src/lambda.js';
 import { cleanupDsql, dsql } from '../../src/middy.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
@@ -19,12 +19,6 @@ const logger = { warn: vi.fn() };
 
 beforeAll(() => {
   pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: 'postgres', max: 2 });
-  installFreezeGuard(pool, {
-    maxLifetimeSeconds: 3300,
-    maxIdleMillis: 300_000,
-    thawThresholdMillis: 5_000,
-    validationTimeoutMillis: 1_000,
-  });
 });
 afterAll(() => pool.end());
 beforeEach(() => logger.warn.mockClear());
@@ -50,54 +44,6 @@ describe.each(flavours)('dsql() with $name', ({ make }) => {
     }).use(dsql({ pool, logger }));
     expect(await handler({}, lambdaContext())).toEqual({ two: 2, inTx: { three: 3 }, same: true });
     expect(logger.warn).not.toHaveBeenCalled();
-  });
-
-  it('takes a leaked client back after the invocation and closes it, with a warning naming it', async () => {
-    let leaked: pg.PoolClient | undefined;
-    const handler = make(async (_event, context) => {
-      leaked = await context.dsql.connect();
-      await leaked.query('SELECT 1');
-      return 'leaked';
-    }).use(dsql({ pool, logger }));
-    const context = lambdaContext();
-    await handler({}, context);
-    expect(logger.warn).toHaveBeenCalledOnce();
-    expect(String(logger.warn.mock.calls[0]?.[0])).toContain(context.awsRequestId);
-    // Names the leak: where the client was checked out.
-    expect(String(logger.warn.mock.calls[0]?.[1])).toContain('middy-lifecycle.test.ts');
-    // Nothing is left checked out, and the leaked connection is closed, not pooled.
-    expect(pool.totalCount - pool.idleCount).toBe(0);
-    expect(pool.waitingCount).toBe(0);
-    expect((leaked as unknown as { _ending: boolean })._ending).toBe(true);
-    await expect(leaked!.query('SELECT 1')).rejects.toThrow();
-  });
-
-  it('destroys a leaked client left inside a transaction', async () => {
-    let leaked: pg.PoolClient | undefined;
-    const handler = make(async (_event, context) => {
-      const client = await context.dsql.connect();
-      leaked = client;
-      await client.query('BEGIN');
-      await client.query('SELECT 1');
-      return 'open transaction';
-    }).use(dsql({ pool, logger }));
-    await handler({}, lambdaContext());
-    expect(logger.warn).toHaveBeenCalledOnce();
-    // Destroyed rather than pooled: closed, and no longer one of the pool's clients.
-    expect((leaked as unknown as { _ending: boolean })._ending).toBe(true);
-    expect((pool as unknown as { _clients: unknown[] })._clients).not.toContain(leaked);
-    const { rows } = await pool.query('SELECT now() = statement_timestamp() AS fresh');
-    expect(rows[0].fresh).toBe(true); // the next user is not inside that transaction
-  });
-
-  it('cleans up on the error path, and the error reaches the caller', async () => {
-    const handler = make(async (_event, context) => {
-      await context.dsql.connect();
-      throw new Error('boom');
-    }).use(dsql({ pool, logger }));
-    await expect(handler({}, lambdaContext())).rejects.toThrow('boom');
-    expect(logger.warn).toHaveBeenCalledOnce();
-    expect(pool.idleCount).toBe(pool.totalCount);
   });
 
   it('a before registered earlier returning early: nothing is opened, nothing to clean', async () => {
@@ -187,124 +133,64 @@ describe.each(flavours)('dsql() with $name', ({ make }) => {
     expect(pool.totalCount - pool.idleCount).toBe(0);
   });
 
-  it('stops retrying OCC conflicts at the Lambda deadline minus deadlineMarginMs', async () => {
-    const handler = make(async (_event, context) =>
-      context.dsql.transaction(async (tx) => {
-        await tx.query('SELECT 1');
-        throw Object.assign(new Error('change conflicts with another transaction, please retry: (OC000)'), {
-          code: '40001',
-        });
-      }),
-    ).use(dsql({ pool, logger, deadlineMarginMs: 9_700, retry: { maxAttempts: 100_000, maxDelayMs: 20 } }));
-    const started = Date.now();
-    // Lambda's deadline is 10 s away, ours 300 ms: only the margin can stop it well before 10 s
-    // (no speed goal here, just which of the two deadlines was used).
-    const err = await handler({}, lambdaContext(10_000)).catch((e: unknown) => e);
-    const elapsed = Date.now() - started;
-    expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
-    expect((err as OccRetryExhaustedError).attempts).toBeGreaterThan(1);
-    expect(elapsed).toBeLessThan(5_000);
+  describe('middy 7 specifics', () => {
+    it('sweeps a request cut short by an early response even when invocations may overlap', async () => {
+      let early = true;
+      const handler = middy<unknown, unknown, Error, Context>()
+        .use(dsql({ pool, logger }))
+        .use({
+          before: async (request) => {
+            if (!early) return;
+            await (request.context as Context & DsqlContext).dsql.connect();
+            return { statusCode: 429 };
+          },
+        })
+        .handler(async (_event, context) => (await context.dsql.query('SELECT 1 AS one')).rows[0]);
+      await handler({}, lambdaContext());
+      early = false;
+      expect(await handler({}, lambdaContext())).toEqual({ one: 1 });
+      expect(logger.warn).toHaveBeenCalledOnce();
+      expect(pool.idleCount).toBe(pool.totalCount);
+    });
   });
-});
 
-describe('middy 7 specifics', () => {
-  it('sweeps a request cut short by an early response even when invocations may overlap', async () => {
-    let early = true;
-    const handler = middy<unknown, unknown, Error, Context>()
-      .use(dsql({ pool, logger }))
-      .use({
-        before: async (request) => {
-          if (!early) return;
-          await (request.context as Context & DsqlContext).dsql.connect();
-          return { statusCode: 429 };
+  describe('middy 5 specifics', () => {
+    it('concurrent requests sharing one request.internal (plugin.internal) each clean up their own clients', async () => {
+      // middy 5 hands every request the same object when the plugin option `internal` is set.
+      let aDone!: () => void;
+      const aFinished = new Promise<void>((resolve) => {
+        aDone = resolve;
+      });
+      let bChecked!: () => void;
+      const bCheckedOut = new Promise<void>((resolve) => {
+        bChecked = resolve;
+      });
+      const handler = middy5(
+        async (event: { name: string }, context: Context & DsqlContext) => {
+          if (event.name === 'a') {
+            await bCheckedOut;
+            return 'a';
+          }
+          const client = await context.dsql.connect();
+          try {
+            bChecked();
+            await aFinished; // request a ends (and cleans up) while b holds its client
+            return (await client.query('SELECT 1 AS one')).rows[0].one;
+          } finally {
+            client.release();
+          }
         },
-      })
-      .handler(async (_event, context) => (await context.dsql.query('SELECT 1 AS one')).rows[0]);
-    await handler({}, lambdaContext());
-    early = false;
-    expect(await handler({}, lambdaContext())).toEqual({ one: 1 });
-    expect(logger.warn).toHaveBeenCalledOnce();
-    expect(pool.idleCount).toBe(pool.totalCount);
-  });
-});
-
-describe('middy 5 specifics', () => {
-  it('concurrent requests sharing one request.internal (plugin.internal) each clean up their own clients', async () => {
-    // middy 5 hands every request the same object when the plugin option `internal` is set.
-    let aDone!: () => void;
-    const aFinished = new Promise<void>((resolve) => {
-      aDone = resolve;
+        { internal: {} },
+      ).use(dsql({ pool, logger }));
+      const a = handler({ name: 'a' }, lambdaContext()).then((r: unknown) => {
+        aDone();
+        return r;
+      });
+      const b = handler({ name: 'b' }, lambdaContext());
+      expect(await a).toBe('a');
+      expect(await b).toBe(1);
+      expect(logger.warn).not.toHaveBeenCalled();
+      expect(pool.idleCount).toBe(pool.totalCount);
     });
-    let bChecked!: () => void;
-    const bCheckedOut = new Promise<void>((resolve) => {
-      bChecked = resolve;
-    });
-    const handler = middy5(
-      async (event: { name: string }, context: Context & DsqlContext) => {
-        if (event.name === 'a') {
-          await bCheckedOut;
-          return 'a';
-        }
-        const client = await context.dsql.connect();
-        try {
-          bChecked();
-          await aFinished; // request a ends (and cleans up) while b holds its client
-          return (await client.query('SELECT 1 AS one')).rows[0].one;
-        } finally {
-          client.release();
-        }
-      },
-      { internal: {} },
-    ).use(dsql({ pool, logger }));
-    const a = handler({ name: 'a' }, lambdaContext()).then((r: unknown) => {
-      aDone();
-      return r;
-    });
-    const b = handler({ name: 'b' }, lambdaContext());
-    expect(await a).toBe('a');
-    expect(await b).toBe(1);
-    expect(logger.warn).not.toHaveBeenCalled();
-    expect(pool.idleCount).toBe(pool.totalCount);
-  });
-});
-
-describe('withDsql', () => {
-  it('gives the same handle and cleans up leaks', async () => {
-    const handler = withDsql(
-      async (_event: { n: number }, context) => {
-        await context.dsql.connect();
-        return (await context.dsql.query('SELECT $1::int AS n', [_event.n])).rows[0];
-      },
-      { pool, logger },
-    );
-    expect(await handler({ n: 7 }, lambdaContext())).toEqual({ n: 7 });
-    expect(logger.warn).toHaveBeenCalledOnce();
-    expect(pool.idleCount).toBe(pool.totalCount);
-  });
-
-  it('cleans up when the handler throws', async () => {
-    const handler = withDsql(
-      async (_event: unknown, context) => {
-        await context.dsql.connect();
-        throw new Error('nope');
-      },
-      { pool, logger },
-    );
-    await expect(handler({}, lambdaContext())).rejects.toThrow('nope');
-    expect(logger.warn).toHaveBeenCalledOnce();
-    expect(pool.idleCount).toBe(pool.totalCount);
-  });
-
-  it('a late release of a client cleanup already released is harmless', async () => {
-    let leaked: pg.PoolClient | undefined;
-    const handler = withDsql(
-      async (_event: unknown, context) => {
-        leaked = await context.dsql.connect();
-      },
-      { pool, logger },
-    );
-    await handler({}, lambdaContext());
-    expect(() => leaked?.release()).not.toThrow();
   });
 });

@@ -9,7 +9,12 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CommitOutcomeUnknownError, DsqlError, OccRetryExhaustedError } from '../../src/errors.js';
+import {
+  CommitOutcomeUnknownError,
+  DsqlConnectionError,
+  DsqlError,
+  OccRetryExhaustedError,
+} from '../../src/errors.js';
 import { createPool } from '../../src/pool.js';
 import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
 import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
@@ -104,30 +109,6 @@ describe('OCC conflicts injected at COMMIT', () => {
     expect(await rowCount(id)).toBe(1);
     // Conflicts are ordinary errors on a healthy connection: nothing was destroyed.
     expect(pool.totalCount).toBe(1);
-  });
-
-  it('retries on the same connection when the target is a single pg.Client', async () => {
-    const client = new pg.Client(config);
-    client.on('error', () => {});
-    await client.connect();
-    try {
-      const id = randomUUID();
-      endpoint.faults.failNextCommits({ count: 2, code: 'OC000' });
-      const sessions: number[] = [];
-      await withRetry(
-        client,
-        async (tx) => {
-          sessions.push(await sessionOf(tx));
-          await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
-        },
-        quick,
-      );
-      expect(sessions).toHaveLength(3);
-      expect(new Set(sessions).size).toBe(1);
-      expect(await rowCount(id)).toBe(1);
-    } finally {
-      await client.end();
-    }
   });
 
   it('gives up after maxAttempts with the last conflict as cause, nothing committed', async () => {
@@ -347,28 +328,26 @@ describe('connection lost', () => {
 });
 
 describe('deadline and abort', () => {
-  it('no attempt starts after the deadline; OccRetryExhaustedError(deadline)', async () => {
+  it('conflicts until the deadline: OccRetryExhaustedError(deadline), every attempt counted, nothing committed', async () => {
+    // Which attempt is the last depends on the machine's speed; what is checked does not: the
+    // reason, that the attempts fn saw are the attempts reported, and that nothing committed.
+    // (That no attempt or sleep starts past the deadline is checked on a fake clock in the unit tests.)
     const pool = newPool();
-    await pool.query('SELECT 1'); // connect first: the first attempt's time is the estimate
     const id = randomUUID();
     endpoint.faults.failNextCommits({ count: 1000, code: 'OC000' });
-    const deadline = Date.now() + 1500;
-    const starts: number[] = [];
+    let calls = 0;
     const err = await rejectionOf(
       withRetry(
         pool,
         async (tx) => {
-          starts.push(Date.now());
+          calls++;
           await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
         },
-        { baseDelayMs: 20, maxDelayMs: 100, maxAttempts: 1000, deadline },
+        { baseDelayMs: 20, maxDelayMs: 100, maxAttempts: 1000, deadline: Date.now() + 1500 },
       ),
     );
     expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect(err).toMatchObject({ reason: 'deadline' });
-    expect((err as OccRetryExhaustedError).attempts).toBe(starts.length);
-    expect(starts.length).toBeGreaterThan(1);
-    for (const s of starts) expect(s).toBeLessThan(deadline);
+    expect(err).toMatchObject({ reason: 'deadline', attempts: calls });
     expect(await rowCount(id)).toBe(0);
   });
 
@@ -388,7 +367,6 @@ describe('deadline and abort', () => {
           // A minute-long backoff: only the abort can end this test in time.
           baseDelayMs: 60_000,
           maxDelayMs: 60_000,
-          jitter: 'none',
           onRetry: () => void setTimeout(() => controller.abort(), 10),
         },
       ),
@@ -424,12 +402,15 @@ describe('deadline and abort', () => {
     expect(await rowCount(id)).toBe(0);
   });
 
-  it('deadline while waiting for a pool client: gives up without an attempt, the client is not leaked', async () => {
+  it('deadline while waiting for a pool client: a connection error naming the wait, the client is not leaked', async () => {
     const pool = newPool({ max: 1 });
     const holder = await pool.connect();
-    const pending = withRetry(pool, async () => 'never', { deadline: Date.now() + 50 });
+    let calls = 0;
+    const pending = withRetry(pool, async () => void calls++, { deadline: Date.now() + 50 });
     const err = await rejectionOf(pending);
-    expect(err).toMatchObject({ reason: 'deadline', attempts: 0 });
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toMatch(/all 1 connections of the pool were in use/);
+    expect(calls).toBe(0);
     holder.release();
     // The checkout withRetry abandoned is handed back as soon as it is granted.
     const { rows } = await pool.query('SELECT 1 AS one');

@@ -7,9 +7,10 @@ import type { Context } from 'aws-lambda';
 import middy5 from 'middy-core-5';
 import type pg from 'pg';
 import { describe, expectTypeOf, it } from 'vitest';
-import { type Dsql, type DsqlContext, lambdaPool, withDsql } from '../../src/lambda.js';
+import { type Dsql, type DsqlContext, withDsql } from '../../src/lambda.js';
 import { cleanupDsql, type DsqlMiddleware, dsql } from '../../src/middy.js';
-import type { TransactionClient } from '../../src/retry.js';
+import { createPool } from '../../src/pool.js';
+import type { RetryOptions, TransactionClient } from '../../src/retry.js';
 
 describe('dsql() middleware types', () => {
   it('middy 7: .use(dsql()) types context.dsql', () => {
@@ -64,10 +65,21 @@ describe('dsql() middleware types', () => {
   it('accepts a config, a connection string or { pool }, plus lifecycle options', () => {
     expectTypeOf(dsql()).toEqualTypeOf<DsqlMiddleware>();
     dsql({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1', deadlineMarginMs: 100 });
-    dsql({ pool: lambdaPool(), logger: console, retry: { maxAttempts: 3 } });
+    dsql({ pool: createPool(), logger: console, retry: { maxAttempts: 3 } });
     // @ts-expect-error a pool and connection settings together make no sense
-    dsql({ pool: lambdaPool(), host: 'x' });
+    dsql({ pool: createPool(), host: 'x' });
     cleanupDsql({ internal: {} });
+  });
+
+  it('retry options: the policy fields only; the test seams are not part of them', () => {
+    const options: RetryOptions = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 100, deadline: 0 };
+    expectTypeOf(options).toEqualTypeOf<RetryOptions>();
+    // @ts-expect-error test seams are internal
+    const seams: RetryOptions = { now: () => 0 };
+    // @ts-expect-error the jitter scheme is chosen by the library
+    const jitter: RetryOptions = { jitter: 'full' };
+    dsql({ retry: options, deadlineMarginMs: 250 });
+    return [seams, jitter];
   });
 });
 

@@ -7,20 +7,31 @@ import { EventEmitter } from 'node:events';
 import fc from 'fast-check';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
+import { DSQL_DEFAULTS } from '../../src/defaults.js';
 import {
   CommitOutcomeUnknownError,
   DsqlConfigError,
+  DsqlConnectionError,
   DsqlError,
+  isOccError,
   OccRetryExhaustedError,
+  occCode,
 } from '../../src/errors.js';
 import {
   backoffDelay,
-  execWithRetry,
-  RETRY_DEFAULTS,
+  execWithRetry as execWithRetryOn,
   type RetryInfo,
   type RetryOptions,
-  withRetry,
+  type RetrySeams,
+  withRetry as withRetryOn,
 } from '../../src/retry.js';
+
+/** The fakes stand in for pg.Pool; the seams ride along in the options object. */
+type Options = RetryOptions & RetrySeams;
+const withRetry = <T>(pool: unknown, fn: Parameters<typeof withRetryOn<T>>[1], options?: Options) =>
+  withRetryOn<T>(pool as pg.Pool, fn, options);
+const execWithRetry = (pool: unknown, sql: string, params?: unknown[], options?: Options) =>
+  execWithRetryOn(pool as pg.Pool, sql, params, options);
 
 // ------------------------------------------------------------------------------------------------
 // Fakes
@@ -87,8 +98,9 @@ class FakeClient extends EventEmitter {
     return undefined;
   }
   private async run(sql: string): Promise<pg.QueryResult> {
-    this.log.push(sql);
+    // pg refuses at once, sending nothing, on a client it knows is dead.
     if (this.dead) throw new Error('Client has encountered a connection error and is not queryable');
+    this.log.push(sql);
     const reply = await this.script(sql, this);
     if (reply === 'hang') return new Promise(() => {});
     if (reply === 'lost') throw this.loseConnection();
@@ -147,11 +159,21 @@ function fakeTime(start = 1_000_000) {
         t.now += ms;
       },
       random: () => 0.5,
-    } satisfies RetryOptions,
+    } satisfies Options,
   };
 }
 
-const fast: RetryOptions = { sleep: async () => {}, random: () => 0.5 };
+/**
+ * A deadline `ms` ahead on a clock that stands still: the deadline timer still fires after `ms`
+ * real milliseconds, but no check made before it can find the deadline passed, however slowly the
+ * machine runs the test.
+ */
+function frozenClock(ms: number): Options {
+  const now = Date.now();
+  return { now: () => now, deadline: now + ms };
+}
+
+const fast: Options = { sleep: async () => {}, random: () => 0.5 };
 
 async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
   try {
@@ -169,70 +191,42 @@ async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
 describe('backoffDelay', () => {
   const policy = { baseDelayMs: 10, maxDelayMs: 1000 };
 
-  it('doubles from the base and stops at the cap', () => {
-    const delays = [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => backoffDelay(n, 0, { ...policy, jitter: 'none' }));
-    expect(delays).toEqual([10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-    expect(backoffDelay(10_000, 0, { ...policy, jitter: 'none' })).toBe(1000);
-  });
-
-  it('full jitter spans [0, d); equal jitter [d/2, d)', () => {
-    expect(backoffDelay(3, 0, { ...policy, jitter: 'full' }, () => 0)).toBe(0);
-    expect(backoffDelay(3, 0, { ...policy, jitter: 'full' }, () => 0.5)).toBe(20);
-    expect(backoffDelay(3, 0, { ...policy, jitter: 'equal' }, () => 0)).toBe(20);
-    expect(backoffDelay(3, 0, { ...policy, jitter: 'equal' }, () => 0.999)).toBeCloseTo(39.98);
-  });
-
-  it('proportional jitter reproduces the official connectors: d × (1 + U × f)', () => {
-    const node = { baseDelayMs: 1, maxDelayMs: 100, jitter: 0.25 };
-    expect(backoffDelay(1, 0, node, () => 0)).toBe(1);
-    expect(backoffDelay(3, 0, node, () => 1)).toBe(5);
-    expect(backoffDelay(8, 0, node, () => 1)).toBe(125);
+  it('decorrelated jitter: uniform in [base, 3 × previous] (3 × base the first time), capped', () => {
+    expect(backoffDelay(1, 0, policy, () => 0)).toBe(10);
+    expect(backoffDelay(1, 0, policy, () => 1)).toBe(30);
+    expect(backoffDelay(2, 30, policy, () => 1)).toBe(90);
+    expect(backoffDelay(2, 30, policy, () => 0.5)).toBe(50);
+    expect(backoffDelay(9, 900, policy, () => 1)).toBe(1000);
   });
 
   it('a cap below the base wins', () => {
-    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20, jitter: 'none' })).toBe(20);
-    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20, jitter: 'decorrelated' }, () => 1)).toBe(20);
+    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20 }, () => 0)).toBe(20);
+    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20 }, () => 1)).toBe(20);
   });
 
-  it('decorrelated jitter grows from the previous delay, within [base, cap]', () => {
-    expect(backoffDelay(1, 0, { ...policy, jitter: 'decorrelated' }, () => 1)).toBe(30);
-    expect(backoffDelay(2, 30, { ...policy, jitter: 'decorrelated' }, () => 1)).toBe(90);
-    expect(backoffDelay(9, 900, { ...policy, jitter: 'decorrelated' }, () => 1)).toBe(1000);
-  });
-
-  it('stays within its bounds for any attempt, policy and random value (property)', () => {
+  it('stays within [min(base, cap), cap] for any policy, previous delay and random value (property)', () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 200 }),
         fc.double({ min: 0, max: 5000, noNaN: true }),
         fc.double({ min: 0, max: 100, noNaN: true }),
         fc.double({ min: 0, max: 10_000, noNaN: true }),
-        fc.constantFrom('full', 'equal', 'decorrelated', 'none', 0.25, 1) as fc.Arbitrary<
-          RetryOptions['jitter']
-        >,
         fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
-        (failures, previous, base, cap, jitter, u) => {
-          const d = backoffDelay(failures, previous, { baseDelayMs: base, maxDelayMs: cap, jitter }, () => u);
-          const upper = typeof jitter === 'number' ? cap * (1 + jitter) : cap;
-          expect(d).toBeGreaterThanOrEqual(0);
-          expect(d).toBeLessThanOrEqual(upper + 1e-9);
-          expect(Number.isFinite(d)).toBe(true);
+        (failures, previous, base, cap, u) => {
+          const d = backoffDelay(failures, previous, { baseDelayMs: base, maxDelayMs: cap }, () => u);
+          expect(d).toBeGreaterThanOrEqual(Math.min(base, cap));
+          expect(d).toBeLessThanOrEqual(cap);
         },
       ),
     );
   });
 
   it('has the documented defaults and schedule (0.35–5.6 s of sleep over 8 attempts)', () => {
-    expect(RETRY_DEFAULTS).toEqual({
-      maxAttempts: 8,
-      baseDelayMs: 50,
-      maxDelayMs: 1000,
-      jitter: 'decorrelated',
-    });
+    expect(DSQL_DEFAULTS.retry).toEqual({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000 });
     const schedule = (u: number) => {
       const delays: number[] = [];
-      for (let i = 1; i < RETRY_DEFAULTS.maxAttempts; i++)
-        delays.push(backoffDelay(i, delays.at(-1) ?? 0, {}, () => u));
+      for (let i = 1; i < DSQL_DEFAULTS.retry.maxAttempts; i++)
+        delays.push(backoffDelay(i, delays.at(-1) ?? 0, DSQL_DEFAULTS.retry, () => u));
       return delays;
     };
     expect(schedule(0)).toEqual([50, 50, 50, 50, 50, 50, 50]);
@@ -400,10 +394,10 @@ describe('withRetry', () => {
       ...options,
       baseDelayMs: 10,
       maxDelayMs: 25,
-      jitter: 'none',
       onRetry: (i) => told.push(i.delayMs),
     });
-    expect(t.sleeps).toEqual([10, 20, 25]);
+    // random 0.5: 10 + 0.5 × (30 − 10) = 20, then 10 + 0.5 × (60 − 10) = 35 → capped at 25.
+    expect(t.sleeps).toEqual([20, 25, 25]);
     expect(told).toEqual(t.sleeps);
   });
 
@@ -494,77 +488,6 @@ describe('withRetry', () => {
       expect((err as Error).cause).toBe(timeout);
       expect(pool.destroyed()).toEqual([true]);
     });
-
-    it('on a single client target: throws the connection error, nothing to retry on', async () => {
-      const client = new FakeClient((sql) => (sql.startsWith('UPDATE') ? 'lost' : undefined));
-      const target = Object.assign(client, { release: undefined, escapeIdentifier: (s: string) => s });
-      const err = await rejectionOf(
-        withRetry(
-          target as unknown as pg.Client,
-          async (tx) => void (await tx.query('UPDATE t SET x = 1')),
-          fast,
-        ),
-      );
-      expect(err).toMatchObject({ code: 'ECONNRESET' });
-      expect(client.ended).toBe(1);
-      expect(client.releases).toEqual([]);
-    });
-  });
-
-  describe('single client targets', () => {
-    it('retries OCC on the same checked-out PoolClient and never releases it', async () => {
-      let commits = 0;
-      const client = new FakeClient((sql) => (sql === 'COMMIT' && ++commits <= 2 ? occ() : undefined));
-      await withRetry(client as unknown as pg.PoolClient, async () => 1, fast);
-      expect(client.log.filter((s) => s === 'BEGIN')).toHaveLength(3);
-      expect(client.releases).toEqual([]);
-      expect(client.ended).toBe(0);
-      expect(client.listenerCount('error')).toBe(0);
-    });
-
-    it('ends a borrowed PoolClient whose ROLLBACK failed, so its release() discards it', async () => {
-      const client = new FakeClient((sql) =>
-        sql === 'ROLLBACK' ? new Error('Query read timeout') : undefined,
-      );
-      const boom = new Error('boom');
-      expect(
-        await rejectionOf(
-          withRetry(
-            client as unknown as pg.PoolClient,
-            async () => {
-              throw boom;
-            },
-            fast,
-          ),
-        ),
-      ).toBe(boom);
-      expect(client.ended).toBe(1);
-      expect(client.releases).toEqual([]);
-    });
-  });
-
-  describe('clients already inside a transaction', () => {
-    it("a borrowed client in a transaction is refused (our COMMIT would end the caller's)", async () => {
-      const client = new FakeClient(() => undefined);
-      client.status = 'T';
-      const err = await rejectionOf(withRetry(client as unknown as pg.PoolClient, async () => 1, fast));
-      expect(err).toBeInstanceOf(DsqlError);
-      expect(client.log).toEqual([]);
-      expect(client.listenerCount('error')).toBe(0);
-    });
-
-    it('a pooled client left in a transaction is destroyed and another one used', async () => {
-      const pool = new FakePool(() => () => undefined);
-      const connect = pool.connect.bind(pool);
-      pool.connect = async () => {
-        const c = await connect();
-        if (pool.clients.length === 1) (c as unknown as FakeClient).status = 'E';
-        return c;
-      };
-      expect(await withRetry(pool, async () => 'ok', fast)).toBe('ok');
-      expect(pool.destroyed()).toEqual([true, false]);
-      expect(pool.clients[0]?.log).toEqual([]);
-    });
   });
 
   describe('fn swallowing errors', () => {
@@ -637,8 +560,6 @@ describe('withRetry', () => {
       { maxAttempts: 1.5 },
       { baseDelayMs: -1 },
       { maxDelayMs: -1 },
-      { jitter: 2 },
-      { jitter: 'sometimes' as 'full' },
       { deadline: Number.NaN },
     ]) {
       expect(await rejectionOf(withRetry(pool, async () => 1, bad))).toBeInstanceOf(DsqlConfigError);
@@ -646,8 +567,42 @@ describe('withRetry', () => {
     expect(pool.clients).toHaveLength(0);
   });
 
-  it('rejects a target that is neither a pool nor a client', async () => {
-    expect(await rejectionOf(withRetry({} as pg.Pool, async () => 1))).toBeInstanceOf(TypeError);
+  it('rejects a target that is not a pool, a client included (each attempt needs its own checkout)', async () => {
+    expect(await rejectionOf(withRetry({}, async () => 1))).toBeInstanceOf(TypeError);
+    const client = new FakeClient(() => undefined);
+    expect(await rejectionOf(withRetry(client, async () => 1))).toBeInstanceOf(TypeError);
+    expect(client.log).toEqual([]);
+  });
+
+  it("an error whose code is 'OC000' or 'OC001' (as the official connectors raise) is retried as OCC", async () => {
+    for (const code of ['OC000', 'OC001'] as const) {
+      expect(isOccError(Object.assign(new Error('conflict'), { code }))).toBe(true);
+      expect(occCode({ code })).toBe(code);
+      const pool = new FakePool(
+        (attempt) => (sql) =>
+          sql === 'COMMIT' && attempt === 1 ? Object.assign(new Error('conflict'), { code }) : undefined,
+      );
+      const codes: string[] = [];
+      expect(await withRetry(pool, async () => 'ok', { ...fast, onRetry: (i) => codes.push(i.code) })).toBe(
+        'ok',
+      );
+      expect(codes).toEqual([code]);
+    }
+  });
+
+  it('an OCC conflict whose ROLLBACK fails: the connection is destroyed and the error thrown keeps the conflict as cause', async () => {
+    const conflict = occ();
+    const pool = new FakePool(() => (sql) => {
+      if (sql.startsWith('UPDATE')) return conflict;
+      if (sql === 'ROLLBACK') return new Error('Query read timeout');
+      return undefined;
+    });
+    const err = await rejectionOf(
+      withRetry(pool, async (tx) => void (await tx.query('UPDATE t SET x = 1')), { ...fast, maxAttempts: 2 }),
+    );
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as Error).cause).toBe(conflict);
+    expect(pool.destroyed()).toEqual([true, true]);
   });
 });
 
@@ -668,9 +623,7 @@ describe('deadline', () => {
       withRetry(pool, async () => 1, {
         ...options,
         deadline,
-        jitter: 'none',
-        baseDelayMs: 10,
-        maxDelayMs: 1000,
+        backoff: (failures) => 10 * 2 ** (failures - 1),
       }),
     );
     // 100 + 10 + 100 + 20 + 100 = 330; a third retry would need 40 + 100 more: not started.
@@ -690,7 +643,7 @@ describe('deadline', () => {
       return sql === 'COMMIT' ? occ() : undefined;
     });
     const err = await rejectionOf(
-      withRetry(pool, async () => 1, { ...options, deadline: t.now + 150, jitter: 'none', baseDelayMs: 60 }),
+      withRetry(pool, async () => 1, { ...options, deadline: t.now + 150, backoff: () => 60 }),
     );
     expect((err as OccRetryExhaustedError).attempts).toBe(1);
     expect(t.sleeps).toEqual([]);
@@ -725,7 +678,7 @@ describe('deadline', () => {
     const pool = new FakePool(() => (sql) => (sql.startsWith('SELECT pg_sleep') ? 'hang' : undefined));
     const err = await rejectionOf(
       withRetry(pool, async (tx) => void (await tx.query('SELECT pg_sleep(3600)')), {
-        deadline: Date.now() + 30,
+        ...frozenClock(30),
       }),
     );
     expect(err).toMatchObject({ reason: 'deadline', attempts: 1 });
@@ -734,7 +687,7 @@ describe('deadline', () => {
 
   it('a COMMIT hanging past the deadline: CommitOutcomeUnknownError, connection destroyed', async () => {
     const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? 'hang' : undefined));
-    const err = await rejectionOf(withRetry(pool, async () => 1, { deadline: Date.now() + 30 }));
+    const err = await rejectionOf(withRetry(pool, async () => 1, frozenClock(30)));
     expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
     expect(pool.destroyed()).toEqual([true]);
   });
@@ -765,11 +718,14 @@ describe('waiting for a pool client', () => {
     expect(client.listenerCount('error')).toBe(0);
   });
 
-  it('deadline while waiting: no attempt', async () => {
-    const { pool, grant } = exhaustedPool();
-    const err = await rejectionOf(withRetry(pool, async () => 1, { deadline: Date.now() + 20 }));
-    expect(err).toMatchObject({ reason: 'deadline', attempts: 0 });
+  it('deadline while waiting: a connection error saying so, not "gave up after 0 attempts"', async () => {
+    const { pool, client, grant } = exhaustedPool();
+    const err = await rejectionOf(withRetry(pool, async () => 1, frozenClock(20)));
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toMatch(/Could not get a connection within \d+ ms \(deadline reached\)/);
     grant();
+    await new Promise((r) => setImmediate(r));
+    expect(client.releases).toEqual([undefined]);
   });
 });
 
@@ -790,7 +746,6 @@ describe('abort signal', () => {
         // An hour-long sleep: the test would time out if the abort were not honoured during it.
         baseDelayMs: 3_600_000,
         maxDelayMs: 3_600_000,
-        jitter: 'none',
         onRetry: () => queueMicrotask(() => controller.abort()),
       }),
     );
@@ -887,7 +842,7 @@ describe('execWithRetry', () => {
     const connect = pool.connect.bind(pool);
     pool.connect = async () => {
       const c = await connect();
-      if (pool.clients.length === 1) Object.assign(c, { _queryable: false });
+      if (pool.clients.length === 1) (c as unknown as FakeClient).dead = true;
       return c;
     };
     const codes: string[] = [];
@@ -899,17 +854,6 @@ describe('execWithRetry', () => {
     expect(codes).toEqual(['connection-lost']);
     expect(pool.clients[0]?.log).toEqual([]);
     expect(pool.destroyed()).toEqual([true, false]);
-  });
-
-  it('a single client already dead before sending: the connection error, not outcome unknown', async () => {
-    const client = new FakeClient(() => undefined);
-    client.on('error', () => {}); // the owner's listener
-    client.loseConnection();
-    Object.assign(client, { _queryable: false });
-    const err = await rejectionOf(
-      execWithRetry(client as unknown as pg.PoolClient, 'UPDATE t SET x = 1', [], fast),
-    );
-    expect(err).not.toBeInstanceOf(CommitOutcomeUnknownError);
   });
 });
 
