@@ -1,5 +1,4 @@
 /**
-<<<<<<< HEAD
  * Every default dsql-lambda applies, in one frozen object. Everything else refers to these
  * names; no other file repeats a number.
  */
@@ -56,18 +55,6 @@ export const DSQL_DEFAULTS = Object.freeze({
   credentialsTimeoutMillis: 5_000,
 
   // ---- Retry and invocation lifecycle (src/retry.ts, src/lambda.ts) --------------------------
-  // (their keys are added by the retry/lifecycle change)
-=======
- * Every default of dsql-lambda, in one place. Other modules read these values; none restates them.
- */
-
-/**
- * The defaults, each documented once.
- * @example
- * import { DSQL_DEFAULTS } from 'dsql-lambda';
- * await withRetry(pool, fn, { maxAttempts: DSQL_DEFAULTS.retry.maxAttempts * 2 });
- */
-export const DSQL_DEFAULTS = Object.freeze({
   /**
    * OCC retry policy of `withRetry`, `execWithRetry` and `context.dsql` (chosen with
    * `bench/occ.ts`, numbers in `bench/results/occ.json`). The delay before the next attempt is
@@ -97,5 +84,4 @@ export const DSQL_DEFAULTS = Object.freeze({
    * bounded by the remaining time minus this, so the handler still has time to answer.
    */
   deadlineMarginMs: 500,
->>>>>>> runtime-retry
 });

@@ -353,43 +353,40 @@ describe.each(adapters)('$type', ({ make }) => {
 describe('context.dsql.query retries OCC conflicts', () => {
   it('an autocommit UPDATE refused with OC000 (it cannot have committed) is sent again and commits once', async () => {
     const id = randomUUID();
-    endpoint.faults.setOccFromContention(true);
-    try {
-      const retried: string[] = [];
-      let blocker: pg.PoolClient | undefined;
-      let pool: pg.Pool | undefined;
-      const handler = adapters[0]!.make(
-        async (_e: unknown, context) => {
-          pool = context.dsql.pool;
-          await context.dsql.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
-          blocker = await context.dsql.connect();
-          await blocker.query('BEGIN');
-          await blocker.query(`UPDATE ${table} SET id = id WHERE id = $1`, [id]);
-          const pending = context.dsql.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id, `${id}-x`]);
-          // Commit the blocker once our statement waits on its row lock: snapshot isolation then
-          // fails ours (40001), which the endpoint reports as DSQL's OC000.
-          await vi.waitFor(async () => {
-            const { rows } = await pool!.query<{ n: number }>(
-              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-            );
-            expect(rows[0]!.n).toBeGreaterThan(0);
-          });
-          await blocker.query('COMMIT');
-          blocker.release();
-          return (await pending).rowCount;
+    const retried: string[] = [];
+    let blocker: pg.PoolClient | undefined;
+    let committing: Promise<unknown> | undefined;
+    const handler = adapters[0]!.make(
+      async (_e: unknown, context) => {
+        await context.dsql.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+        blocker = await context.dsql.connect();
+        await blocker.query('BEGIN');
+        await blocker.query(`UPDATE ${table} SET id = id WHERE id = $1`, [id]);
+        // The row is written by an open transaction: DSQL's rules make ours fail with OC000
+        // instead of waiting. The blocker commits at the first retry, so a later attempt commits.
+        const rowCount = (
+          await context.dsql.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id, `${id}-x`])
+        ).rowCount;
+        await committing;
+        blocker.release();
+        return rowCount;
+      },
+      {
+        ...configFor({ max: 3 }),
+        logger,
+        retry: {
+          baseDelayMs: 50,
+          maxDelayMs: 200,
+          onRetry: (i) => {
+            retried.push(i.code);
+            committing ??= blocker!.query('COMMIT');
+          },
         },
-        {
-          ...configFor({ max: 3 }),
-          logger,
-          retry: { baseDelayMs: 1, maxDelayMs: 5, onRetry: (i) => retried.push(i.code) },
-        },
-      );
-      expect(await handler({}, lambdaContext())).toBe(1);
-      expect(retried[0]).toBe('OC000');
-      expect(await rowCount(`${id}-x`)).toBe(1);
-    } finally {
-      endpoint.faults.setOccFromContention(false);
-    }
+      },
+    );
+    expect(await handler({}, lambdaContext())).toBe(1);
+    expect(retried[0]).toBe('OC000');
+    expect(await rowCount(`${id}-x`)).toBe(1);
   });
 });
 
