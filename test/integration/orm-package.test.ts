@@ -10,8 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
 import { beforeAll, describe, expect, it } from 'vitest';
-// @ts-expect-error: esbuild.config.mjs is plain JavaScript without declarations.
-import { lambdaBundleOptions } from '../../esbuild.config.mjs';
+import { lambdaBundleOptions } from '../../src/esbuild.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const work = join(root, 'dist/test-bundles-orm');
@@ -29,7 +28,7 @@ beforeAll(() => {
 async function bundle(name: string, contents: string): Promise<string> {
   const outfile = join(work, `${name}.mjs`);
   await esbuild.build({
-    ...(lambdaBundleOptions as esbuild.BuildOptions),
+    ...lambdaBundleOptions,
     stdin: { contents, resolveDir: root, loader: 'js' },
     outfile,
     logLevel: 'error',
