@@ -128,7 +128,11 @@ describe('the launcher', () => {
     );
     const native = resolve(dirname(entry), '..', 'native');
     // A private copy of the package without the links its postinstall script makes.
-    const privateDir = mkdtempSync(join(tmpdir(), 'dsql-local-private-'));
+    // A fixed path, so that as root the launcher's copy of these binaries (keyed by their path)
+    // is reused by the next run instead of piling up in the cache.
+    const privateDir = join(tmpdir(), 'dsql-local-private-test');
+    rmSync(privateDir, { recursive: true, force: true });
+    mkdirSync(privateDir, { mode: 0o700 });
     const copy = join(privateDir, 'pkg', 'native');
     mkdirSync(dirname(copy), { recursive: true });
     cpSync(native, copy, { recursive: true, filter: (src) => !lstatSync(src).isSymbolicLink() });
