@@ -479,6 +479,8 @@ export async function startEmbeddedPostgres(
     const stop = () => {
       stopped ??= (async () => {
         if (watchdog.exitCode === null) {
+          // Keep this process alive until the server is down (the handle is unref'd otherwise).
+          watchdog.ref();
           watchdog.stdin?.end();
           await exited;
         }
