@@ -2,7 +2,7 @@
  * `npm run demo`: dsql-lambda doing its main job, on this machine.
  *
  * 1. Starts the local DSQL-like endpoint (TLS only, IAM tokens verified like AWS does, OCC errors
- *    at COMMIT) in front of the local PostgreSQL.
+ *    at COMMIT) in front of its own embedded PostgreSQL (or DSQL_LOCAL_UPSTREAM, if set).
  * 2. A pool from `createPool`: several connections share one cached IAM token; an injected OCC
  *    conflict is retried by `withRetry`; connections dropped by the server are replaced.
  * 3. Runs the example Lambda handlers in a separate process configured only by environment

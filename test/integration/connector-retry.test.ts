@@ -1,11 +1,14 @@
 // Connection retry against a tiny admission server in front of the local PostgreSQL
-// (127.0.0.1:5432, trust auth): it refuses, then relays. Plain TCP, so the retry loop is tested
+// (the test upstream, trust auth): it refuses, then relays. Plain TCP, so the retry loop is tested
 // on its own; TLS and tokens are covered by connector.test.ts against the DSQL-like endpoint.
 import net from 'node:net';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DsqlConnectionError } from '../../src/errors.js';
 import { DsqlClient, type DsqlConnectPolicy } from '../../src/pool.js';
+import { testUpstream } from '../helpers/endpoint.js';
+
+const UPSTREAM = testUpstream('postgres');
 
 type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'reset';
 
@@ -29,7 +32,7 @@ async function admissionServer(plan: (n: number) => Behaviour) {
     socket.on('error', () => {});
     const behaviour = plan(++connections);
     if (behaviour === 'relay') {
-      const upstream = net.connect(5432, '127.0.0.1');
+      const upstream = net.connect(UPSTREAM.port, UPSTREAM.host);
       upstream.on('error', () => socket.destroy());
       socket.pipe(upstream).pipe(socket);
       return;

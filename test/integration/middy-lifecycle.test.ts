@@ -12,13 +12,14 @@ import { installFreezeGuard } from '../../src/checkout.js';
 import { OccRetryExhaustedError } from '../../src/errors.js';
 import { type DsqlContext, withDsql } from '../../src/lambda.js';
 import { cleanupDsql, dsql } from '../../src/middy.js';
+import { testUpstream } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
 let pool: pg.Pool;
 const logger = { warn: vi.fn() };
 
 beforeAll(() => {
-  pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: 'postgres', max: 2 });
+  pool = new pg.Pool({ ...testUpstream('postgres'), max: 2 });
   installFreezeGuard(pool, {
     maxLifetimeSeconds: 3300,
     maxIdleMillis: 300_000,
