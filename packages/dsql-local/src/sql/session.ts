@@ -359,6 +359,20 @@ export class DsqlSession {
       }
     }
     if (kind === 'commit') this.commitVerdict = this.judgeCommit();
+    if (!refusal && s.type === 'VariableShowStmt') {
+      // SHOW server_version[_num] answers DSQL's values (the ParameterStatus already does).
+      const name = String(s.node.name ?? '').toLowerCase();
+      const value =
+        name === 'server_version'
+          ? DSQL_SERVER_VERSION
+          : name === 'server_version_num'
+            ? DSQL_SERVER_VERSION_NUM
+            : undefined;
+      if (value !== undefined) {
+        text = `SELECT ${literal(value)}::text AS ${name}`;
+        hook.tag = 'SHOW';
+      }
+    }
     if (!refusal) refusal = this.tx.statement(kind, this.now());
     if (refusal) {
       this.core.refused(refusal);
