@@ -447,60 +447,76 @@ export async function startEmbeddedPostgres(
     if (runAs) chownSync(join(data, 'pg_hba.conf'), runAs.uid, runAs.gid);
     await recoverPidFile(data);
 
-    const port = options.port ?? (await freePort());
-    const settings: Record<string, string> = {
-      listen_addresses: '127.0.0.1',
-      port: String(port),
-      unix_socket_directories: '',
-      max_connections: '300',
-      shared_buffers: '32MB',
-      fsync: 'off',
-      synchronous_commit: 'off',
-      password_encryption: auth === 'md5' ? 'md5' : 'scram-sha-256',
-    };
-    const args = ['-D', data, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
     const log = join(dir, 'postgres.log');
-    const config = { postgres: join(native, 'bin', 'postgres'), args, cwd: dir, env, log, ...runAs };
-    const watchdog = spawn(process.execPath, ['-e', WATCHDOG, JSON.stringify(config)], {
-      stdio: ['pipe', 'ignore', 'ignore'],
-      detached: true,
-    });
-    const exited = new Promise<number | null>((r) => watchdog.once('exit', (code) => r(code)));
-    watchdog.on('error', () => {});
-    watchdog.stdin?.on('error', () => {});
-    // Neither the watchdog nor its pipe keeps this process alive; when it exits, the pipe
-    // closes and the watchdog stops the server.
-    watchdog.unref();
-    (watchdog.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-
     const password = options.password;
-    const url = `postgresql://postgres${password ? `:${encodeURIComponent(password)}` : ''}@127.0.0.1:${port}/dsql_local`;
-    let stopped: Promise<void> | undefined;
-    const stop = () => {
-      stopped ??= (async () => {
-        if (watchdog.exitCode === null) {
-          // Keep this process alive until the server is down (the handle is unref'd otherwise).
-          watchdog.ref();
-          watchdog.stdin?.end();
-          await exited;
-        }
-        release();
-        process.removeListener('exit', release);
-      })();
-      return stopped;
-    };
-    try {
-      await waitReady({ port, password }, exited, log, options.startTimeoutMs ?? 60_000);
-    } catch (err) {
-      await stop();
-      throw err;
+    // A free port can be taken by someone else before postgres binds it: then try another.
+    for (let attempt = 1; ; attempt++) {
+      const port = options.port ?? (await freePort());
+      const settings: Record<string, string> = {
+        listen_addresses: '127.0.0.1',
+        port: String(port),
+        unix_socket_directories: '',
+        max_connections: '300',
+        shared_buffers: '32MB',
+        fsync: 'off',
+        synchronous_commit: 'off',
+        password_encryption: auth === 'md5' ? 'md5' : 'scram-sha-256',
+      };
+      const args = ['-D', data, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
+      const config = { postgres: join(native, 'bin', 'postgres'), args, cwd: dir, env, log, ...runAs };
+      const server = startWatchdog(config);
+      try {
+        await waitReady({ port, password }, server.exited, log, options.startTimeoutMs ?? 60_000);
+      } catch (err) {
+        await server.halt();
+        const taken = /could not bind|Address already in use/.test((err as Error).message);
+        if (taken && options.port === undefined && attempt < 3) continue;
+        throw err;
+      }
+      const url = `postgresql://postgres${password ? `:${encodeURIComponent(password)}` : ''}@127.0.0.1:${port}/dsql_local`;
+      let stopped: Promise<void> | undefined;
+      const stop = () => {
+        stopped ??= server.halt().then(() => {
+          release();
+          process.removeListener('exit', release);
+        });
+        return stopped;
+      };
+      return { url, port, dir, fresh, stop };
     }
-    return { url, port, dir, fresh, stop };
   } catch (err) {
     release();
     process.removeListener('exit', release);
     throw err;
   }
+}
+
+/** Starts the watchdog (which starts postgres); `halt()` stops both and resolves when they are gone. */
+function startWatchdog(config: Record<string, unknown>): {
+  exited: Promise<number | null>;
+  halt(): Promise<void>;
+} {
+  const watchdog = spawn(process.execPath, ['-e', WATCHDOG, JSON.stringify(config)], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true,
+  });
+  const exited = new Promise<number | null>((r) => watchdog.once('exit', (code) => r(code)));
+  watchdog.on('error', () => {});
+  watchdog.stdin?.on('error', () => {});
+  // Neither the watchdog nor its pipe keeps this process alive; when it exits, the pipe closes
+  // and the watchdog stops the server.
+  watchdog.unref();
+  (watchdog.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  return {
+    exited,
+    async halt() {
+      if (watchdog.exitCode !== null || watchdog.signalCode !== null) return;
+      // Keep this process alive until the server is down (the handle is unref'd otherwise).
+      watchdog.ref();
+      watchdog.stdin?.end();
+      await exited;
+    },
+  };
 }
 
 /** Polls until the server answers and `dsql_local` exists (creating it); fails fast if it exits. */

@@ -146,6 +146,19 @@ describe('the launcher', () => {
     }
   });
 
+  it('a port already taken: postgres’s own reason, from its log', async () => {
+    const blocker = net.createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const { port } = blocker.address() as net.AddressInfo;
+    try {
+      await expect(startEmbeddedPostgres({ dir: testDir('stale'), port })).rejects.toThrow(
+        /embedded PostgreSQL exited \(code 1\):[\s\S]*could not (bind|create listen socket)/,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+
   it('a missing binary is a clear error, not a crash', async () => {
     const empty = mkdtempSync(join(tmpdir(), 'dsql-local-empty-'));
     try {
