@@ -62,7 +62,7 @@ const result = {
   node: process.version,
   platform: `${process.platform}-${process.arch}`,
   postgres: EMBEDDED_POSTGRES_VERSION,
-  loadAverage1m: loadavg()[0],
+  loadAverage1m: loadavg()[0] ?? 0,
   freshStartMs: { median: Math.round(median(fresh)), samples: fresh.map(Math.round) },
   reusedStartMs: { median: Math.round(median(reused)), samples: reused.map(Math.round) },
   binariesBytes: bytes,

@@ -49,7 +49,9 @@ export function testUpstream(database?: string): {
  * `endpoint.stop()` or {@link stopAllTestEndpoints} (e.g. in `afterAll`).
  */
 export async function startTestEndpoint(options: LocalDsqlOptions = {}): Promise<LocalDsql> {
-  const endpoint = await startLocalDsql({ upstream: testUpstreamUrl(), ...options });
+  // No upstream option: the library takes DSQL_LOCAL_UPSTREAM (set by the vitest globalSetup),
+  // or, outside vitest (bench scripts), starts its embedded PostgreSQL.
+  const endpoint = await startLocalDsql(options);
   started.add(endpoint);
   const stop = endpoint.stop.bind(endpoint);
   return Object.assign(endpoint, {

@@ -55,10 +55,11 @@ export interface EmbeddedPostgresOptions {
   /** TCP port on 127.0.0.1. Default: a free one. */
   port?: number;
   /**
-   * Loopback authentication. Default `'trust'`. `'scram-sha-256'` needs {@link password}; the
+   * Loopback authentication. Default `'trust'`. `'scram-sha-256'` and `'md5'` (passwords stored
+   * that way from then on) need {@link password}; the
    * bootstrap user `postgres` gets it (for tests of SCRAM upstreams).
    */
-  auth?: 'trust' | 'scram-sha-256';
+  auth?: 'trust' | 'scram-sha-256' | 'md5';
   /** Password of `postgres` (and written into {@link EmbeddedPostgres.url}). */
   password?: string;
   /** Directory with `bin/initdb` and `bin/postgres`. Default: the platform package's. */
@@ -374,8 +375,7 @@ export async function startEmbeddedPostgres(
   options: EmbeddedPostgresOptions = {},
 ): Promise<EmbeddedPostgres> {
   const auth = options.auth ?? 'trust';
-  if (auth === 'scram-sha-256' && !options.password)
-    throw new EmbeddedPostgresError('auth scram-sha-256 needs a password');
+  if (auth !== 'trust' && !options.password) throw new EmbeddedPostgresError(`auth ${auth} needs a password`);
   const runAs = unprivileged();
   const cache = cacheDir();
   const dir = claimDir(options.dir, cache);
@@ -406,7 +406,7 @@ export async function startEmbeddedPostgres(
     const fresh = !existsSync(marker) || !existsSync(join(data, 'PG_VERSION'));
     if (fresh) {
       rmSync(data, { recursive: true, force: true });
-      for (const m of ['initialized-trust', 'initialized-scram-sha-256'])
+      for (const m of ['initialized-trust', 'initialized-scram-sha-256', 'initialized-md5'])
         rmSync(join(dir, m), { force: true });
       mkdirSync(data, { mode: 0o700 });
       if (runAs) chownSync(data, runAs.uid, runAs.gid);
@@ -422,12 +422,12 @@ export async function startEmbeddedPostgres(
         '--no-instructions',
       ];
       let pwfile: string | undefined;
-      if (auth === 'scram-sha-256') {
+      if (auth !== 'trust') {
         // The password file lives in the private cluster directory for the length of initdb only.
         pwfile = join(dir, 'initdb-password');
         writeFileSync(pwfile, `${options.password}\n`, { mode: 0o600 });
         if (runAs) chownSync(pwfile, runAs.uid, runAs.gid);
-        args.push('-A', 'scram-sha-256', `--pwfile=${pwfile}`);
+        args.push('-A', auth, `--pwfile=${pwfile}`);
       } else {
         args.push('-A', 'trust');
       }
@@ -439,7 +439,7 @@ export async function startEmbeddedPostgres(
       writeFileSync(marker, `${EMBEDDED_POSTGRES_VERSION}\n`);
     }
     // Loopback only; no `local` lines: there is no unix socket.
-    const method = auth === 'scram-sha-256' ? 'scram-sha-256' : 'trust';
+    const method = auth;
     writeFileSync(
       join(data, 'pg_hba.conf'),
       `# written by dsql-local at every start\nhost all all 127.0.0.1/32 ${method}\nhost all all ::1/128 ${method}\n`,
@@ -447,60 +447,76 @@ export async function startEmbeddedPostgres(
     if (runAs) chownSync(join(data, 'pg_hba.conf'), runAs.uid, runAs.gid);
     await recoverPidFile(data);
 
-    const port = options.port ?? (await freePort());
-    const settings: Record<string, string> = {
-      listen_addresses: '127.0.0.1',
-      port: String(port),
-      unix_socket_directories: '',
-      max_connections: '300',
-      shared_buffers: '32MB',
-      fsync: 'off',
-      synchronous_commit: 'off',
-      password_encryption: 'scram-sha-256',
-    };
-    const args = ['-D', data, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
     const log = join(dir, 'postgres.log');
-    const config = { postgres: join(native, 'bin', 'postgres'), args, cwd: dir, env, log, ...runAs };
-    const watchdog = spawn(process.execPath, ['-e', WATCHDOG, JSON.stringify(config)], {
-      stdio: ['pipe', 'ignore', 'ignore'],
-      detached: true,
-    });
-    const exited = new Promise<number | null>((r) => watchdog.once('exit', (code) => r(code)));
-    watchdog.on('error', () => {});
-    watchdog.stdin?.on('error', () => {});
-    // Neither the watchdog nor its pipe keeps this process alive; when it exits, the pipe
-    // closes and the watchdog stops the server.
-    watchdog.unref();
-    (watchdog.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-
     const password = options.password;
-    const url = `postgresql://postgres${password ? `:${encodeURIComponent(password)}` : ''}@127.0.0.1:${port}/dsql_local`;
-    let stopped: Promise<void> | undefined;
-    const stop = () => {
-      stopped ??= (async () => {
-        if (watchdog.exitCode === null) {
-          // Keep this process alive until the server is down (the handle is unref'd otherwise).
-          watchdog.ref();
-          watchdog.stdin?.end();
-          await exited;
-        }
-        release();
-        process.removeListener('exit', release);
-      })();
-      return stopped;
-    };
-    try {
-      await waitReady({ port, password }, exited, log, options.startTimeoutMs ?? 60_000);
-    } catch (err) {
-      await stop();
-      throw err;
+    // A free port can be taken by someone else before postgres binds it: then try another.
+    for (let attempt = 1; ; attempt++) {
+      const port = options.port ?? (await freePort());
+      const settings: Record<string, string> = {
+        listen_addresses: '127.0.0.1',
+        port: String(port),
+        unix_socket_directories: '',
+        max_connections: '300',
+        shared_buffers: '32MB',
+        fsync: 'off',
+        synchronous_commit: 'off',
+        password_encryption: auth === 'md5' ? 'md5' : 'scram-sha-256',
+      };
+      const args = ['-D', data, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
+      const config = { postgres: join(native, 'bin', 'postgres'), args, cwd: dir, env, log, ...runAs };
+      const server = startWatchdog(config);
+      try {
+        await waitReady({ port, password }, server.exited, log, options.startTimeoutMs ?? 60_000);
+      } catch (err) {
+        await server.halt();
+        const taken = /could not bind|Address already in use/.test((err as Error).message);
+        if (taken && options.port === undefined && attempt < 3) continue;
+        throw err;
+      }
+      const url = `postgresql://postgres${password ? `:${encodeURIComponent(password)}` : ''}@127.0.0.1:${port}/dsql_local`;
+      let stopped: Promise<void> | undefined;
+      const stop = () => {
+        stopped ??= server.halt().then(() => {
+          release();
+          process.removeListener('exit', release);
+        });
+        return stopped;
+      };
+      return { url, port, dir, fresh, stop };
     }
-    return { url, port, dir, fresh, stop };
   } catch (err) {
     release();
     process.removeListener('exit', release);
     throw err;
   }
+}
+
+/** Starts the watchdog (which starts postgres); `halt()` stops both and resolves when they are gone. */
+function startWatchdog(config: Record<string, unknown>): {
+  exited: Promise<number | null>;
+  halt(): Promise<void>;
+} {
+  const watchdog = spawn(process.execPath, ['-e', WATCHDOG, JSON.stringify(config)], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true,
+  });
+  const exited = new Promise<number | null>((r) => watchdog.once('exit', (code) => r(code)));
+  watchdog.on('error', () => {});
+  watchdog.stdin?.on('error', () => {});
+  // Neither the watchdog nor its pipe keeps this process alive; when it exits, the pipe closes
+  // and the watchdog stops the server.
+  watchdog.unref();
+  (watchdog.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  return {
+    exited,
+    async halt() {
+      if (watchdog.exitCode !== null || watchdog.signalCode !== null) return;
+      // Keep this process alive until the server is down (the handle is unref'd otherwise).
+      watchdog.ref();
+      watchdog.stdin?.end();
+      await exited;
+    },
+  };
 }
 
 /** Polls until the server answers and `dsql_local` exists (creating it); fails fast if it exits. */

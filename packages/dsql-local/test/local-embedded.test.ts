@@ -146,6 +146,19 @@ describe('the launcher', () => {
     }
   });
 
+  it('a port already taken: postgres’s own reason, from its log', async () => {
+    const blocker = net.createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const { port } = blocker.address() as net.AddressInfo;
+    try {
+      await expect(startEmbeddedPostgres({ dir: testDir('stale'), port })).rejects.toThrow(
+        /embedded PostgreSQL exited \(code 1\):[\s\S]*could not (bind|create listen socket)/,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+
   it('a missing binary is a clear error, not a crash', async () => {
     const empty = mkdtempSync(join(tmpdir(), 'dsql-local-empty-'));
     try {
@@ -205,6 +218,35 @@ describe('a SCRAM-SHA-256-only upstream', () => {
       });
     } finally {
       await endpoint.stop();
+    }
+  });
+});
+
+describe('an md5 upstream', () => {
+  it('the endpoint answers md5 challenges, for admin and for a role it creates (stored as md5)', async () => {
+    const password = 'md5 secret';
+    const md5 = await start({ dir: testDir('md5'), auth: 'md5', password });
+    const endpoint = await startTestEndpoint({ upstream: md5.url });
+    try {
+      for (const user of ['admin', 'dsql_local_md5_user']) {
+        const client = new pg.Client(
+          pgConfig(endpoint, { user, password: await signTestToken(endpoint, { user }) }),
+        );
+        await client.connect();
+        const { rows } = await client.query('SELECT current_user AS role');
+        await client.end();
+        expect(rows).toEqual([{ role: user === 'admin' ? 'postgres' : user }]);
+      }
+      // The role the endpoint created has an md5 verifier, so the server challenged it with md5.
+      expect(
+        await query(
+          md5.url,
+          "SELECT rolpassword LIKE 'md5%' AS md5 FROM pg_authid WHERE rolname = 'dsql_local_md5_user'",
+        ),
+      ).toEqual([{ md5: true }]);
+    } finally {
+      await endpoint.stop();
+      await md5.stop();
     }
   });
 });
