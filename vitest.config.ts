@@ -3,6 +3,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts', 'packages/*/test/**/*.test.ts'],
+    // The PostgreSQL behind every test endpoint: $DSQL_LOCAL_UPSTREAM, the machine's on :5432,
+    // or one embedded server for the run.
+    globalSetup: ['test/helpers/upstream-setup.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     // Integration and freeze tests each start their own local endpoint on a random port;

@@ -18,11 +18,39 @@ import {
 
 const started = new Set<LocalDsql>();
 
+/** The PostgreSQL test endpoints relay to (chosen once per run by upstream-setup.ts). */
+export function testUpstreamUrl(): string {
+  const url = process.env.DSQL_LOCAL_UPSTREAM;
+  if (!url)
+    throw new Error('DSQL_LOCAL_UPSTREAM is not set: run the tests through vitest (its globalSetup sets it)');
+  return url;
+}
+
+/** pg connection settings for the test upstream, directly (no endpoint); `database` overrides its database. */
+export function testUpstream(database?: string): {
+  host: string;
+  port: number;
+  user: string;
+  password: string | undefined;
+  database: string;
+} {
+  const u = new URL(testUpstreamUrl());
+  return {
+    host: u.hostname,
+    port: Number(u.port || 5432),
+    user: decodeURIComponent(u.username) || 'postgres',
+    password: u.password ? decodeURIComponent(u.password) : undefined,
+    database: database ?? (decodeURIComponent(u.pathname.slice(1)) || 'dsql_local'),
+  };
+}
+
 /**
  * Starts a local endpoint for a test (same options as `startLocalDsql`). Stop it with
  * `endpoint.stop()` or {@link stopAllTestEndpoints} (e.g. in `afterAll`).
  */
 export async function startTestEndpoint(options: LocalDsqlOptions = {}): Promise<LocalDsql> {
+  // No upstream option: the library takes DSQL_LOCAL_UPSTREAM (set by the vitest globalSetup),
+  // or, outside vitest (bench scripts), starts its embedded PostgreSQL.
   const endpoint = await startLocalDsql(options);
   started.add(endpoint);
   const stop = endpoint.stop.bind(endpoint);

@@ -1,4 +1,4 @@
-// DsqlClient against a tiny server in front of the local PostgreSQL (127.0.0.1:5432, trust
+// DsqlClient against a tiny server in front of the test upstream PostgreSQL (trust
 // auth): it relays, refuses, or asks for the password and then refuses or stalls. Plain TCP, so
 // the token handling of one client is tested on its own; TLS, admission retries and the pool are
 // covered by connector.test.ts against the DSQL-like endpoint.
@@ -9,6 +9,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DsqlTokenError } from '../../src/errors.js';
 import { DsqlClient } from '../../src/pool.js';
 import { TokenCache } from '../../src/token.js';
+import { testUpstream } from '../helpers/endpoint.js';
+
+const UPSTREAM = testUpstream('postgres');
 
 type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset';
 
@@ -32,7 +35,7 @@ async function admissionServer(plan: (n: number) => Behaviour) {
     socket.on('error', () => {});
     const behaviour = plan(++connections);
     if (behaviour === 'relay') {
-      const upstream = net.connect(5432, '127.0.0.1');
+      const upstream = net.connect(UPSTREAM.port, UPSTREAM.host);
       upstream.on('error', () => socket.destroy());
       socket.pipe(upstream).pipe(socket);
       return;

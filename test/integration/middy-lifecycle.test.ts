@@ -12,13 +12,14 @@ import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { DsqlContext } from '../../src/lambda.js';
 import { cleanupDsql, dsql } from '../../src/middy.js';
+import { testUpstream } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
 let pool: pg.Pool;
 const logger = { warn: vi.fn() };
 
 beforeAll(() => {
-  pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: 'postgres', max: 2 });
+  pool = new pg.Pool({ ...testUpstream('postgres'), max: 2 });
 });
 afterAll(() => pool.end());
 beforeEach(() => logger.warn.mockClear());

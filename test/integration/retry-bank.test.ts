@@ -16,7 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../../src/errors.js';
 import { type RetryCode, type RetryOptions, withRetry } from '../../src/retry.js';
-import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint, testUpstream } from '../helpers/endpoint.js';
 
 const WORKERS = 8;
 const TRANSFERS_PER_WORKER = 20;
@@ -155,10 +155,7 @@ describe('bank transfers', () => {
     `PostgreSQL, REPEATABLE READ (40001): ${WORKERS} workers × ${TRANSFERS_PER_WORKER} transfers among ${ACCOUNTS} hot accounts`,
     async () => {
       const pool = newPool({
-        host: '127.0.0.1',
-        port: 5432,
-        user: 'postgres',
-        database: 'postgres',
+        ...testUpstream('postgres'),
         options: '-c default_transaction_isolation=repeatable\\ read',
       });
       const run = await bank(pool);

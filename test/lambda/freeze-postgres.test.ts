@@ -5,9 +5,10 @@
  */
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { testUpstream } from '../helpers/endpoint.js';
 import { type LambdaChild, sleep, startLambdaChild } from './harness.js';
 
-const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' };
+const PG = testUpstream('postgres');
 const table = `freeze_pg_${process.pid}`;
 let admin: pg.Client;
 let child: LambdaChild | undefined;

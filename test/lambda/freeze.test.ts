@@ -11,14 +11,14 @@
  */
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startTestEndpoint } from '../helpers/endpoint.js';
+import { startTestEndpoint, testUpstream } from '../helpers/endpoint.js';
 import { type LambdaChild, sleep, startLambdaChild } from './harness.js';
 
 /**
  * Rows are counted on the upstream PostgreSQL database the endpoint relays to, over a direct
  * connection: the endpoint's faults (drop 'all') must not touch the observer.
  */
-const UPSTREAM = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'dsql_local' };
+const UPSTREAM = testUpstream();
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
 type Drop = 'fin' | 'rst' | 'fatal' | 'silent';

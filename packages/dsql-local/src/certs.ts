@@ -37,7 +37,16 @@ const serverCerts = new Map<string, Promise<LocalCertificates>>();
 let serial = 0;
 
 async function openssl(args: string[], cwd: string): Promise<void> {
-  await run('openssl', args, { cwd });
+  try {
+    await run('openssl', args, { cwd });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new Error(
+        'the local endpoint makes its TLS certificates with the `openssl` command, which is not on PATH: ' +
+          'install OpenSSL (e.g. apt install openssl, brew install openssl) or add it to PATH',
+      );
+    throw err;
+  }
 }
 
 async function makeCa(): Promise<CaMaterial> {

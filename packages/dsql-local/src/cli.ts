@@ -2,18 +2,26 @@
 /**
  * `dsql-local`: runs the local DSQL-like endpoint until Ctrl-C and takes fault commands on stdin.
  *
- *   dsql-local [--port N] [--upstream URL] [--region R] [--occ-from-contention] [--strict-sql]
+ *   dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]
+ *   dsql-local token [--user U] [--expires S]     a token from the environment the endpoint printed
  *
+ * Without --upstream (or DSQL_LOCAL_UPSTREAM) it starts its own PostgreSQL (embedded.ts).
  * Commands (one per line; `help` lists them): `drop all|idle|<pid> fin|rst|fatal|silent`,
  * `occ [count] [OC000|OC001]`, `commit-drop fin|rst|silent [before]`, `age <seconds>`,
  * `rate <perSecond> [burst]`, `max <connections>`, `latency <toServerMs> [toClientMs]`,
- * `contention on|off`, `strict on|off`, `sessions`, `stats`, `reset`, `clear`, `env`, `quit`.
+ * `token [user]`, `sessions`, `stats`, `reset`, `clear`,
+ * `env`, `quit`.
  * @packageDocumentation
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { stopSharedEmbeddedPostgres } from './embedded.js';
 import { startLocalDsql } from './server.js';
 import type { DropHow, LocalDsql, OccCode } from './types.js';
+import { signToken } from './verify.js';
+
+/** Lifetime of the tokens the CLI prints, seconds (DSQL allows up to a week). */
+const CLI_TOKEN_SECONDS = 3600;
 
 const HELP = `commands:
   drop all|idle|<pid> [fin|rst|fatal|silent]   drop connections now (default fin)
@@ -23,11 +31,27 @@ const HELP = `commands:
   rate <perSecond> [burst]                     new-connection rate limit
   max <connections>                            cap on open connections
   latency <toServerMs> [toClientMs]            added delay per direction
+  token [user]                                 a fresh IAM token (${CLI_TOKEN_SECONDS / 60} min) for psql
   sessions | stats | reset | clear | env | help | quit`;
 
+function shellQuote(v: string): string {
+  return `'${v.replace(/'/g, "'\\''")}'`;
+}
+
+function tokenFor(dsql: LocalDsql, user = 'admin'): string {
+  return signToken({
+    host: dsql.host,
+    region: dsql.region,
+    credentials: dsql.credentials,
+    user,
+    expiresIn: CLI_TOKEN_SECONDS,
+  });
+}
+
+/** `export` lines for a shell: the handler environment plus PGPASSWORD, so plain `psql` works. */
 function exportLines(dsql: LocalDsql): string {
-  return Object.entries(dsql.env)
-    .map(([k, v]) => `export ${k}='${v.replace(/'/g, "'\\''")}'`)
+  return Object.entries({ ...dsql.env, PGPASSWORD: tokenFor(dsql) })
+    .map(([k, v]) => `export ${k}=${shellQuote(v)}`)
     .join('\n');
 }
 
@@ -83,6 +107,8 @@ function runCommand(dsql: LocalDsql, line: string): string {
       return 'pending faults cleared, latency 0';
     case 'env':
       return exportLines(dsql);
+    case 'token':
+      return tokenFor(dsql, args[0]);
     case 'help':
       return HELP;
     default:
@@ -90,8 +116,50 @@ function runCommand(dsql: LocalDsql, line: string): string {
   }
 }
 
+/**
+ * `dsql-local token`: signs a token from the environment the running endpoint printed
+ * (DSQL_ENDPOINT or PGHOST, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+ * AWS_SESSION_TOKEN), e.g. `PGPASSWORD=$(dsql-local token) psql`.
+ */
+function tokenCommand(args: string[]): void {
+  const { values } = parseArgs({ args, options: { user: { type: 'string' }, expires: { type: 'string' } } });
+  const env = process.env;
+  const host = env.DSQL_ENDPOINT || env.PGHOST;
+  const region = env.AWS_REGION || env.AWS_DEFAULT_REGION;
+  const missing = [
+    host ? undefined : 'DSQL_ENDPOINT',
+    region ? undefined : 'AWS_REGION',
+    env.AWS_ACCESS_KEY_ID ? undefined : 'AWS_ACCESS_KEY_ID',
+    env.AWS_SECRET_ACCESS_KEY ? undefined : 'AWS_SECRET_ACCESS_KEY',
+  ].filter(Boolean);
+  if (missing.length > 0) {
+    throw new Error(
+      `dsql-local token: ${missing.join(', ')} not set; paste the export lines dsql-local printed at start-up (or type "token" in its console)`,
+    );
+  }
+  console.log(
+    signToken({
+      host: host!,
+      region: region!,
+      credentials: {
+        accessKeyId: env.AWS_ACCESS_KEY_ID!,
+        secretAccessKey: env.AWS_SECRET_ACCESS_KEY!,
+        ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
+      },
+      user: values.user ?? env.PGUSER ?? 'admin',
+      expiresIn: values.expires ? Number(values.expires) : CLI_TOKEN_SECONDS,
+    }),
+  );
+}
+
 async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv[0] === 'token') {
+    tokenCommand(argv.slice(1));
+    return;
+  }
   const { values } = parseArgs({
+    args: argv,
     options: {
       port: { type: 'string' },
       upstream: { type: 'string' },
@@ -101,10 +169,15 @@ async function main(): Promise<void> {
     },
   });
   if (values.help) {
-    console.log('usage: dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]\n');
+    console.log(
+      'usage: dsql-local [--port N] [--upstream URL] [--region R] [--dialect dsql|postgres]\n' +
+        '       dsql-local token [--user U] [--expires SECONDS]\n\n' +
+        'Without --upstream (or DSQL_LOCAL_UPSTREAM) a private PostgreSQL is started and stopped with it.\n',
+    );
     console.log(HELP);
     return;
   }
+  if (!values.upstream && !process.env.DSQL_LOCAL_UPSTREAM) console.log('starting the embedded PostgreSQL …');
   const dsql = await startLocalDsql({
     port: values.port ? Number(values.port) : 0,
     ...(values.upstream ? { upstream: values.upstream } : {}),
@@ -112,19 +185,22 @@ async function main(): Promise<void> {
     ...(values.dialect ? { dialect: values.dialect as 'dsql' | 'postgres' } : {}),
   });
   console.log(`local DSQL endpoint ${dsql.host} listening on ${dsql.address}:${dsql.port}`);
+  console.log(`upstream: ${dsql.upstream.replace(/:[^:@/]*@/, ':***@')}`);
   console.log(`CA file: ${dsql.caFile}`);
   console.log(
-    `psql: PGPASSWORD=<token> psql "host=${dsql.host} hostaddr=${dsql.address} port=${dsql.port} sslmode=verify-full sslrootcert=${dsql.caFile} user=admin dbname=postgres"`,
+    '\n# paste into a shell, then plain `psql` works (the token lasts an hour; `dsql-local token` makes a new one):',
   );
-  console.log('\n# environment for a Lambda handler:');
   console.log(exportLines(dsql));
+  console.log(
+    `\npsql: PGPASSWORD=<token> psql "host=${dsql.host} hostaddr=${dsql.address} port=${dsql.port} sslmode=verify-full sslrootcert=${dsql.caFile} user=admin dbname=postgres"`,
+  );
   console.log('\ntype "help" for fault commands; Ctrl-C stops');
-
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
     stopping = true;
     await dsql.stop();
+    await stopSharedEmbeddedPostgres();
     process.exit(0);
   };
   process.on('SIGINT', stop);

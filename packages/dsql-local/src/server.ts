@@ -18,6 +18,7 @@ import tls from 'node:tls';
 import { Admission, DEFAULT_MAX_UNAUTHENTICATED, MAX_STARTUP_PACKET_BYTES } from './admission.js';
 import { localCertificates } from './certs.js';
 import { Connection, type EndpointCore } from './connection.js';
+import { sharedEmbeddedPostgres } from './embedded.js';
 import { CommitFaults, createFaults } from './faults.js';
 import { negotiate } from './negotiate.js';
 import { errorResponse } from './protocol.js';
@@ -41,8 +42,26 @@ export const OC000_MESSAGE = 'change conflicts with another transaction (OC000)'
 export const OC000_MESSAGE_NEW = 'mutation conflicts with another transaction, retry as needed (OC000)';
 /** DSQL's message for a schema change seen by a transaction at COMMIT. */
 export const OC001_MESSAGE = 'schema has been updated by another transaction, please retry: (OC001)';
-/** Default upstream URL. */
-export const DEFAULT_UPSTREAM = 'postgresql://postgres@127.0.0.1:5432/dsql_local';
+/**
+ * Where the endpoint's sessions land: the `upstream` option, else `$DSQL_LOCAL_UPSTREAM`, else
+ * (or for `'embedded'`) the embedded PostgreSQL this process starts and shares.
+ */
+export async function resolveUpstream(option: string | undefined): Promise<string> {
+  const given = option ?? (process.env.DSQL_LOCAL_UPSTREAM || undefined);
+  if (given !== undefined && given !== 'embedded') return given;
+  return (await sharedEmbeddedPostgres()).url;
+}
+
+/** `url` without its password, for messages. */
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid URL)';
+  }
+}
 
 function randomString(alphabet: string, length: number): string {
   let s = '';
@@ -101,7 +120,13 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const clusterId = options.clusterId ?? randomClusterId();
   const host = `${clusterId}.dsql.${region}.on.aws`;
   const hostnames = options.hostnames ?? [`*.dsql.${region}.on.aws`, 'localhost'];
-  const upstream = parseUpstream(options.upstream ?? DEFAULT_UPSTREAM);
+  const upstreamUrl = await resolveUpstream(options.upstream);
+  let upstream: ReturnType<typeof parseUpstream>;
+  try {
+    upstream = parseUpstream(upstreamUrl);
+  } catch {
+    throw new TypeError(`upstream must be a postgresql:// URL, got ${redact(upstreamUrl)}`);
+  }
   const credentials = options.credentials?.length ? [...options.credentials] : [randomCredentials()];
   const listenHost = options.listenHost ?? '127.0.0.1';
 
@@ -113,13 +138,21 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   if (!(lockTimeoutMs > 0)) throw new RangeError('lockTimeoutMs must be a number > 0');
   const [certs] = await Promise.all([
     localCertificates(hostnames),
-    ensureDatabase(upstream).then(() =>
-      dialect === 'dsql'
-        ? prepareDsql(`${upstream.host}:${upstream.port}/${upstream.database}`, (sql) =>
-            adminQuery(upstream, upstream.database, sql),
-          )
-        : undefined,
-    ),
+    ensureDatabase(upstream)
+      .catch((err: Error & { code?: string }) => {
+        throw new Error(
+          `upstream PostgreSQL ${redact(upstreamUrl)} is not usable (${err.code ?? ''} ${err.message}): start it or ` +
+            'fix the URL, or leave the upstream unset (no --upstream, no DSQL_LOCAL_UPSTREAM) to use the embedded PostgreSQL',
+          { cause: err },
+        );
+      })
+      .then(() =>
+        dialect === 'dsql'
+          ? prepareDsql(`${upstream.host}:${upstream.port}/${upstream.database}`, (sql) =>
+              adminQuery(upstream, upstream.database, sql),
+            )
+          : undefined,
+      ),
   ]);
   const secureContext = tls.createSecureContext({ cert: certs.cert, key: certs.key });
 
@@ -230,6 +263,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
   const env: Record<string, string> = {
     DSQL_ENDPOINT: host,
     DSQL_HOSTADDR: address,
+    PGHOST: host,
     PGHOSTADDR: address,
     PGPORT: String(port),
     PGUSER: 'admin',
@@ -254,6 +288,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     caFile: certs.caFile,
     region,
     credentials: first,
+    upstream: upstreamUrl,
     env,
     events: core.events,
     faults: createFaults(core, connections),

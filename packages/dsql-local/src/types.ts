@@ -28,10 +28,12 @@ export interface LocalDsqlOptions {
   /** Address to listen on. Default `'127.0.0.1'`. */
   listenHost?: string;
   /**
-   * Upstream PostgreSQL URL; its user is used for bootstrap (creating the database and roles),
-   * its database is where every session lands (created if missing). Only `trust`, cleartext and
-   * md5 upstream authentication are supported.
-   * Default `'postgresql://postgres@127.0.0.1:5432/dsql_local'`.
+   * Upstream PostgreSQL URL (`postgresql://user[:password]@host[:port]/database`); its user is
+   * used for bootstrap (creating the database and roles), its database is where every session
+   * lands (created if missing). Upstream authentication: trust, cleartext, md5 or
+   * SCRAM-SHA-256. `'embedded'`: the embedded PostgreSQL.
+   * Default: `$DSQL_LOCAL_UPSTREAM` if set, else the embedded PostgreSQL (a private server this
+   * process starts on a free loopback port and shares between its endpoints; see embedded.ts).
    */
   upstream?: string;
   /** AWS region the endpoint pretends to be in. Default `'us-east-1'`. */
@@ -235,6 +237,8 @@ export interface LocalDsql {
   readonly region: string;
   /** First accepted credential set (sign tokens with these). */
   readonly credentials: LocalCredentials;
+  /** URL of the PostgreSQL behind the endpoint (the embedded one unless an upstream was given). */
+  readonly upstream: string;
   /** Environment a Lambda handler needs to reach this endpoint. */
   readonly env: Record<string, string>;
   /**

@@ -186,6 +186,58 @@ export function verifyToken(token: string, ctx: VerifyContext): VerifyResult {
   return { ok: true, token: { signingDate: amzDate, accessKeyId, expiresIn } };
 }
 
+/** Options of {@link signToken}. */
+export interface SignTokenOptions {
+  /** Cluster host name the token is for (what clients send as SNI). */
+  host: string;
+  region: string;
+  credentials: LocalCredentials;
+  /** `admin` gets a `DbConnectAdmin` token, anyone else `DbConnect`. Default `'admin'`. */
+  user?: string;
+  /** Lifetime, seconds (1…604800). Default `900`. */
+  expiresIn?: number;
+  /** Signing time, ms since the epoch. Default: now. */
+  now?: number;
+}
+
+/**
+ * Signs a DSQL IAM token (a SigV4-presigned `GET https://<host>/?Action=…`, as the AWS SDK's
+ * DsqlSigner makes it) with node:crypto: what `dsql-local token` prints for psql.
+ */
+export function signToken(options: SignTokenOptions): string {
+  const { host, region, credentials } = options;
+  const expiresIn = options.expiresIn ?? 900;
+  if (!Number.isInteger(expiresIn) || expiresIn < 1 || expiresIn > 604800)
+    throw new RangeError('expiresIn must be an integer from 1 to 604800 seconds');
+  const amzDate = new Date(options.now ?? Date.now())
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
+  const day = amzDate.slice(0, 8);
+  const scope = `${day}/${region}/dsql/aws4_request`;
+  const params: [string, string][] = [
+    ['Action', (options.user ?? 'admin') === 'admin' ? 'DbConnectAdmin' : 'DbConnect'],
+    ['X-Amz-Algorithm', 'AWS4-HMAC-SHA256'],
+    ['X-Amz-Credential', `${credentials.accessKeyId}/${scope}`],
+    ['X-Amz-Date', amzDate],
+    ['X-Amz-Expires', String(expiresIn)],
+    ...(credentials.sessionToken
+      ? ([['X-Amz-Security-Token', credentials.sessionToken]] as [string, string][])
+      : []),
+    ['X-Amz-SignedHeaders', 'host'],
+  ];
+  const query = params
+    .map(([k, v]) => `${rfc3986(k)}=${rfc3986(v)}`)
+    .sort()
+    .join('&');
+  const canonicalRequest = ['GET', '/', query, `host:${host}\n`, 'host', sha256Hex('')].join('\n');
+  const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
+  const kDate = hmac(`AWS4${credentials.secretAccessKey}`, day);
+  const kSigning = hmac(hmac(hmac(kDate, region), 'dsql'), 'aws4_request');
+  const signature = createHmac('sha256', kSigning).update(stringToSign, 'utf8').digest('hex');
+  return `${host}/?${query}&X-Amz-Signature=${signature}`;
+}
+
 /** First 16 hex digits of the token's SHA-256: enough to count distinct tokens, useless to replay. */
 export function tokenFingerprint(token: string): string {
   return sha256Hex(token).slice(0, 16);

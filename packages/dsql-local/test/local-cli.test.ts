@@ -75,7 +75,63 @@ it('dsql-local prints the env a handler needs, takes fault commands on stdin, st
   child.stdin.write('drop all fatal\n');
   await waitFor(/dropped 1/);
   await client.end().catch(() => {});
+
+  // The printed exports are enough for a client that reads libpq's variables (as psql does):
+  // PGHOST names the cluster (SNI, certificate), PGHOSTADDR is dialled, PGPASSWORD is a token.
+  const fromEnv = async (password: string) => {
+    const c = new pg.Client({
+      host: env.PGHOSTADDR,
+      port: Number(env.PGPORT),
+      user: env.PGUSER,
+      database: env.PGDATABASE,
+      password,
+      ssl: { ca: readFileSync(env.PGSSLROOTCERT!, 'utf8'), servername: env.PGHOST },
+    });
+    await c.connect();
+    const { rows } = await c.query('SELECT current_user AS u');
+    await c.end();
+    return rows;
+  };
+  expect(env.PGSSLMODE).toBe('verify-full');
+  expect(await fromEnv(env.PGPASSWORD!)).toEqual([{ u: 'postgres' }]);
+  // `token` on stdin, and the `dsql-local token` command run with the printed environment.
+  child.stdin.write('token\n');
+  const [fromConsole] = await waitFor(/^\S+\.on\.aws\/\?Action=DbConnectAdmin\S+$/m);
+  expect(await fromEnv(fromConsole)).toEqual([{ u: 'postgres' }]);
+  const { execFileSync } = await import('node:child_process');
+  const printed = execFileSync(
+    process.execPath,
+    ['--import', 'tsx', 'packages/dsql-local/src/cli.ts', 'token'],
+    { env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' },
+  ).trim();
+  expect(await fromEnv(printed)).toEqual([{ u: 'postgres' }]);
+
   child.kill('SIGTERM');
   const [code] = await once(child, 'exit');
   expect(code).toBe(0);
+});
+
+/** Runs the CLI to its exit; resolves its exit code and everything it printed. */
+async function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; out: string }> {
+  const cli = spawn(process.execPath, ['--import', 'tsx', 'packages/dsql-local/src/cli.ts', ...args], {
+    env,
+  });
+  let out = '';
+  cli.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  cli.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  cli.stdin.end();
+  const [code] = (await once(cli, 'exit')) as [number | null];
+  return { code, out };
+}
+
+it('says what to do when the upstream is unreachable or openssl is missing', async () => {
+  const unreachable = await runCli(['--upstream', 'postgresql://postgres:secret@127.0.0.1:1/x'], process.env);
+  expect(unreachable.code).toBe(1);
+  expect(unreachable.out).toMatch(
+    /upstream PostgreSQL postgresql:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/x is not usable .*ECONNREFUSED.*start it or fix the URL, or leave the upstream unset/,
+  );
+  expect(unreachable.out).not.toContain('secret');
+  const noOpenssl = await runCli([], { ...process.env, PATH: '/nonexistent' });
+  expect(noOpenssl.code).toBe(1);
+  expect(noOpenssl.out).toMatch(/`openssl` command, which is not on PATH: install OpenSSL/);
 });

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint, testUpstream } from '../../../test/helpers/endpoint.js';
 import { type LocalDsql, OC000_MESSAGE_NEW } from '../src/index.js';
 
 type PgError = Error & { code?: string };
@@ -12,7 +12,7 @@ const open = new Set<pg.Client>();
 
 /** Upstream admin connection (plain PostgreSQL) to check what really got committed. */
 async function upstreamQuery(sql: string, values: unknown[] = []) {
-  const client = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'dsql_local' });
+  const client = new pg.Client(testUpstream());
   await client.connect();
   try {
     return (await client.query(sql, values)).rows;

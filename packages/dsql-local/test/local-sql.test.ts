@@ -482,6 +482,8 @@ describe('what the session reports', () => {
     expect(params.TimeZone).toBe('UTC');
     const { rows } = await client.query('SELECT current_database() AS db, version() AS v');
     expect(rows).toEqual([{ db: 'postgres', v: 'PostgreSQL 16' }]);
+    const shown = await client.query('SHOW server_version');
+    expect([shown.command, shown.rows]).toEqual(['SHOW', [{ server_version: '16.15' }]]);
     const p = await connect(plain);
     expect((await p.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'dsql_local' }]);
   });

@@ -1,7 +1,7 @@
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type LocalCredentials, verifyToken } from '../src/index.js';
+import { type LocalCredentials, signToken, verifyToken } from '../src/index.js';
 
 // The endpoint's verifier checked against the AWS SDK signer as the oracle.
 const region = fc.constantFrom('us-east-1', 'eu-west-1', 'ap-northeast-1', 'us-gov-west-1');
@@ -96,17 +96,22 @@ describe('verifyToken vs @aws-sdk/dsql-signer', () => {
       ok: false,
       reason: 'session-token',
     });
+    // Times relative to ctx.now, never a second Date.now(): on a busy machine milliseconds pass
+    // between the two, and "expired 1 ms ago" would not be expired yet at ctx.now.
     expect(
       verifyToken(token, { ...ctx, credentials: [{ ...creds, expiration: new Date(ctx.now - 1) }] }),
     ).toEqual({
       ok: false,
       reason: 'credentials-expired',
     });
-    expect(verifyToken(token, { ...ctx, now: Date.now() + 61_000 })).toEqual({
+    expect(
+      verifyToken(token, { ...ctx, credentials: [{ ...creds, expiration: new Date(ctx.now + 1) }] }).ok,
+    ).toBe(true);
+    expect(verifyToken(token, { ...ctx, now: ctx.now + 61_000 })).toEqual({
       ok: false,
       reason: 'expired',
     });
-    expect(verifyToken(token, { ...ctx, now: Date.now() - 310_000 })).toEqual({
+    expect(verifyToken(token, { ...ctx, now: ctx.now - 310_000 })).toEqual({
       ok: false,
       reason: 'not-yet-valid',
     });
@@ -125,5 +130,50 @@ describe('verifyToken vs @aws-sdk/dsql-signer', () => {
     expect(verifyToken(`${token}&Action=DbConnect`, ctx)).toEqual({ ok: false, reason: 'malformed' });
     expect(verifyToken('', ctx)).toEqual({ ok: false, reason: 'malformed' });
     expect(verifyToken(`${host}/?%E0%A4%A=1`, ctx)).toEqual({ ok: false, reason: 'malformed' });
+  });
+});
+
+describe('signToken (what dsql-local token prints)', () => {
+  it('signs exactly what the AWS SDK signs: same parameters, same signature', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        clusterId,
+        region,
+        credentials,
+        user,
+        fc.integer({ min: 1, max: 604800 }),
+        async (id, r, creds, u, expiresIn) => {
+          const host = `${id}.dsql.${r}.on.aws`;
+          // The SDK signs at "now"; sign ours at the same second (retry if the second turned).
+          for (;;) {
+            const before = Math.floor(Date.now() / 1000);
+            const sdk = await sign(host, r, creds, u, expiresIn);
+            const ours = signToken({
+              host,
+              region: r,
+              credentials: creds,
+              user: u,
+              expiresIn,
+              now: before * 1000,
+            });
+            if (Math.floor(Date.now() / 1000) !== before) continue;
+            const params = (t: string) =>
+              Object.fromEntries(new URLSearchParams(t.slice(t.indexOf('/?') + 2)));
+            expect(params(ours)).toEqual(params(sdk));
+            expect(ours.slice(0, ours.indexOf('/?'))).toBe(host);
+            return;
+          }
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  it('refuses a lifetime DSQL does not accept', () => {
+    const creds = { accessKeyId: 'ASIAAAAAAAAAAAAAAAAA', secretAccessKey: 's' };
+    for (const expiresIn of [0, 604801, 1.5])
+      expect(() => signToken({ host: 'h', region: 'us-east-1', credentials: creds, expiresIn })).toThrow(
+        /expiresIn/,
+      );
   });
 });

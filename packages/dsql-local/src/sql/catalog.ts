@@ -1,6 +1,6 @@
 /**
  * What the endpoint installs in the upstream database for DSQL's dialect: the `sys` schema
- * (`sys.jobs`, `sys.wait_for_job()`), the helpers `CREATE INDEX [ASYNC]` is rewritten to, the
+ * (`sys.jobs`, `sys.wait_for_job()`), the functions `CREATE INDEX [ASYNC]` is rewritten to, the
  * per-transaction write counter enforcing the row and size limits, and the session-reporting
  * functions (`current_database()`, `version()`). PL/pgSQL is used here, upstream only: clients
  * of the endpoint cannot use it.
@@ -8,8 +8,8 @@
  */
 import { randomInt } from 'node:crypto';
 
-/** Schema of the endpoint's own helpers. */
-export const HELPER_SCHEMA = 'dsql_local';
+/** Schema of the endpoint's own functions. */
+export const INTERNAL_SCHEMA = 'dsql_local';
 /** Schema holding the functions that report DSQL's values; searched just before pg_catalog. */
 export const COMPAT_SCHEMA = 'dsql_local_compat';
 /** `server_version` DSQL reports. */
@@ -46,9 +46,9 @@ export function ident(s: string): string {
 /** Idempotent upstream setup (run once per database by a superuser, in one transaction). */
 export const CATALOG_SQL = `
 CREATE SCHEMA IF NOT EXISTS sys;
-CREATE SCHEMA IF NOT EXISTS ${HELPER_SCHEMA};
+CREATE SCHEMA IF NOT EXISTS ${INTERNAL_SCHEMA};
 CREATE SCHEMA IF NOT EXISTS ${COMPAT_SCHEMA};
-GRANT USAGE ON SCHEMA sys, ${HELPER_SCHEMA}, ${COMPAT_SCHEMA} TO PUBLIC;
+GRANT USAGE ON SCHEMA sys, ${INTERNAL_SCHEMA}, ${COMPAT_SCHEMA} TO PUBLIC;
 CREATE TABLE IF NOT EXISTS sys.jobs (
   job_id text PRIMARY KEY,
   status text NOT NULL,
@@ -73,7 +73,7 @@ BEGIN
   RETURN s = 'completed';
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.refuse(code text, message text, detail text, VARIADIC args text[] DEFAULT '{}')
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.refuse(code text, message text, detail text, VARIADIC args text[] DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
   IF detail IS NULL THEN
@@ -82,7 +82,7 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.create_index_async(job_id text, ddl text, index_ref text, index_name text)
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.create_index_async(job_id text, ddl text, index_ref text, index_name text)
 RETURNS text LANGUAGE plpgsql AS $fn$
 BEGIN
   EXECUTE ddl;
@@ -92,7 +92,7 @@ BEGIN
   RETURN create_index_async.job_id;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.create_index_sync(tbl text, ddl text)
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.create_index_sync(tbl text, ddl text)
 RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE has_rows boolean;
 BEGIN
@@ -104,7 +104,7 @@ BEGIN
   EXECUTE ddl;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.count_writes() RETURNS trigger
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.count_writes() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
   max_rows bigint := nullif(current_setting('${ROWS_SETTING}', true), '')::bigint;
@@ -144,7 +144,7 @@ BEGIN
   RETURN NULL;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION ${HELPER_SCHEMA}.on_create_table() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.on_create_table() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE r record; key_size text;
 BEGIN
@@ -156,16 +156,16 @@ BEGIN
       FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
       WHERE i.indrelid = r.objid AND i.indisprimary;
-    EXECUTE format('CREATE TRIGGER dsql_local_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
-    EXECUTE format('CREATE TRIGGER dsql_local_upd AFTER UPDATE ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
-    EXECUTE format('CREATE TRIGGER dsql_local_del AFTER DELETE ON %s REFERENCING OLD TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${HELPER_SCHEMA}.count_writes()', r.objid::regclass);
+    EXECUTE format('CREATE TRIGGER dsql_local_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${INTERNAL_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
+    EXECUTE format('CREATE TRIGGER dsql_local_upd AFTER UPDATE ON %s REFERENCING NEW TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${INTERNAL_SCHEMA}.count_writes(%L)', r.objid::regclass, key_size);
+    EXECUTE format('CREATE TRIGGER dsql_local_del AFTER DELETE ON %s REFERENCING OLD TABLE AS dsql_local_rows FOR EACH STATEMENT EXECUTE FUNCTION ${INTERNAL_SCHEMA}.count_writes()', r.objid::regclass);
   END LOOP;
 END $fn$;
 
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'dsql_local_count_writes') THEN
     CREATE EVENT TRIGGER dsql_local_count_writes ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
-      EXECUTE FUNCTION ${HELPER_SCHEMA}.on_create_table();
+      EXECUTE FUNCTION ${INTERNAL_SCHEMA}.on_create_table();
   END IF;
 END $do$;
 

@@ -25,7 +25,7 @@ import type { OccCode } from '../types.js';
 import {
   DSQL_SERVER_VERSION,
   DSQL_SERVER_VERSION_NUM,
-  HELPER_SCHEMA,
+  INTERNAL_SCHEMA,
   ident,
   literal,
   newJobId,
@@ -150,7 +150,7 @@ function maxParam(node: unknown): number {
 /** SQL making PostgreSQL raise `refusal`; keeps `$1…$params` so a Bind with values still fits. */
 export function refusalSql(refusal: Refusal, params = 0): string {
   const args = Array.from({ length: params }, (_, i) => `, $${i + 1}::text`).join('');
-  return `SELECT ${HELPER_SCHEMA}.refuse(${literal(refusal.code)}, ${literal(refusal.message)}, ${
+  return `SELECT ${INTERNAL_SCHEMA}.refuse(${literal(refusal.code)}, ${literal(refusal.message)}, ${
     refusal.detail === undefined ? 'NULL' : literal(refusal.detail)
   }${args})`;
 }
@@ -350,15 +350,29 @@ export class DsqlSession {
         const schema = typeof rel.schemaname === 'string' ? `${ident(rel.schemaname)}.` : '';
         const name = typeof s.node.idxname === 'string' ? s.node.idxname : undefined;
         const ref = name === undefined ? 'NULL' : literal(`${schema}${ident(name)}`);
-        text = `SELECT ${HELPER_SCHEMA}.create_index_async(${literal(jobId)}, ${literal(s.text)}, ${ref}, ${
+        text = `SELECT ${INTERNAL_SCHEMA}.create_index_async(${literal(jobId)}, ${literal(s.text)}, ${ref}, ${
           name === undefined ? 'NULL' : literal(name)
         }) AS job_id`;
       } else {
         // A DO block: PostgreSQL answers it without a result set, as it answers CREATE INDEX.
-        text = `DO $dsql_local$ BEGIN PERFORM ${HELPER_SCHEMA}.create_index_sync(${literal(table)}, ${literal(s.text)}); END $dsql_local$`;
+        text = `DO $dsql_local$ BEGIN PERFORM ${INTERNAL_SCHEMA}.create_index_sync(${literal(table)}, ${literal(s.text)}); END $dsql_local$`;
       }
     }
     if (kind === 'commit') this.commitVerdict = this.judgeCommit();
+    if (!refusal && s.type === 'VariableShowStmt') {
+      // SHOW server_version[_num] answers DSQL's values (the ParameterStatus already does).
+      const name = String(s.node.name ?? '').toLowerCase();
+      const value =
+        name === 'server_version'
+          ? DSQL_SERVER_VERSION
+          : name === 'server_version_num'
+            ? DSQL_SERVER_VERSION_NUM
+            : undefined;
+      if (value !== undefined) {
+        text = `SELECT ${literal(value)}::text AS ${name}`;
+        hook.tag = 'SHOW';
+      }
+    }
     if (!refusal) refusal = this.tx.statement(kind, this.now());
     if (refusal) {
       this.core.refused(refusal);
