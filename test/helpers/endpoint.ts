@@ -26,6 +26,13 @@ export function testUpstreamUrl(): string {
   return url;
 }
 
+/** The test upstream's URL with another database. */
+export function upstreamUrlFor(database: string): string {
+  const u = new URL(testUpstreamUrl());
+  u.pathname = `/${encodeURIComponent(database)}`;
+  return u.href;
+}
+
 /** pg connection settings for the test upstream, directly (no endpoint); `database` overrides its database. */
 export function testUpstream(database?: string): {
   host: string;

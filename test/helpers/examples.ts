@@ -10,16 +10,16 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type { InvokeMessage, InvokeReply } from '../../examples/invoke.js';
+import { upstreamUrlFor } from './endpoint.js';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const UPSTREAM = 'postgresql://postgres@127.0.0.1:5432';
 
 /** A fresh upstream database (and its URL for `startLocalDsql({ upstream })`); `drop()` removes it. */
 export async function scratchDatabase(
   prefix: string,
 ): Promise<{ name: string; url: string; drop(): Promise<void> }> {
   const name = `${prefix}_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = new pg.Client({ connectionString: `${UPSTREAM}/postgres` });
+  const admin = new pg.Client({ connectionString: upstreamUrlFor('postgres') });
   await admin.connect();
   try {
     await admin.query(`CREATE DATABASE "${name}"`);
@@ -28,9 +28,9 @@ export async function scratchDatabase(
   }
   return {
     name,
-    url: `${UPSTREAM}/${name}`,
+    url: upstreamUrlFor(name),
     async drop() {
-      const c = new pg.Client({ connectionString: `${UPSTREAM}/postgres` });
+      const c = new pg.Client({ connectionString: upstreamUrlFor('postgres') });
       await c.connect();
       try {
         await c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
@@ -43,7 +43,7 @@ export async function scratchDatabase(
 
 /** Drops upstream roles (after their database is gone, nothing depends on them). */
 export async function dropRoles(...roles: string[]): Promise<void> {
-  const c = new pg.Client({ connectionString: `${UPSTREAM}/postgres` });
+  const c = new pg.Client({ connectionString: upstreamUrlFor('postgres') });
   await c.connect();
   try {
     for (const role of roles) await c.query(`DROP ROLE IF EXISTS "${role}"`);

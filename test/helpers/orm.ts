@@ -8,7 +8,7 @@ import pg from 'pg';
 import { expect } from 'vitest';
 import type { LocalDsql, LocalDsqlOptions } from '../../packages/dsql-local/src/index.js';
 import { OccRetryExhaustedError } from '../../src/errors.js';
-import { pgConfig, signTestToken, startTestEndpoint } from './endpoint.js';
+import { pgConfig, signTestToken, startTestEndpoint, testUpstream, upstreamUrlFor } from './endpoint.js';
 
 /** An endpoint on a fresh upstream database, a pool on it, and the way to throw both away. */
 export interface OrmEndpoint {
@@ -25,7 +25,7 @@ export async function startOrmEndpoint(prefix: string, options: LocalDsqlOptions
   const database = `${prefix}_${randomUUID().replaceAll('-', '').slice(0, 10)}`;
   const endpoint = await startTestEndpoint({
     ...options,
-    upstream: `postgresql://postgres@127.0.0.1:5432/${database}`,
+    upstream: upstreamUrlFor(database),
   });
   const config = pgConfig(endpoint, { password: () => signTestToken(endpoint) });
   const pools: pg.Pool[] = [];
@@ -44,7 +44,7 @@ export async function startOrmEndpoint(prefix: string, options: LocalDsqlOptions
     async stop() {
       await Promise.all(pools.map((p) => p.end().catch(() => {})));
       await endpoint.stop();
-      const admin = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
+      const admin = new pg.Client(testUpstream('postgres'));
       await admin.connect();
       try {
         await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);

@@ -88,7 +88,7 @@ afterEach(async () => {
 const clientConfig = (port: number): pg.ClientConfig => ({
   host: '127.0.0.1',
   port,
-  user: 'postgres',
+  user: UPSTREAM.user,
   database: 'postgres',
 });
 

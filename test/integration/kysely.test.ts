@@ -24,6 +24,7 @@ import {
   retryTransaction,
 } from '../../src/kysely.js';
 import { withDsql } from '../../src/lambda.js';
+import { testUpstream } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 import { createBankTables, type OrmEndpoint, runBank, startOrmEndpoint } from '../helpers/orm.js';
 
@@ -387,7 +388,7 @@ describe('migrate (Kysely)', () => {
     const jobId = state.rows[0].job_id as string;
 
     // Behind the endpoint's back, the job failed: the resumed run must say so, not re-create the index.
-    const upstream = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: m.database });
+    const upstream = new pg.Client(testUpstream(m.database));
     await upstream.connect();
     try {
       await upstream.query("UPDATE sys.jobs SET status = 'failed' WHERE job_id = $1", [jobId]);

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { type CheckoutOptions, FreezeSafePool, socketOf } from '../../src/checkout.js';
+import { testUpstream } from '../helpers/endpoint.js';
 
 type Behaviour = 'ok' | 'fail' | 'hang';
 
@@ -311,10 +312,7 @@ describe('FreezeSafePool', () => {
 describe('against real pg and pg-pool (local PostgreSQL)', () => {
   it('a client released inside a transaction is ended, not pooled: pg-pool does not pool an ending client', async () => {
     vi.restoreAllMocks(); // real clock
-    const pool = new FreezeSafePool(
-      { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres', max: 1 },
-      defaults,
-    );
+    const pool = new FreezeSafePool({ ...testUpstream('postgres'), max: 1 }, defaults);
     try {
       const a = await pool.connect();
       const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -334,7 +332,7 @@ describe('against real pg and pg-pool (local PostgreSQL)', () => {
 
 describe('the one pg private field the checkout reads', () => {
   it('pg still keeps a connected client socket at client.connection.stream', async () => {
-    const client = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
+    const client = new pg.Client(testUpstream('postgres'));
     await client.connect();
     try {
       const socket = socketOf(client);
