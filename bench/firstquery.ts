@@ -130,7 +130,9 @@ async function main(): Promise<void> {
       for (let i = 0; i < samples; i++) {
         for (const variant of VARIANTS) {
           const ms = await runChild(variant, endpointEnv);
-          ((times[variant] ??= {})[latency] ??= []).push(ms);
+          const byLatency = times[variant] ?? {};
+          times[variant] = byLatency;
+          byLatency[latency] = [...(byLatency[latency] ?? []), ms];
         }
       }
     }

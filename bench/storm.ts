@@ -153,7 +153,7 @@ try {
   for (let run = 0; run < RUNS; run++) {
     for (const name of ['dsql-lambda', 'official connector']) {
       const r = await storm(name);
-      (results[name] ??= []).push(r);
+      results[name] = [...(results[name] ?? []), r];
       console.log(name, JSON.stringify(r));
     }
   }
