@@ -14,6 +14,21 @@ export {
   isOccError,
   OccRetryExhaustedError,
 } from './errors.js';
-export { type Dsql, type DsqlContext, type DsqlHandlerOptions, withDsql } from './lambda.js';
+export {
+  type Dsql,
+  type DsqlContext,
+  type DsqlHandlerOptions,
+  type DsqlLifecycleOptions,
+  type DsqlLogger,
+  type LambdaContextLike,
+  withDsql,
+} from './lambda.js';
 export { connect, createPool, type DsqlPool } from './pool.js';
-export { execWithRetry, type RetryOptions, withRetry } from './retry.js';
+export {
+  execWithRetry,
+  type RetryCode,
+  type RetryInfo,
+  type RetryOptions,
+  type TransactionClient,
+  withRetry,
+} from './retry.js';
