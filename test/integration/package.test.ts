@@ -133,7 +133,9 @@ describe('cold-start budget of a bundled handler', () => {
     const pg = await bundle('pg-require', pgRequireHandler, options, 'cjs');
     const ours = await bundle('ours-require', requireHandler, options, 'cjs');
     const ratio = Buffer.byteLength(ours) / Buffer.byteLength(pg);
-    expect(ratio, `${Buffer.byteLength(ours)} bytes vs pg ${Buffer.byteLength(pg)}`).toBeLessThanOrEqual(1.35);
+    expect(ratio, `${Buffer.byteLength(ours)} bytes vs pg ${Buffer.byteLength(pg)}`).toBeLessThanOrEqual(
+      1.35,
+    );
     expect(ours).not.toMatch(/SignatureV4|fromNodeProviderChain\s*=|@smithy\/|dsql-signer/);
   });
 
