@@ -592,8 +592,7 @@ describe('optimistic concurrency (the default)', () => {
 
 describe('a migration tool (Kysely)', () => {
   it('a migration DSQL would refuse is refused; the same migration runs with dialect postgres', async () => {
-    const { Kysely, PostgresDialect } = await import('kysely');
-    const { Migrator } = await import('kysely/migration');
+    const { Kysely, Migrator, PostgresDialect } = await import('kysely');
     const migrate = async (endpoint: LocalDsql, tag: string) => {
       const pool = new pg.Pool({
         ...pgConfig(endpoint, { password: () => signTestToken(endpoint) }),
