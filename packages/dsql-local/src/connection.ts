@@ -10,6 +10,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Admission } from './admission.js';
 import type { CommitFaults } from './faults.js';
+import type { OccArbiter, OccSession } from './occ.js';
 import type { SessionPolicy } from './policy.js';
 import { errorResponse, type Frame, FrameSplitter } from './protocol.js';
 import type { Dialect } from './sql/dialect.js';
@@ -39,6 +40,8 @@ export interface EndpointCore {
   latency: { toClient: number; toServer: number };
   admission: Admission;
   commitFaults: CommitFaults;
+  /** Under `'dsql'`: wounds idle lock holders so that nobody waits (occ.ts). */
+  arbiter: OccArbiter | undefined;
   /** The SQL policy of a new session (see policy.ts). */
   sessionPolicy(conn: Connection): SessionPolicy;
   /** The clock for token validity (`setClock`). */
@@ -91,7 +94,7 @@ export class DelayedWriter {
 }
 
 /** The established session's view the relay keeps up to date (see relay.ts). */
-export interface SessionState {
+export interface SessionState extends OccSession {
   /** Authenticated, outside a transaction, nothing in flight. */
   readonly idle: boolean;
 }

@@ -8,10 +8,18 @@
  * `onReadyForQuery` for transaction boundaries, and `onClientFrame` / `onServerFrame` for every
  * frame (DSQL's dialect rewrites statements and replies there). Commit faults (faults.ts) act
  * here too, on the same COMMIT path.
+ *
+ * Under DSQL's dialect the relay is also the session's side of optimistic concurrency (occ.ts):
+ * it asks the endpoint's arbiter to probe a request that runs longer than a millisecond, and
+ * when the arbiter wounds the session (idle in a transaction, holding a lock another session
+ * waits on) it rolls the upstream transaction back and opens a doomed one on its own; those
+ * internal exchanges are never seen by the client or the policy, and the doomed transaction's
+ * COMMIT is answered with 40001 OC000.
  * @packageDocumentation
  */
 import type { Connection, EndpointCore, SessionState } from './connection.js';
 import { dropConnection } from './faults.js';
+import { FIRST_PROBE_MS, nextProbeDelay, recordLockWait, woundSql } from './occ.js';
 import type { Refusal, SessionPolicy } from './policy.js';
 import {
   bindStatementName,
@@ -38,6 +46,19 @@ function errorFrame(r: Refusal): Buffer {
   if (r.detail !== undefined) fields.D = r.detail;
   return errorResponseFromFields(fields);
 }
+
+/** A request sent upstream whose ReadyForQuery has not arrived yet. */
+interface Pending {
+  /** Sent by the relay for its own purposes (a wound): its reply is swallowed whole. */
+  internal: boolean;
+  /** When it started to run upstream (sent, or the previous reply arrived), performance.now(). */
+  startedAt: number;
+  /** The arbiter saw it wait on a lock. */
+  waited: boolean;
+}
+
+/** Frames of the extended protocol that leave a batch open until Sync. */
+const BATCH_FRAMES = new Set(['P', 'B', 'D', 'E', 'C', 'H']);
 
 /** What to do with the upstream replies that end at the `atZ`-th ReadyForQuery. */
 type ServerAction = { fromZ: number; atZ: number } & (
@@ -67,6 +88,15 @@ class Relay implements SessionState {
   private batchCommitSeen = false;
   private readonly preparedCommits = new Set<string>();
   private readonly serverActions: ServerAction[] = [];
+  /** Requests in flight upstream, in order (client ones and internal ones). */
+  private readonly pending: Pending[] = [];
+  /** Extended-protocol frames were sent since the last Sync. */
+  private openBatch = false;
+  private probeTimer: NodeJS.Timeout | undefined;
+  /** See {@link OccSession.transaction}. */
+  transaction = 0;
+  /** See {@link OccSession.doomed}. */
+  doomed = false;
 
   constructor(
     private readonly core: EndpointCore,
@@ -76,6 +106,76 @@ class Relay implements SessionState {
 
   get idle(): boolean {
     return this.conn.txStatus === 'I' && this.syncsSent === this.zReceived;
+  }
+
+  get woundable(): boolean {
+    const c = this.conn;
+    return (
+      c.established &&
+      !c.closed &&
+      !c.ending &&
+      !c.silent &&
+      c.txStatus === 'T' &&
+      this.pending.length === 0 &&
+      !this.openBatch &&
+      !this.injecting &&
+      this.serverActions.length === 0
+    );
+  }
+
+  get waiting(): boolean {
+    return this.pending[0]?.internal === false;
+  }
+
+  sawLockWait(): void {
+    const head = this.pending[0];
+    if (head && !head.internal) head.waited = true;
+  }
+
+  wound(): void {
+    const arbiter = this.core.arbiter;
+    if (!arbiter || !this.woundable) return;
+    this.doomed = true;
+    this.transaction = arbiter.nextTransaction();
+    this.pending.push({ internal: true, startedAt: performance.now(), waited: false });
+    this.conn.writeServer(queryMessage(woundSql(this.core.occMessages.OC000)));
+  }
+
+  /** `n` client requests (Query, Sync, or the relay's ROLLBACK in their place) go upstream. */
+  private sent(n = 1): void {
+    this.syncsSent += n;
+    const now = performance.now();
+    for (let i = 0; i < n; i++) this.pending.push({ internal: false, startedAt: now, waited: false });
+    if (this.core.arbiter && !this.probeTimer) this.armProbe(FIRST_PROBE_MS);
+  }
+
+  private armProbe(ms: number): void {
+    this.probeTimer = setTimeout(() => this.onProbeTimer(), ms);
+    this.probeTimer.unref();
+  }
+
+  /** The oldest request may be waiting on a lock: ask the arbiter, then look again later. */
+  private onProbeTimer(): void {
+    this.probeTimer = undefined;
+    const head = this.pending[0];
+    if (!head || this.conn.closed || this.conn.ending) return;
+    const elapsed = performance.now() - head.startedAt;
+    if (!head.internal && elapsed >= FIRST_PROBE_MS) this.core.arbiter?.probe(this.conn.pid);
+    this.armProbe(head.internal ? FIRST_PROBE_MS : nextProbeDelay(elapsed));
+  }
+
+  /** A ReadyForQuery arrived: its request is answered. */
+  private answered(): Pending | undefined {
+    const done = this.pending.shift();
+    const now = performance.now();
+    if (done?.waited) recordLockWait(this.core.stats.sql.occ, now - done.startedAt);
+    const next = this.pending[0];
+    if (next) next.startedAt = Math.max(next.startedAt, now);
+    else if (this.probeTimer) {
+      clearTimeout(this.probeTimer);
+      this.probeTimer = undefined;
+    }
+    return done;
   }
 
   fromClient(frames: Frame[]): void {
@@ -94,9 +194,11 @@ class Relay implements SessionState {
         if (f.type === 'P') {
           this.notePrepared(f.bytes);
           out.push(f.bytes);
+          this.openBatch = true;
         } else if (f.type === 'S') {
           out.push(f.bytes, queryMessage('ROLLBACK'));
-          this.syncsSent += 2;
+          this.sent(2);
+          this.openBatch = false;
           this.policy.onInjectedQuery?.();
           this.serverActions.push({ ...this.injecting, atZ: this.syncsSent });
           this.injecting = undefined;
@@ -129,8 +231,13 @@ class Relay implements SessionState {
       if (isCommit && conn.txStatus === 'T') {
         core.stats.commits++;
         const refusal = this.policy.onCommit?.();
-        const fault = refusal ? undefined : core.commitFaults.take(conn);
         let error: Refusal | undefined = refusal;
+        if (!error && this.doomed) {
+          // Wounded earlier (occ.ts): DSQL's loser fails at COMMIT.
+          core.stats.sql.occ.conflictsAtCommit++;
+          error = { code: '40001', message: core.occMessages.OC000 };
+        }
+        const fault = error ? undefined : core.commitFaults.take(conn);
         if (fault?.kind === 'fail') {
           core.stats.occInjected[fault.code]++;
           core.events.emit('fault', { kind: 'occ', code: fault.code, session: conn.pid });
@@ -148,10 +255,13 @@ class Relay implements SessionState {
           if (f.type === 'Q') {
             // The client's Query is replaced: the policy already counted it.
             out.push(queryMessage('ROLLBACK'));
-            this.syncsSent++;
+            this.sent();
             this.serverActions.push(action);
           } else {
-            if (f.type === 'P') out.push(f.bytes);
+            if (f.type === 'P') {
+              out.push(f.bytes);
+              this.openBatch = true;
+            }
             this.injecting = action;
           }
           continue;
@@ -176,12 +286,16 @@ class Relay implements SessionState {
             kind: 'drop',
             how: fault.how,
           });
-          if (f.type === 'Q') this.syncsSent++;
+          if (f.type === 'Q') this.sent();
+          else this.openBatch = f.type !== 'S';
           continue;
         }
       }
-      if (f.type === 'Q' || f.type === 'S') this.syncsSent++;
-      if (f.type === 'S') this.batchCommitSeen = false;
+      if (f.type === 'Q' || f.type === 'S') this.sent();
+      if (f.type === 'S') {
+        this.batchCommitSeen = false;
+        this.openBatch = false;
+      } else if (BATCH_FRAMES.has(f.type)) this.openBatch = true;
       out.push(f.bytes);
     }
     this.flushServer(out);
@@ -201,13 +315,22 @@ class Relay implements SessionState {
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
     for (let f of frames) {
+      if (this.pending[0]?.internal) {
+        // The reply to a wound: nobody else sees it.
+        if (f.type === 'Z') this.answered();
+        continue;
+      }
       if (this.policy.onServerFrame) {
         const bytes = this.policy.onServerFrame(f);
         if (bytes !== f.bytes) f = { type: f.type, bytes };
       }
       if (f.type === 'Z') {
         this.zReceived++;
+        this.answered();
+        const before = conn.txStatus;
         conn.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
+        if (conn.txStatus === 'I') this.doomed = false;
+        else if (before === 'I' && core.arbiter) this.transaction = core.arbiter.nextTransaction();
       }
       const action = this.serverActions[0];
       // The window is everything after the fromZ-th ReadyForQuery up to and including the atZ-th.

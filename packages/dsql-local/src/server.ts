@@ -21,6 +21,7 @@ import { Connection, type EndpointCore } from './connection.js';
 import { sharedEmbeddedPostgres } from './embedded.js';
 import { CommitFaults, createFaults } from './faults.js';
 import { negotiate } from './negotiate.js';
+import { OccArbiter } from './occ.js';
 import { errorResponse } from './protocol.js';
 import { startRelay } from './relay.js';
 import { DEFAULT_LOCK_TIMEOUT_MS, dsqlPolicy, prepareDsql } from './sql/dialect.js';
@@ -187,6 +188,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       options.maxUnauthenticatedConnections ?? DEFAULT_MAX_UNAUTHENTICATED,
     ),
     commitFaults: new CommitFaults(),
+    arbiter: undefined,
     sessionPolicy: () => (dialect === 'dsql' ? dsqlPolicy(dialectCore) : {}),
     now: () => (clock === undefined ? Date.now() : typeof clock === 'number' ? clock : clock()),
     mapUser(user) {
@@ -214,6 +216,16 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       core.stats.currentSessions = sessions.size;
     },
   };
+
+  if (dialect === 'dsql')
+    core.arbiter = new OccArbiter(
+      upstream,
+      (pid) => {
+        const c = sessions.get(pid);
+        return c && !c.closed && !c.ending ? c.session : undefined;
+      },
+      () => core.stats.sql.occ,
+    );
 
   const dialectCore: DialectCore = {
     limits,
@@ -305,6 +317,7 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     stop() {
       stopping ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
+        void core.arbiter?.stop();
         for (const c of [...connections]) {
           c.close();
           c.destroyClient();

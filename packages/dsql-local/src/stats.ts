@@ -2,6 +2,7 @@
  * The endpoint's counters: one mutable record every stage bumps, copied out by `stats()`.
  * @packageDocumentation
  */
+import { emptyOccStats } from './occ.js';
 import type { LocalDsqlStats } from './types.js';
 
 /** A record with every counter at zero. */
@@ -19,7 +20,13 @@ export function emptyStats(): LocalDsqlStats {
     occInjected: { OC000: 0, OC001: 0 },
     occFromContention: 0,
     unsupportedRejected: 0,
-    sql: { refusedByCode: {}, conflictsByUpstreamCode: {}, schemaConflicts: 0, asyncIndexJobs: 0 },
+    sql: {
+      refusedByCode: {},
+      conflictsByUpstreamCode: {},
+      schemaConflicts: 0,
+      asyncIndexJobs: 0,
+      occ: emptyOccStats(),
+    },
     commits: 0,
     dropped: { fin: 0, rst: 0, fatal: 0, silent: 0 },
     maxAgeClosed: 0,

@@ -2,7 +2,8 @@
  * What the endpoint installs in the upstream database for DSQL's dialect: the `sys` schema
  * (`sys.jobs`, `sys.wait_for_job()`), the functions `CREATE INDEX [ASYNC]` is rewritten to, the
  * per-transaction write counter enforcing the row and size limits, and the session-reporting
- * functions (`current_database()`, `version()`). PL/pgSQL is used here, upstream only: clients
+ * functions (`current_database()`, `version()`), and the table whose deferred trigger makes a
+ * wounded transaction's COMMIT fail (occ.ts). PL/pgSQL is used here, upstream only: clients
  * of the endpoint cannot use it.
  * @packageDocumentation
  */
@@ -166,6 +167,22 @@ DO $do$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'dsql_local_count_writes') THEN
     CREATE EVENT TRIGGER dsql_local_count_writes ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
       EXECUTE FUNCTION ${INTERNAL_SCHEMA}.on_create_table();
+  END IF;
+END $do$;
+
+-- A wounded transaction (occ.ts) inserts one row here: its COMMIT then fails, however it is sent.
+CREATE TABLE IF NOT EXISTS ${INTERNAL_SCHEMA}.doomed (message text NOT NULL);
+GRANT INSERT ON ${INTERNAL_SCHEMA}.doomed TO PUBLIC;
+CREATE OR REPLACE FUNCTION ${INTERNAL_SCHEMA}.fail_commit() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = NEW.message;
+END $fn$;
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'dsql_local_doomed'
+                 AND tgrelid = '${INTERNAL_SCHEMA}.doomed'::regclass) THEN
+    CREATE CONSTRAINT TRIGGER dsql_local_doomed AFTER INSERT ON ${INTERNAL_SCHEMA}.doomed
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ${INTERNAL_SCHEMA}.fail_commit();
   END IF;
 END $do$;
 

@@ -9,6 +9,8 @@
  * statement), so the transaction state PostgreSQL reports afterwards stays true.
  * @packageDocumentation
  */
+
+import type { OccStats } from '../occ.js';
 import {
   bindStatementName,
   errorResponseFromFields,
@@ -46,6 +48,8 @@ export interface DialectStats {
   schemaConflicts: number;
   /** `CREATE INDEX ASYNC` jobs created. */
   asyncIndexJobs: number;
+  /** Commit-time optimistic concurrency: wounds, conflicts at COMMIT, lock waits (occ.ts). */
+  occ: OccStats;
 }
 
 /** Schema versions per table, shared by every session of an endpoint (for OC001). */
