@@ -38,6 +38,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import type { LocalDsqlStats } from '../packages/dsql-local/src/index.js';
 import { DSQL_DEFAULTS } from '../src/defaults.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../src/errors.js';
 import { backoffDelay, type RetryOptions, type RetrySeams, withRetry } from '../src/retry.js';
@@ -153,7 +154,18 @@ const SCENARIOS: Scenario[] = [
   },
 ];
 
+/** Where the endpoint reported conflicts, and how long requests waited on locks (its stats). */
+interface Conflicts {
+  atCommit: number;
+  atStatement: number;
+  byUpstreamCode: Record<string, number>;
+  wounds: number;
+  lockWaitsMs: Record<string, number>;
+  maxLockWaitMs: number;
+}
+
 interface Tally {
+  conflicts: Conflicts;
   committed: number;
   gaveUp: number;
   unknown: number;
@@ -167,6 +179,14 @@ interface Tally {
 
 function emptyTally(): Tally {
   return {
+    conflicts: {
+      atCommit: 0,
+      atStatement: 0,
+      byUpstreamCode: {},
+      wounds: 0,
+      lockWaitsMs: {},
+      maxLockWaitMs: 0,
+    },
     committed: 0,
     gaveUp: 0,
     unknown: 0,
@@ -188,6 +208,23 @@ interface Target {
   label: string;
   config: pg.PoolConfig;
   close(): Promise<void>;
+  /** The endpoint's counters (not for OCC_DIRECT). */
+  stats?: () => LocalDsqlStats;
+  resetStats?: () => void;
+}
+
+function addCounts(into: Record<string, number>, from: Record<string, number>): void {
+  for (const [k, v] of Object.entries(from)) into[k] = (into[k] ?? 0) + v;
+}
+
+/** Adds the endpoint's conflict counters since its last reset to `c`. */
+function addConflicts(c: Conflicts, stats: LocalDsqlStats): void {
+  c.atCommit += stats.sql.occ.conflictsAtCommit;
+  c.atStatement += stats.occFromContention;
+  addCounts(c.byUpstreamCode, stats.sql.conflictsByUpstreamCode);
+  c.wounds += stats.sql.occ.wounds;
+  addCounts(c.lockWaitsMs, stats.sql.occ.lockWaitsMs);
+  c.maxLockWaitMs = Math.max(c.maxLockWaitMs, stats.sql.occ.maxLockWaitMs);
 }
 
 async function openTarget(): Promise<Target> {
@@ -211,19 +248,24 @@ async function openTarget(): Promise<Target> {
     password: () => helper.signTestToken(endpoint, { user: 'admin' }),
   });
   return {
-    label: 'local DSQL-like endpoint (DSQL dialect: conflicts are 40001 OC000)',
+    label:
+      'local DSQL-like endpoint (DSQL dialect: an idle lock holder is rolled back and fails at COMMIT with 40001 OC000; other conflicts fail at the statement with 40001 OC000)',
     config,
     close: () => endpoint.stop(),
+    stats: () => endpoint.stats(),
+    resetStats: () => endpoint.resetStats(),
   };
 }
 
 async function runWorkload(
+  target: Target,
   pool: pg.Pool,
   tables: { account: string; transfer: string },
   scenario: Scenario,
   policy: Policy,
   tally: Tally,
 ): Promise<void> {
+  target.resetStats?.();
   const started = performance.now();
   const stopAt = started + scenario.roundMs;
   const worker = async () => {
@@ -282,10 +324,11 @@ async function runWorkload(
   };
   await Promise.all(Array.from({ length: scenario.workers }, worker));
   tally.elapsedMs += performance.now() - started;
+  if (target.stats) addConflicts(tally.conflicts, target.stats());
 }
 
 /** Runs every policy of a scenario on its own tables; returns the result rows and invariants. */
-async function runScenario(pool: pg.Pool, scenario: Scenario) {
+async function runScenario(target: Target, pool: pg.Pool, scenario: Scenario) {
   const suffix = randomUUID().slice(0, 8);
   const tables = { account: `occ_bench_account_${suffix}`, transfer: `occ_bench_transfer_${suffix}` };
   const tallies = new Map(scenario.policies.map((p) => [p.name, emptyTally()]));
@@ -304,7 +347,7 @@ async function runScenario(pool: pg.Pool, scenario: Scenario) {
     for (let round = 0; round < ROUNDS; round++) {
       for (let i = 0; i < scenario.policies.length; i++) {
         const policy = scenario.policies[(i + round) % scenario.policies.length]!;
-        await runWorkload(pool, tables, scenario, policy, tallies.get(policy.name)!);
+        await runWorkload(target, pool, tables, scenario, policy, tallies.get(policy.name)!);
       }
     }
 
@@ -344,6 +387,19 @@ async function runScenario(pool: pg.Pool, scenario: Scenario) {
         ...(t.firstOtherError ? { firstOtherError: t.firstOtherError } : {}),
         attemptsPerCommit: t.committed > 0 ? Math.round((t.attempts / t.committed) * 100) / 100 : null,
         seconds: Math.round(t.elapsedMs) / 1000,
+        ...(target.stats
+          ? {
+              conflicts: {
+                ...t.conflicts,
+                atCommitPct:
+                  t.conflicts.atCommit + t.conflicts.atStatement > 0
+                    ? Math.round(
+                        (t.conflicts.atCommit / (t.conflicts.atCommit + t.conflicts.atStatement)) * 1000,
+                      ) / 10
+                    : null,
+              },
+            }
+          : {}),
       };
     });
 
@@ -357,6 +413,12 @@ async function runScenario(pool: pg.Pool, scenario: Scenario) {
         'attempts/commit': r.attemptsPerCommit,
         unknown: r.commitOutcomeUnknown,
         other: r.otherErrors,
+        ...(r.conflicts
+          ? {
+              'at COMMIT %': r.conflicts.atCommitPct,
+              'lock wait max ms': r.conflicts.maxLockWaitMs,
+            }
+          : {}),
       })),
     );
     console.log('invariants:', invariants);
@@ -385,7 +447,7 @@ async function main(): Promise<void> {
   try {
     console.log(`OCC bench: ${target.label}`);
     const scenarios = [];
-    for (const scenario of SCENARIOS) scenarios.push(await runScenario(pool, scenario));
+    for (const scenario of SCENARIOS) scenarios.push(await runScenario(target, pool, scenario));
     const out = {
       benchmark: 'occ',
       date: new Date().toISOString(),

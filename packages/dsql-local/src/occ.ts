@@ -42,7 +42,12 @@ export interface OccSession {
 export interface OccStats {
   /** Idle transactions rolled back because another session waited on their locks. */
   wounds: number;
-  /** COMMITs of wounded transactions answered with 40001 OC000. */
+  /**
+   * Requests that met a conflict upstream (serialization failure, lock timeout) and ran again in
+   * a doomed transaction instead of failing.
+   */
+  reruns: number;
+  /** COMMITs of wounded (or rerun) transactions answered with 40001 OC000. */
   conflictsAtCommit: number;
   /** `pg_blocking_pids` queries sent (each may cover several waiting sessions). */
   probes: number;
@@ -57,7 +62,7 @@ export interface OccStats {
 
 /** Zeroed {@link OccStats}. */
 export function emptyOccStats(): OccStats {
-  return { wounds: 0, conflictsAtCommit: 0, probes: 0, lockWaitsMs: {}, maxLockWaitMs: 0 };
+  return { wounds: 0, reruns: 0, conflictsAtCommit: 0, probes: 0, lockWaitsMs: {}, maxLockWaitMs: 0 };
 }
 
 const WAIT_BUCKETS = [1, 2, 5, 10, 20, 50, 100];

@@ -26,6 +26,7 @@ import {
   errorResponseFromFields,
   type Frame,
   isCommitStatement,
+  parseErrorFields,
   parseText,
   queryMessage,
   queryText,
@@ -55,7 +56,27 @@ interface Pending {
   startedAt: number;
   /** The arbiter saw it wait on a lock. */
   waited: boolean;
+  /** Set while its reply is held back so that it can run again after a conflict. */
+  replay?: Replay;
 }
+
+/** A request that may run again in a doomed transaction if it meets a conflict. */
+interface Replay {
+  /** Its frames as sent upstream. */
+  frames: Buffer[];
+  /** Reply frames held back so far. */
+  held: Frame[];
+  heldBytes: number;
+  /** The reply holds a conflict error. */
+  conflict: boolean;
+}
+
+/** Upstream errors after which a request runs again (serialization failure, lock timeout). */
+const REPLAY_CODES = new Set(['40001', '55P03']);
+/** Larger replies are relayed as they come (and a conflict in them stays at the statement). */
+const MAX_HELD_BYTES = 1024 * 1024;
+/** Client frames a batch that can run again may hold (others: Flush, Close, COPY, function call). */
+const REPLAYABLE_FRAMES = new Set(['P', 'B', 'D', 'E', 'S']);
 
 /** Frames of the extended protocol that leave a batch open until Sync. */
 const BATCH_FRAMES = new Set(['P', 'B', 'D', 'E', 'C', 'H']);
@@ -92,6 +113,10 @@ class Relay implements SessionState {
   private readonly pending: Pending[] = [];
   /** Extended-protocol frames were sent since the last Sync. */
   private openBatch = false;
+  /** Frames of the open batch, while it can still run again (see {@link Replay}). */
+  private batchFrames: Buffer[] | undefined = [];
+  /** The unnamed statement was parsed in the open batch. */
+  private batchParsedUnnamed = false;
   private probeTimer: NodeJS.Timeout | undefined;
   /** See {@link OccSession.transaction}. */
   transaction = 0;
@@ -141,11 +166,25 @@ class Relay implements SessionState {
     this.conn.writeServer(queryMessage(woundSql(this.core.occMessages.OC000)));
   }
 
-  /** `n` client requests (Query, Sync, or the relay's ROLLBACK in their place) go upstream. */
-  private sent(n = 1): void {
+  /**
+   * `n` client requests (Query, Sync, or the relay's ROLLBACK in their place) go upstream;
+   * `frames`: those of the one request, when it may run again after a conflict.
+   */
+  private sent(n = 1, frames?: Buffer[]): void {
+    const c = this.conn;
+    const replay =
+      frames &&
+      this.core.arbiter &&
+      c.txStatus === 'T' &&
+      this.pending.length === 0 &&
+      !this.injecting &&
+      this.serverActions.length === 0
+        ? { frames, held: [], heldBytes: 0, conflict: false }
+        : undefined;
     this.syncsSent += n;
     const now = performance.now();
-    for (let i = 0; i < n; i++) this.pending.push({ internal: false, startedAt: now, waited: false });
+    for (let i = 0; i < n; i++)
+      this.pending.push({ internal: false, startedAt: now, waited: false, ...(replay ? { replay } : {}) });
     if (this.core.arbiter && !this.probeTimer) this.armProbe(FIRST_PROBE_MS);
   }
 
@@ -199,6 +238,8 @@ class Relay implements SessionState {
           out.push(f.bytes, queryMessage('ROLLBACK'));
           this.sent(2);
           this.openBatch = false;
+          this.batchFrames = [];
+          this.batchParsedUnnamed = false;
           this.policy.onInjectedQuery?.();
           this.serverActions.push({ ...this.injecting, atZ: this.syncsSent });
           this.injecting = undefined;
@@ -287,18 +328,43 @@ class Relay implements SessionState {
             how: fault.how,
           });
           if (f.type === 'Q') this.sent();
-          else this.openBatch = f.type !== 'S';
+          else {
+            this.openBatch = true;
+            this.batchFrames = undefined;
+          }
           continue;
         }
       }
-      if (f.type === 'Q' || f.type === 'S') this.sent();
+      if (f.type === 'Q') this.sent(1, [f.bytes]);
+      else this.noteBatchFrame(f);
       if (f.type === 'S') {
+        this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes]);
         this.batchCommitSeen = false;
         this.openBatch = false;
+        this.batchFrames = [];
+        this.batchParsedUnnamed = false;
       } else if (BATCH_FRAMES.has(f.type)) this.openBatch = true;
       out.push(f.bytes);
     }
     this.flushServer(out);
+  }
+
+  /**
+   * Collects an extended-protocol frame for a possible rerun: a batch can run again when it
+   * holds only Parse of the unnamed statement (a named one exists already the second time),
+   * Bind of statements that still exist then (named ones, or the unnamed one parsed in the
+   * batch), Describe, Execute.
+   */
+  private noteBatchFrame(f: Frame): void {
+    if (!this.batchFrames) return;
+    let ok = REPLAYABLE_FRAMES.has(f.type);
+    if (f.type === 'P') {
+      ok = f.bytes[5] === 0;
+      this.batchParsedUnnamed = true;
+    } else if (f.type === 'B') ok = bindStatementName(f.bytes) !== '' || this.batchParsedUnnamed;
+    if (ok) {
+      if (f.type !== 'S') this.batchFrames.push(f.bytes);
+    } else this.batchFrames = undefined;
   }
 
   /** Remembers whether a Parse prepares a COMMIT (by statement name); returns that. */
@@ -311,49 +377,106 @@ class Relay implements SessionState {
   }
 
   fromServer(frames: Frame[]): void {
-    const { core, conn } = this;
+    const { conn } = this;
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
-    for (let f of frames) {
-      if (this.pending[0]?.internal) {
+    for (const f of frames) {
+      const head = this.pending[0];
+      if (head?.internal) {
         // The reply to a wound: nobody else sees it.
         if (f.type === 'Z') this.answered();
         continue;
       }
-      if (this.policy.onServerFrame) {
-        const bytes = this.policy.onServerFrame(f);
-        if (bytes !== f.bytes) f = { type: f.type, bytes };
-      }
-      if (f.type === 'Z') {
-        this.zReceived++;
-        this.answered();
-        const before = conn.txStatus;
-        conn.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
-        if (conn.txStatus === 'I') this.doomed = false;
-        else if (before === 'I' && core.arbiter) this.transaction = core.arbiter.nextTransaction();
-      }
-      const action = this.serverActions[0];
-      // The window is everything after the fromZ-th ReadyForQuery up to and including the atZ-th.
-      if (action && (f.type === 'Z' ? this.zReceived > action.fromZ : this.zReceived >= action.fromZ)) {
-        // Inside the reply we replace or suppress.
-        if (f.type === 'Z' && this.zReceived === action.atZ) {
-          this.serverActions.shift();
-          if (action.kind === 'replace') {
-            conn.txStatus = 'I';
-            this.policy.onReadyForQuery?.('I');
-            out.push(...action.frames);
-          } else {
-            this.flushClient(out);
-            dropConnection(core, conn, action.how);
-            return;
-          }
+      const replay = head?.replay;
+      if (replay) {
+        // Held back until its ReadyForQuery: a conflict makes the request run again instead.
+        if (
+          f.type === 'G' ||
+          f.type === 'W' ||
+          f.type === 'H' ||
+          replay.heldBytes + f.bytes.length > MAX_HELD_BYTES
+        ) {
+          // COPY (the client must answer) or a large reply: relay as it comes.
+          head.replay = undefined;
+          for (const h of [...replay.held, f]) if (!this.relayFrame(h, out)) return;
+          continue;
         }
+        if (f.type === 'E' && REPLAY_CODES.has(parseErrorFields(f.bytes).C ?? '')) replay.conflict = true;
+        if (f.type !== 'Z') {
+          replay.held.push(f);
+          replay.heldBytes += f.bytes.length;
+          continue;
+        }
+        head.replay = undefined;
+        if (replay.conflict && this.pending.length === 1 && !this.openBatch && !this.injecting) {
+          this.rerun(replay.frames);
+          continue;
+        }
+        for (const h of [...replay.held, f]) if (!this.relayFrame(h, out)) return;
         continue;
       }
-      if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
-      out.push(f.bytes);
+      if (!this.relayFrame(f, out)) return;
     }
     this.flushClient(out);
+  }
+
+  /**
+   * The only request in flight met a conflict: its reply is dropped, the upstream transaction is
+   * replaced by a doomed one (as for a wound) and the request runs again there, so the client
+   * gets a real answer now and the conflict at COMMIT.
+   */
+  private rerun(frames: Buffer[]): void {
+    const arbiter = this.core.arbiter!;
+    this.pending.shift();
+    this.doomed = true;
+    this.transaction = arbiter.nextTransaction();
+    this.core.stats.sql.occ.reruns++;
+    const now = performance.now();
+    this.pending.push(
+      { internal: true, startedAt: now, waited: false },
+      { internal: false, startedAt: now, waited: false },
+    );
+    if (!this.probeTimer) this.armProbe(FIRST_PROBE_MS);
+    this.conn.writeServer(Buffer.concat([queryMessage(woundSql(this.core.occMessages.OC000)), ...frames]));
+  }
+
+  /** One upstream frame of a client request, through the policy and the server actions; false when the connection was dropped. */
+  private relayFrame(frame: Frame, out: Buffer[]): boolean {
+    const { core, conn } = this;
+    let f = frame;
+    if (this.policy.onServerFrame) {
+      const bytes = this.policy.onServerFrame(f);
+      if (bytes !== f.bytes) f = { type: f.type, bytes };
+    }
+    if (f.type === 'Z') {
+      this.zReceived++;
+      this.answered();
+      const before = conn.txStatus;
+      conn.txStatus = f.bytes.toString('latin1', 5, 6) as 'I' | 'T' | 'E';
+      if (conn.txStatus === 'I') this.doomed = false;
+      else if (before === 'I' && core.arbiter) this.transaction = core.arbiter.nextTransaction();
+    }
+    const action = this.serverActions[0];
+    // The window is everything after the fromZ-th ReadyForQuery up to and including the atZ-th.
+    if (action && (f.type === 'Z' ? this.zReceived > action.fromZ : this.zReceived >= action.fromZ)) {
+      // Inside the reply we replace or suppress.
+      if (f.type === 'Z' && this.zReceived === action.atZ) {
+        this.serverActions.shift();
+        if (action.kind === 'replace') {
+          conn.txStatus = 'I';
+          this.policy.onReadyForQuery?.('I');
+          out.push(...action.frames);
+        } else {
+          this.flushClient(out);
+          dropConnection(core, conn, action.how);
+          return false;
+        }
+      }
+      return true;
+    }
+    if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
+    out.push(f.bytes);
+    return true;
   }
 
   private flushServer(out: Buffer[]): void {
