@@ -442,30 +442,6 @@ describe('asynchronous DDL', () => {
   });
 });
 
-describe('commit-time conflicts', () => {
-  it('a schema change underneath fails COMMIT with OC001', async () => {
-    const t = name('occ1');
-    const a = await connect(dsql);
-    const b = await connect(dsql);
-    await a.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
-    await a.query(`INSERT INTO ${t} VALUES (1, 0)`);
-    await a.query('BEGIN');
-    await a.query('SELECT 1');
-    await b.query(`ALTER TABLE ${t} ADD COLUMN w int`);
-    await a.query(`UPDATE ${t} SET v = 1 WHERE id = 1`);
-    expect(await failure(a.query('COMMIT'))).toMatchObject({
-      code: '40001',
-      message: 'schema has been updated by another transaction, please retry: (OC001)',
-    });
-    expect((await a.query(`SELECT v FROM ${t}`)).rows).toEqual([{ v: 0 }]);
-    // A transaction that started after the change commits.
-    await a.query('BEGIN');
-    await a.query(`UPDATE ${t} SET v = 2 WHERE id = 1`);
-    await a.query('COMMIT');
-    expect(dsql.stats().sql.schemaConflicts).toBeGreaterThanOrEqual(1);
-  });
-});
-
 describe('what the session reports', () => {
   it("current_database() is the client's, server_version is DSQL's, TimeZone UTC", async () => {
     const client = new pg.Client(pgConfig(dsql, { password: await signTestToken(dsql) }));
@@ -489,106 +465,7 @@ describe('what the session reports', () => {
   });
 });
 
-describe('optimistic concurrency (the default)', () => {
-  it('writers in opposite order: no one queues on a lock, no 40P01, conflicts are 40001 OC000; PostgreSQL deadlocks', async () => {
-    const t = name('dl');
-    const setup = await connect(dsql);
-    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, v int)`);
-    await setup.query(`INSERT INTO ${t} VALUES (1, 0), (2, 0)`);
-    const crossed = async (endpoint: LocalDsql) => {
-      const a = await connect(endpoint);
-      const b = await connect(endpoint);
-      await a.query('BEGIN');
-      await b.query('BEGIN');
-      await a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`);
-      await b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`);
-      const results = await Promise.allSettled([
-        a.query(`UPDATE ${t} SET v = v + 1 WHERE id = 2`),
-        b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`),
-      ]);
-      await a.query('ROLLBACK');
-      await b.query('ROLLBACK');
-      return results.map((r) =>
-        r.status === 'rejected' ? (r.reason as { code?: string; message: string }) : 'ok',
-      );
-    };
-    const before = dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0;
-    const dsqlResults = await crossed(dsql);
-    // The first wait cut short aborts its transaction, which frees its row: the other may then go
-    // through. Whoever fails, fails with DSQL's conflict, within the lock timeout.
-    const failed = dsqlResults.filter((r) => r !== 'ok');
-    expect(failed.length).toBeGreaterThanOrEqual(1);
-    for (const f of failed)
-      expect(f).toMatchObject({
-        code: '40001',
-        message: 'change conflicts with another transaction (OC000)',
-      });
-    expect((dsql.stats().sql.conflictsByUpstreamCode['55P03'] ?? 0) - before).toBe(failed.length);
-    expect(dsql.stats().sql.conflictsByUpstreamCode['40P01']).toBeUndefined();
-    // Plain PostgreSQL: one waits until the deadlock detector picks a victim.
-    const plainResults = await crossed(plain);
-    expect(plainResults.filter((r) => r !== 'ok').map((r) => (r as { code?: string }).code)).toEqual([
-      '40P01',
-    ]);
-  });
-
-  it('N workers on a few hot rows with withRetry: 0 40P01, every conflict 40001 OC000, money conserved', async () => {
-    const { withRetry } = await import('../../../src/retry.js');
-    const t = name('bank');
-    const workers = 6;
-    const transfers = 12;
-    const setup = await connect(dsql);
-    await setup.query(`CREATE TABLE ${t} (id bigint PRIMARY KEY, balance bigint NOT NULL)`);
-    await setup.query(`INSERT INTO ${t} SELECT g, 1000 FROM generate_series(1, 3) g`);
-    const pool = new pg.Pool({ ...pgConfig(dsql, { password: () => signTestToken(dsql) }), max: workers });
-    pool.on('error', () => {});
-    const seen: Array<{ code?: string; message: string }> = [];
-    const before = structuredClone(dsql.stats().sql.conflictsByUpstreamCode);
-    try {
-      await Promise.all(
-        Array.from({ length: workers }, async (_, w) => {
-          for (let i = 0; i < transfers; i++) {
-            // Any order, on purpose: row locks taken in opposite orders would deadlock on PostgreSQL.
-            const src = 1 + ((w + i) % 3);
-            const dst = 1 + ((w + 2 * i + 1) % 3);
-            if (src === dst) continue;
-            await withRetry(
-              pool,
-              async (tx) => {
-                await tx.query(`UPDATE ${t} SET balance = balance - 1 WHERE id = $1`, [src]);
-                await tx.query('SELECT pg_sleep(0.001)');
-                await tx.query(`UPDATE ${t} SET balance = balance + 1 WHERE id = $1`, [dst]);
-              },
-              {
-                maxAttempts: 200,
-                baseDelayMs: 1,
-                maxDelayMs: 20,
-                onRetry: ({ error }) => seen.push(error as { code?: string; message: string }),
-              },
-            );
-          }
-        }),
-      );
-      const { rows } = await pool.query(`SELECT sum(balance)::int AS total FROM ${t}`);
-      expect(rows).toEqual([{ total: 3000 }]);
-    } finally {
-      await pool.end();
-    }
-    expect(seen.length).toBeGreaterThan(0);
-    expect(seen.filter((e) => e.code === '40P01')).toEqual([]);
-    expect(
-      seen.every(
-        (e) => e.code === '40001' && e.message === 'change conflicts with another transaction (OC000)',
-      ),
-    ).toBe(true);
-    // Every conflict came from a lock wait cut short or a serialization failure, never a deadlock.
-    const after = dsql.stats().sql.conflictsByUpstreamCode;
-    expect(Object.keys(after).every((code) => code === '55P03' || code === '40001')).toBe(true);
-    const delta =
-      (after['55P03'] ?? 0) + (after['40001'] ?? 0) - (before['55P03'] ?? 0) - (before['40001'] ?? 0);
-    expect(delta).toBeGreaterThanOrEqual(seen.length);
-  });
-});
+// Optimistic concurrency (conflicts, OC000 at COMMIT, OC001, deadlocks): local-occ.test.ts.
 
 describe('a migration tool (Kysely)', () => {
   it('a migration DSQL would refuse is refused; the same migration runs with dialect postgres', async () => {
