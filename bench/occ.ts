@@ -4,8 +4,11 @@
  * Workload: W workers on one pool (W connections, like W concurrent Lambda invocations) move money
  * between accounts as fast as they can. Each transfer reads both balances, updates both rows and
  * records its id, in one `withRetry` transaction; conflicts are real, not injected: the local
- * endpoint runs with its default DSQL dialect, turning PostgreSQL's serialization failures and lock
- * timeouts into DSQL's `40001 OC000`. Two scenarios: `hot` (16 workers, 4 accounts: most
+ * endpoint runs with its default DSQL dialect, where nobody waits on a row lock and the loser
+ * fails with DSQL's `40001 OC000`, mostly at COMMIT (an idle lock holder is rolled back under its
+ * client, a statement meeting a newer row version runs again in a doomed transaction; see
+ * packages/dsql-local/src/occ.ts). Per policy it also reports the endpoint's counts: conflicts at
+ * COMMIT and at a statement, wounds, and how long requests that waited on a lock took. Two scenarios: `hot` (16 workers, 4 accounts: most
  * transactions conflict; every policy) and `moderate` (12 workers, 64 accounts; the compared
  * policies and the two other jitter schemes), so that a policy tuned for heavy contention is also
  * seen where conflicts are occasional.
