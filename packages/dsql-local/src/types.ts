@@ -59,9 +59,9 @@ export interface LocalDsqlOptions {
   /**
    * `'dsql'`: every statement is checked against DSQL's SQL surface (parsed by PostgreSQL's own
    * parser) and refused with DSQL's SQLSTATE and text; DSQL's transaction rules and limits apply;
-   * `CREATE INDEX ASYNC`, `sys.jobs` and `sys.wait_for_job()` work; lock and serialization
-   * conflicts are DSQL's OCC errors (40001 OC000), a schema change underneath fails COMMIT with
-   * OC001; the session reports DSQL's `server_version`, `current_database()` and UTC.
+   * `CREATE INDEX ASYNC`, `sys.jobs` and `sys.wait_for_job()` work; writers never wait on
+   * each other and the loser of a conflict fails with DSQL's 40001 OC000, mostly at COMMIT (see
+   * occ.ts), a schema change underneath fails COMMIT with OC001; the session reports DSQL's `server_version`, `current_database()` and UTC.
    * `'postgres'`: a plain relay, PostgreSQL accepts what it accepts. Default `'dsql'`.
    */
   dialect?: 'dsql' | 'postgres';
@@ -73,7 +73,9 @@ export interface LocalDsqlOptions {
   limits?: Partial<DsqlLimits>;
   /**
    * Under `dialect: 'dsql'`, how long a statement may wait for a lock held by another
-   * transaction before it fails as a conflict (40001 OC000), ms. Default `10`.
+   * transaction that is busy (running a statement) before it fails as a conflict (40001 OC000),
+   * ms; a holder idle in its transaction is rolled back at once instead and fails at COMMIT.
+   * Default `10`.
    */
   lockTimeoutMs?: number;
   /**
@@ -160,7 +162,7 @@ export interface LocalDsqlStats {
   tokensByUser: Record<string, number>;
   /** Injected OCC failures (failNextCommits) by code. */
   occInjected: Record<OccCode, number>;
-  /** Upstream lock timeouts, serialization failures and deadlocks reported as OC000 (`dialect: 'dsql'`). */
+  /** Upstream lock timeouts and serialization failures reported as OC000 at a statement (`dialect: 'dsql'`); conflicts at COMMIT are `sql.occ.conflictsAtCommit`. */
   occFromContention: number;
   /** Statements refused under `dialect: 'dsql'`. */
   unsupportedRejected: number;

@@ -51,8 +51,9 @@ async function installCatalog(run: (sql: string) => Promise<unknown>): Promise<v
 }
 
 /**
- * Upstream startup parameters of a session under DSQL's rules: the bounded lock wait (so
- * writers never queue behind each other and deadlocks cannot form), the write limits, the
+ * Upstream startup parameters of a session under DSQL's rules: the bounded lock wait (a
+ * lock whose holder is busy is waited on only this long, so deadlocks cannot form; an idle holder
+ * is wounded at once, occ.ts), the write limits, the
  * database the client asked for (reported by `current_database()`), and UTC unless the client
  * chose a time zone.
  */
