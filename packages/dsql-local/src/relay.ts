@@ -71,6 +71,11 @@ interface Replay {
   conflict: boolean;
 }
 
+/**
+ * A simple query that may end or begin a transaction (conservatively, by keyword: a false match
+ * only means no rerun) cannot run again: part of it may have committed.
+ */
+const ENDS_TRANSACTION = /\b(?:commit|end|begin|start|rollback|abort|prepare)\b/i;
 /** Upstream errors after which a request runs again (serialization failure, lock timeout). */
 const REPLAY_CODES = new Set(['40001', '55P03']);
 /** Larger replies are relayed as they come (and a conflict in them stays at the statement). */
@@ -265,6 +270,8 @@ class Relay implements SessionState {
       else if (f.type === 'B') isCommit = this.preparedCommits.has(bindStatementName(f.bytes));
       else if (f.type === 'C' && f.bytes[5] === 0x53) this.preparedCommits.delete(readCString(f.bytes, 6)[0]);
       if (isCommit && f.type !== 'Q') {
+        // A batch that commits cannot run again (part of it may have committed).
+        this.batchFrames = undefined;
         // Parse and Bind of the same COMMIT arrive in one batch: count it once.
         if (this.batchCommitSeen) isCommit = false;
         this.batchCommitSeen = true;
@@ -335,7 +342,8 @@ class Relay implements SessionState {
           continue;
         }
       }
-      if (f.type === 'Q') this.sent(1, [f.bytes]);
+      if (f.type === 'Q')
+        this.sent(1, isCommit || ENDS_TRANSACTION.test(queryText(f.bytes)) ? undefined : [f.bytes]);
       else this.noteBatchFrame(f);
       if (f.type === 'S') {
         this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes]);
@@ -408,7 +416,14 @@ class Relay implements SessionState {
           continue;
         }
         head.replay = undefined;
-        if (replay.conflict && this.pending.length === 1 && !this.openBatch && !this.injecting) {
+        // Status E: the transaction is still open (failed), so nothing of the request committed.
+        if (
+          replay.conflict &&
+          f.bytes[5] === 0x45 &&
+          this.pending.length === 1 &&
+          !this.openBatch &&
+          !this.injecting
+        ) {
           this.rerun(replay.frames);
           continue;
         }
