@@ -240,31 +240,35 @@ describe('dropOnNextCommit', () => {
 });
 
 describe("conflicts under DSQL's rules (the default)", () => {
-  it('two transactions updating one row: the loser gets 40001 OC000', async () => {
-    const contended = await startTestEndpoint();
+  it('two transactions updating one row: nobody waits, the loser gets 40001 OC000 at COMMIT', async () => {
+    // A lock wait can only end by the holder being rolled back here, never by the timeout.
+    const contended = await startTestEndpoint({ lockTimeoutMs: 60_000 });
     try {
       await upstreamQuery(`INSERT INTO ${table} VALUES (20, 0)`);
       const a = await connect(contended);
       const b = await connect(contended);
       await a.client.query('BEGIN');
       await b.client.query('BEGIN');
-      await b.client.query(`SELECT v FROM ${table} WHERE id = 20`); // b's snapshot predates a's commit
+      await b.client.query(`SELECT v FROM ${table} WHERE id = 20`);
       await a.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`);
-      // Row locked by a: b does not queue behind it (lock_timeout 55P03 upstream) → OC000.
-      const blocked = await failure(b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`));
-      expect(blocked.code).toBe('40001');
-      expect(blocked.message).toMatch(/OC000/);
-      await b.client.query('ROLLBACK');
-      await a.client.query('COMMIT');
-      // Snapshot conflict (40001 upstream) → OC000 as well.
+      // Row locked by a, idle in its transaction: b does not queue, a is rolled back underneath.
+      expect((await b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`)).rowCount).toBe(1);
+      await b.client.query('COMMIT');
+      expect(await failure(a.client.query('COMMIT'))).toMatchObject({
+        code: '40001',
+        message: 'change conflicts with another transaction (OC000)',
+      });
+      // Snapshot conflict (a newer committed version; PostgreSQL fails the UPDATE): at COMMIT too.
       await b.client.query('BEGIN');
       await b.client.query(`SELECT v FROM ${table} WHERE id = 20`);
       await a.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`);
-      const stale = await failure(b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`));
-      expect(stale.code).toBe('40001');
-      expect(stale.message).toBe('change conflicts with another transaction (OC000)');
-      await b.client.query('ROLLBACK');
-      expect(contended.stats().occFromContention).toBe(2);
+      expect((await b.client.query(`UPDATE ${table} SET v = v + 1 WHERE id = 20`)).rowCount).toBe(1);
+      expect(await failure(b.client.query('COMMIT'))).toMatchObject({
+        code: '40001',
+        message: 'change conflicts with another transaction (OC000)',
+      });
+      const stats = contended.stats();
+      expect([stats.sql.occ.conflictsAtCommit, stats.occFromContention]).toEqual([2, 0]);
       expect(await upstreamQuery(`SELECT v FROM ${table} WHERE id = 20`)).toEqual([{ v: 2 }]);
     } finally {
       await contended.stop();
