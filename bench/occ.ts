@@ -31,7 +31,8 @@
  * Closed loop: a worker whose transfer gave up starts a new one at once, so giving up early can
  * raise goodput while failing users; read goodput together with "gave up".
  *
- * Options (environment): OCC_ROUNDS (2), OCC_ROUND_MS (2500 hot, 2000 moderate), OCC_DIRECT=1 to run against PostgreSQL at 127.0.0.1:5432 in REPEATABLE READ instead of the
+ * Options (environment): OCC_ROUNDS (2), OCC_ROUND_MS (2500 hot, 2000 moderate),
+ * OCC_LOCK_TIMEOUT_MS (the endpoint's `lockTimeoutMs`, default its own), OCC_DIRECT=1 to run against PostgreSQL at 127.0.0.1:5432 in REPEATABLE READ instead of the
  * local endpoint (conflicts then block on row locks before failing, unlike DSQL).
  */
 import { randomUUID } from 'node:crypto';
@@ -49,6 +50,8 @@ import { backoffDelay, type RetryOptions, type RetrySeams, withRetry } from '../
 const ROUNDS = Number(process.env.OCC_ROUNDS ?? 2);
 const ROUND_MS = process.env.OCC_ROUND_MS ? Number(process.env.OCC_ROUND_MS) : undefined;
 const DIRECT = process.env.OCC_DIRECT === '1';
+/** The endpoint's `lockTimeoutMs` (its default when unset). */
+const LOCK_TIMEOUT_MS = process.env.OCC_LOCK_TIMEOUT_MS ? Number(process.env.OCC_LOCK_TIMEOUT_MS) : undefined;
 const INITIAL_BALANCE = 1_000_000;
 
 type Backoff = NonNullable<RetrySeams['backoff']>;
@@ -245,7 +248,9 @@ async function openTarget(): Promise<Target> {
     };
   }
   const helper = await import('../test/helpers/endpoint.js');
-  const endpoint = await helper.startTestEndpoint();
+  const endpoint = await helper.startTestEndpoint(
+    LOCK_TIMEOUT_MS === undefined ? {} : { lockTimeoutMs: LOCK_TIMEOUT_MS },
+  );
   const config = helper.pgConfig(endpoint, {
     user: 'admin',
     password: () => helper.signTestToken(endpoint, { user: 'admin' }),
@@ -456,6 +461,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       node: process.version,
       target: target.label,
+      lockTimeoutMs: DIRECT ? null : (LOCK_TIMEOUT_MS ?? 'default (10)'),
       // Everything (bench, endpoint, PostgreSQL) shares these CPUs: other load makes runs noisy.
       machine: { cpus: cpus().length, loadAverageAtStart: loadAtStart, loadAverageAtEnd: loadavg() },
       defaults: RETRY_DEFAULTS,
