@@ -12,8 +12,8 @@
  *
  * Holders that are busy (running a statement themselves, deadlocks, chains) are not wounded;
  * the waiter is probed again a little later, and `lock_timeout` ends its wait as a statement-
- * level 40001 OC000 if nothing freed it. A session already doomed never wounds another (it
- * loses anyway). Only transactions that began before a probe was sent are wounded by its
+ * level 40001 OC000 if nothing freed it. A session already doomed wounds only other doomed
+ * ones (it loses anyway, and must not make a live transaction lose too). Only transactions that began before a probe was sent are wounded by its
  * answer, so a holder that committed and began again meanwhile is left alone.
  * @packageDocumentation
  */
@@ -166,9 +166,10 @@ export class OccArbiter {
           const waiter = this.lookup(pid);
           if (!waiter?.waiting || blockers.length === 0) continue;
           waiter.sawLockWait();
-          if (waiter.doomed) continue;
           for (const b of blockers) {
             const holder = this.lookup(b);
+            // A doomed waiter has lost already: it only frees itself from other doomed holders.
+            if (waiter.doomed && !holder?.doomed) continue;
             if (holder?.woundable && holder.transaction <= asOf) {
               holder.wound();
               this.stats().wounds++;
@@ -186,13 +187,11 @@ export class OccArbiter {
  * What the relay sends upstream to wound a session: roll its transaction back (its locks go, the
  * waiter proceeds), open a new one in its place, and make that one unable to commit, whatever
  * form the client's COMMIT takes (a deferred trigger raises 40001 with `message` at commit).
- * The doomed transaction waits at most 1 ms on a lock: it has lost already.
  */
 export function woundSql(message: string): string {
   return [
     'ROLLBACK',
     'BEGIN ISOLATION LEVEL REPEATABLE READ',
-    "SET LOCAL lock_timeout = '1ms'",
     `INSERT INTO ${INTERNAL_SCHEMA}.doomed (message) VALUES (${literal(message)})`,
   ].join('; ');
 }
