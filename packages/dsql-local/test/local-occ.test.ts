@@ -136,6 +136,29 @@ describe('a statement meeting a newer committed row version', () => {
   });
 });
 
+describe('requests that cannot run again', () => {
+  it("a named statement's first Parse keeps the conflict at the statement; its later Binds run again", async () => {
+    const t = await table(dsql, 'named');
+    const a = await connect(dsql);
+    const b = await connect(dsql);
+    const update = { name: `upd_${suffix}`, text: `UPDATE ${t} SET v = $1 WHERE id = 1`, values: [5] };
+    const conflict = async () => {
+      await a.query('BEGIN');
+      await a.query(`SELECT v FROM ${t}`);
+      await b.query(`UPDATE ${t} SET v = v + 1 WHERE id = 1`);
+    };
+    // The batch prepares a named statement: running it again would prepare it twice.
+    await conflict();
+    expect(await failure(a.query(update))).toMatchObject(OC000);
+    await a.query('ROLLBACK');
+    // Now it is prepared: the batch is Bind/Execute only, and runs again in a doomed transaction.
+    await conflict();
+    expect((await a.query(update)).rowCount).toBe(1);
+    expect(await failure(a.query('COMMIT'))).toMatchObject(OC000);
+    expect((await a.query(`SELECT v FROM ${t}`)).rows).toEqual([{ v: 2 }]);
+  });
+});
+
 describe('schema changes', () => {
   it('a schema change underneath fails COMMIT with OC001', async () => {
     const t = await table(patient, 'occ1');
