@@ -37,6 +37,7 @@ export type {
   LocalSessionInfo,
   Negotiation,
   OccCode,
+  OccStats,
 } from './types.js';
 export {
   type SignTokenOptions,

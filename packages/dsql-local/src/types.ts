@@ -7,6 +7,7 @@ import type { DsqlLimits } from './sql/limits.js';
 import type { DialectStats } from './sql/session.js';
 import type { AuthFailureReason, LocalCredentials } from './verify.js';
 
+export type { OccStats } from './occ.js';
 export type { DsqlLimits } from './sql/limits.js';
 export type { DialectStats } from './sql/session.js';
 
