@@ -8,7 +8,7 @@ import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import { Sha256 } from '@smithy/core/checksum';
 import { HttpRequest } from '@smithy/core/protocols';
 import { SignatureV4 } from '@smithy/signature-v4';
-import type pg from 'pg';
+import pg from 'pg';
 import {
   type LocalCredentials,
   type LocalDsql,
@@ -167,4 +167,35 @@ export async function signedPgConfig(
 ): Promise<pg.ClientConfig> {
   const password = await signTestToken(endpoint, { user: options.user ?? 'admin' });
   return pgConfig(endpoint, { ...options, password });
+}
+
+/**
+ * Keeps `client`'s session busy (a long `pg_sleep`) until the returned `release()` cancels it.
+ * Under the endpoint's optimistic concurrency a transaction idle between statements is rolled back
+ * when another one waits on its lock; a busy one is not, so a writer meeting its lock fails at the
+ * statement (40001 OC000) after `lockTimeoutMs`. Resolves once the sleep is running upstream, seen
+ * in `pg_stat_activity` on a direct upstream connection (no timing assumption). `release()`
+ * cancels the sleep, which aborts the client's transaction and frees its locks.
+ */
+export async function holdBusy(client: pg.ClientBase): Promise<{ release(): Promise<void> }> {
+  const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+  const pid = rows[0]?.pid;
+  const upstream = new pg.Client(testUpstream());
+  await upstream.connect();
+  const sleeping = client.query('SELECT pg_sleep(600)').catch(() => {});
+  for (;;) {
+    const { rowCount } = await upstream.query(
+      "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+      [pid],
+    );
+    if (rowCount) break;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return {
+    async release() {
+      await upstream.query('SELECT pg_cancel_backend($1)', [pid]);
+      await sleeping;
+      await upstream.end();
+    },
+  };
 }

@@ -24,7 +24,7 @@ import {
 import { type DsqlContext, type DsqlHandlerOptions, withDsql } from '../../src/lambda.js';
 import { dsql } from '../../src/middy.js';
 import { createPool } from '../../src/pool.js';
-import { startTestEndpoint } from '../helpers/endpoint.js';
+import { holdBusy, startTestEndpoint } from '../helpers/endpoint.js';
 import { lambdaContext } from '../helpers/lambda-context.js';
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
@@ -356,18 +356,23 @@ describe('context.dsql.query retries OCC conflicts', () => {
     const retried: string[] = [];
     let blocker: pg.PoolClient | undefined;
     let committing: Promise<unknown> | undefined;
+    let busy: { release(): Promise<void> } | undefined;
     const handler = adapters[0]!.make(
       async (_e: unknown, context) => {
         await context.dsql.query(`INSERT INTO ${table} (id) VALUES ($1)`, [id]);
         blocker = await context.dsql.connect();
         await blocker.query('BEGIN');
         await blocker.query(`UPDATE ${table} SET id = id WHERE id = $1`, [id]);
-        // The row is written by an open transaction: DSQL's rules make ours fail with OC000
-        // instead of waiting. The blocker commits at the first retry, so a later attempt commits.
+        // The row is written by an open transaction that is running a statement (an idle one
+        // would be rolled back instead): ours fails with OC000 rather than waiting. At the first
+        // retry the blocker's statement is cancelled (its transaction aborts), so a later attempt
+        // commits.
+        busy = await holdBusy(blocker);
         const rowCount = (
           await context.dsql.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id, `${id}-x`])
         ).rowCount;
         await committing;
+        await blocker.query('ROLLBACK');
         blocker.release();
         return rowCount;
       },
@@ -377,9 +382,10 @@ describe('context.dsql.query retries OCC conflicts', () => {
         retry: {
           baseDelayMs: 50,
           maxDelayMs: 200,
+          maxAttempts: 20,
           onRetry: (i) => {
             retried.push(i.code);
-            committing ??= blocker!.query('COMMIT');
+            committing ??= busy?.release();
           },
         },
       },

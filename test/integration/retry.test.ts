@@ -17,7 +17,7 @@ import {
 } from '../../src/errors.js';
 import { createPool } from '../../src/pool.js';
 import { execWithRetry, type RetryInfo, type TransactionClient, withRetry } from '../../src/retry.js';
-import { pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
+import { holdBusy, pgConfig, signTestToken, startTestEndpoint } from '../helpers/endpoint.js';
 
 type Endpoint = Awaited<ReturnType<typeof startTestEndpoint>>;
 
@@ -445,25 +445,29 @@ describe('execWithRetry under real contention', () => {
     try {
       await holder.query('BEGIN');
       await holder.query(`UPDATE ${table} SET n = n + 10 WHERE id = $1`, [id]);
+      // A holder idle between statements would be rolled back at once (the DSQL shape: it fails
+      // at COMMIT); one running a statement is not, so our statement fails as a conflict (OC000)
+      // after the endpoint's short lock timeout. At the first retry the holder's statement is
+      // cancelled (its transaction aborts, its lock goes), so a later attempt succeeds.
+      const busy = await holdBusy(holder);
       const retries: RetryInfo[] = [];
-      let committed: Promise<unknown> | undefined;
-      // The endpoint does not let our statement queue behind the holder's row lock: it fails as
-      // a conflict (OC000). The holder commits once we retried, so a later attempt succeeds.
+      let released: Promise<void> | undefined;
       const res = await execWithRetry(pool, `UPDATE ${table} SET n = n + 1 WHERE id = $1`, [id], {
         ...quick,
-        maxAttempts: 20,
+        maxAttempts: 200,
         onRetry: (info) => {
           retries.push(info);
-          committed ??= holder.query('COMMIT');
+          released ??= busy.release();
         },
       });
-      await committed;
+      await released;
       expect(res.rowCount).toBe(1);
       expect(retries.length).toBeGreaterThanOrEqual(1);
       expect(retries.every((r) => r.code === 'OC000')).toBe(true);
       const { rows } = await admin().query(`SELECT n FROM ${table} WHERE id = $1`, [id]);
-      expect(rows).toEqual([{ n: 11 }]);
+      expect(rows).toEqual([{ n: 1 }]);
     } finally {
+      await holder.query('ROLLBACK').catch(() => {});
       holder.release();
     }
   });
