@@ -54,6 +54,11 @@ export class Admission {
     return true;
   }
 
+  /** Connections accepted and not yet authenticated. */
+  get awaitingAuthentication(): number {
+    return this.unauthenticated.size;
+  }
+
   /** `conn` authenticated (or went away): it no longer counts as unauthenticated. */
   authenticated(conn: Connection): void {
     this.unauthenticated.delete(conn);

@@ -304,7 +304,8 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
     env,
     events: core.events,
     faults: createFaults(core, connections),
-    stats: () => structuredClone(core.stats),
+    stats: () =>
+      structuredClone({ ...core.stats, awaitingAuthentication: core.admission.awaitingAuthentication }),
     resetStats() {
       const current = core.stats.currentSessions;
       Object.assign(core.stats, emptyStats(), { currentSessions: current });

@@ -31,6 +31,7 @@ export function emptyStats(): LocalDsqlStats {
     dropped: { fin: 0, rst: 0, fatal: 0, silent: 0 },
     maxAgeClosed: 0,
     currentSessions: 0,
+    awaitingAuthentication: 0,
     admissionRefused: { '53300': 0, '53400': 0 },
     cancelRequests: 0,
   };

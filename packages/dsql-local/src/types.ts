@@ -177,6 +177,8 @@ export interface LocalDsqlStats {
   maxAgeClosed: number;
   /** Sessions open now. */
   currentSessions: number;
+  /** Connections accepted and not yet authenticated, now (capped by `maxUnauthenticatedConnections`). */
+  awaitingAuthentication: number;
   /** Admission refusals by SQLSTATE (`53300` too many connections, `53400` rate exceeded). */
   admissionRefused: Record<'53300' | '53400', number>;
   /** CancelRequests forwarded upstream. */
