@@ -32,11 +32,19 @@ const step = (title: string) => console.log(`\n${bold(title)}`);
 const log = (message: string) => console.log(`${cyan('▸')} ${message}`);
 const why = (message: string) => console.log(`  ${dim(message)}`);
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+/** The upstream without its password: the embedded server or the one DSQL_LOCAL_UPSTREAM names. */
+const upstreamName = (url: string) => {
+  const u = new URL(url);
+  u.password = '';
+  return process.env.DSQL_LOCAL_UPSTREAM ? `${u.href}` : `its own embedded PostgreSQL at ${u.host}`;
+};
 
+const starting = Date.now();
 const endpoint = await startLocalDsql();
 step('1. A local DSQL-like endpoint');
 log(`listening on ${endpoint.address}:${endpoint.port} as ${endpoint.host} (region ${endpoint.region})`);
-why('It speaks TLS only, checks each IAM token the way DSQL does, and relays to PostgreSQL.');
+why('It speaks TLS only, checks each IAM token the way DSQL does, refuses what DSQL refuses,');
+why(`and relays to PostgreSQL: ${upstreamName(endpoint.upstream)} (ready in ${Date.now() - starting} ms).`);
 
 const pool = createPool({
   host: endpoint.host, // signed into the token, sent as SNI, checked against the certificate
@@ -63,7 +71,7 @@ try {
   const s = endpoint.stats();
   log(`3 clients checked out at the same time: ${plural(s.auth.ok, 'new connection')} signed in`);
   why(
-    `Three clients in use at once need three connections; ${idle === 0 ? 'none was' : `${idle} idle one(s) were`} ` +
+    `Three clients in use at once need three connections; ${idle === 0 ? 'none was' : idle === 1 ? 'one idle one was' : `${idle} idle ones were`} ` +
       `open before, so ${s.auth.ok === 1 ? 'one was' : `${s.auth.ok} were`} opened now.`,
   );
   log(`the endpoint accepted ${plural(s.distinctTokensAccepted, 'distinct IAM token')} for them`);
@@ -168,6 +176,7 @@ show(
   (r) => `batchItemFailures ${JSON.stringify((r as { batchItemFailures: unknown }).batchItemFailures)}`,
 );
 why('Only m2 is reported: SQS redelivers it alone; m1 is done. Each record is its own transaction.');
+why('(The "record m2 failed" line is the handler\'s own log, as CloudWatch would show it.)');
 await lambda.stop();
 
 // ---- 4. A freeze, side by side --------------------------------------------------------------
