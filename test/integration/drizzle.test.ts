@@ -294,3 +294,24 @@ describe('migrate (Drizzle)', () => {
     expect(await tables()).toEqual(['author', 'book', 'dsql_migrations']);
   });
 });
+
+describe('retryTransaction (Drizzle): options', () => {
+  it('through context.dsql, an explicit `deadline: undefined` keeps the Lambda deadline', async () => {
+    const db = make();
+    const handler = withDsql(
+      async (_event: unknown, context) =>
+        retryTransaction(
+          db,
+          async (tx) => {
+            await tx.execute(sql`SELECT pg_sleep(0.4)`);
+            return 'done';
+          },
+          { dsql: context.dsql, deadline: undefined, signal: undefined },
+        ),
+      { pool: env.pool, deadlineMarginMs: 500 },
+    );
+    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+  });
+});
