@@ -675,3 +675,38 @@ describe('retryTransaction (Kysely): options', () => {
     expect((err as OccRetryExhaustedError).reason).toBe('deadline');
   });
 });
+
+describe('retryTransaction (Kysely): late and nested', () => {
+  it('a deadline reached while waiting for a connection: fn is never called, not even once the connection frees up', async () => {
+    const pool = env.newPool(1);
+    const db = createKysely<Database>({ pool, plugins: camel });
+    const held = await pool.connect();
+    let calls = 0;
+    const err = await retryTransaction(
+      db,
+      async () => {
+        calls++;
+      },
+      { deadline: Date.now() + 150 },
+    ).catch((e: unknown) => e);
+    expect((err as Error).name).toBe('DsqlConnectionError');
+    held.release();
+    // The checkout granted after the deadline is handed back unused.
+    await expect.poll(() => pool.idleCount, { timeout: 20_000 }).toBe(1);
+    await (await pool.connect()).release();
+    expect(calls).toBe(0);
+  });
+
+  it('a nested trx.transaction() is refused before anything is sent; rejected once, nothing committed', async () => {
+    const db = createKysely<Database>({ pool: env.pool, plugins: camel });
+    let calls = 0;
+    const err = await retryTransaction(db, async (trx) => {
+      calls++;
+      await trx.insertInto('note').values({ id: 20, bodyText: 'outer' }).execute();
+      await (trx as unknown as Kysely<Database>).transaction().execute(async () => {});
+    }).catch((e: unknown) => e);
+    expect(calls).toBe(1);
+    expect((err as Error).message).toMatch(/transaction/i);
+    expect((await env.pool.query('SELECT id FROM note WHERE id = 20')).rows).toEqual([]);
+  });
+});
