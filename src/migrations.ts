@@ -164,6 +164,10 @@ interface Row {
  *   one, and its job id is recorded first, so a resumed run waits for it instead of re-running it.
  * - After each statement, the bookkeeping row is advanced in its own transaction, conditionally
  *   (a concurrent runner makes this one fail with {@link MigrationError} rather than apply twice).
+ *   A DML statement (INSERT, UPDATE, DELETE, WITH, SELECT) shares its transaction with that
+ *   advance instead: it is applied exactly once, even across an interrupted run.
+ * - A first statement that fails for sure (not an unknown COMMIT outcome) removes the row this
+ *   run inserted for its migration, so a failed migration may be fixed, renamed or removed.
  * - Resuming: the statement after the last one recorded may have been applied by the interrupted
  *   run (its commit and the bookkeeping cannot be one transaction on DSQL). If re-running it fails
  *   because its object already exists (or, for a DROP, no longer exists), it is taken as applied.
