@@ -11,8 +11,8 @@
  */
 import { createHash } from 'node:crypto';
 import type pg from 'pg';
-import { DsqlError } from './errors.js';
-import { execWithRetry, type RetryOptions, withRetry } from './retry.js';
+import { CommitOutcomeUnknownError, DsqlError } from './errors.js';
+import { execWithRetry, type RetryOptions, type TransactionClient, withRetry } from './retry.js';
 
 /**
  * A migration as the runner sees it: a unique name and its statements, in order, one DDL (or
@@ -119,6 +119,17 @@ function alreadyApplied(sql: string, err: unknown): boolean {
   return /^\s*drop\b|\bdrop\s+(column|constraint)\b/i.test(sql) ? UNDEFINED.has(code) : DUPLICATE.has(code);
 }
 
+/**
+ * Whether `sql` changes or reads rows (DML, a query) rather than the schema. DSQL lets DML share a
+ * transaction with other DML, so such a statement commits together with its bookkeeping row:
+ * exactly once, even when a run is interrupted (re-running it could not tell it was applied).
+ */
+function isDml(sql: string): boolean {
+  return /^(?:--[^\n]*\n\s*|\/\*[\s\S]*?\*\/\s*|\(\s*)*(?:insert|update|delete|merge|with|select|values|table)\b/i.test(
+    sql,
+  );
+}
+
 /** Hash of the statements a row says are applied: a half-applied migration may still change after them. */
 function checksum(statements: readonly string[]): string {
   return createHash('sha256').update(JSON.stringify(statements)).digest('hex');
@@ -153,6 +164,10 @@ interface Row {
  *   one, and its job id is recorded first, so a resumed run waits for it instead of re-running it.
  * - After each statement, the bookkeeping row is advanced in its own transaction, conditionally
  *   (a concurrent runner makes this one fail with {@link MigrationError} rather than apply twice).
+ *   A DML statement (INSERT, UPDATE, DELETE, WITH, SELECT) shares its transaction with that
+ *   advance instead: it is applied exactly once, even across an interrupted run.
+ * - A first statement that fails for sure (not an unknown COMMIT outcome) removes the row this
+ *   run inserted for its migration, so a failed migration may be fixed, renamed or removed.
  * - Resuming: the statement after the last one recorded may have been applied by the interrupted
  *   run (its commit and the bookkeeping cannot be one transaction on DSQL). If re-running it fails
  *   because its object already exists (or, for a DROP, no longer exists), it is taken as applied.
@@ -184,7 +199,12 @@ export async function runMigrations(
     `CREATE TABLE IF NOT EXISTS ${t} (name text PRIMARY KEY, checksum text NOT NULL, statements integer NOT NULL, done integer NOT NULL, job_id text, started_at timestamptz NOT NULL, finished_at timestamptz)`,
     [],
     retry,
-  );
+  ).catch((err: unknown) => {
+    // Another run created it at the same moment: PostgreSQL's IF NOT EXISTS does not cover a
+    // concurrent creation (23505 on its catalog, or 42P07). The table is there either way.
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code !== '23505' && code !== '42P07') throw err;
+  });
   const { rows } = await execWithRetry<Row>(
     target,
     `SELECT name, checksum, statements, done, job_id FROM ${t}`,
@@ -221,19 +241,33 @@ export async function runMigrations(
   }
 
   const result: MigrateResult = { applied: [] };
-  const advance = async (name: string, from: number, set: string, values: unknown[]) => {
-    const res = await withRetry(
-      target,
-      (tx) => tx.query(`UPDATE ${t} SET ${set} WHERE name = $1 AND done = $2`, [name, from, ...values]),
-      retry,
+  const elsewhere = (name: string, from: number) =>
+    new MigrationError(
+      `migrate: ${name} was advanced by another run; run migrations from one place`,
+      name,
+      from,
     );
-    if (res.rowCount !== 1)
-      throw new MigrationError(
-        `migrate: ${name} was advanced by another run; run migrations from one place`,
-        name,
-        from,
-      );
+  const update = async (
+    tx: TransactionClient,
+    name: string,
+    from: number,
+    set: string,
+    values: unknown[],
+  ) => {
+    const res = await tx.query(`UPDATE ${t} SET ${set} WHERE name = $1 AND done = $2`, [
+      name,
+      from,
+      ...values,
+    ]);
+    if (res.rowCount !== 1) throw elsewhere(name, from);
   };
+  const advance = (name: string, from: number, set: string, values: unknown[]) =>
+    withRetry(target, (tx) => update(tx, name, from, set, values), retry);
+  /** The bookkeeping of statement `i` done: its SET clause and values (after name and from). */
+  const doneSet = (statements: readonly string[], i: number): [string, unknown[]] => [
+    `done = $3, checksum = $4, statements = $5, job_id = NULL${i + 1 === statements.length ? ', finished_at = now()' : ''}`,
+    [i + 1, checksum(statements.slice(0, i + 1)), statements.length],
+  ];
   for (const { name, statements } of prepared) {
     const row = recorded.get(name);
     if (row && row.done >= row.statements) continue;
@@ -265,12 +299,35 @@ export async function runMigrations(
       const sql = statements[i] as string;
       let jobId = row && i === start ? (row.job_id ?? undefined) : undefined;
       let recovered = jobId !== undefined;
+      if (jobId === undefined && isDml(sql)) {
+        // The statement and its bookkeeping in one transaction: applied once, or not at all.
+        const [set, values] = doneSet(statements, i);
+        try {
+          await withRetry(
+            target,
+            async (tx) => {
+              await tx.query(sql);
+              await update(tx, name, i, set, values);
+            },
+            retry,
+          );
+        } catch (err) {
+          if (err instanceof MigrationError) throw err;
+          if (!row && i === 0) await forget(name, err);
+          throw failed(name, i, sql, err);
+        }
+        onStatement?.({ migration: name, index: i, count: statements.length, sql, recovered: false });
+        continue;
+      }
       if (jobId === undefined) {
         let res: pg.QueryResult | undefined;
         try {
           res = await execWithRetry(target, sql, [], retry);
         } catch (err) {
-          if (!(row && i === start && alreadyApplied(sql, err))) throw failed(name, i, err);
+          if (!(row && i === start && alreadyApplied(sql, err))) {
+            if (!row && i === 0) await forget(name, err);
+            throw failed(name, i, sql, err);
+          }
           recovered = true;
         }
         const job = res?.rows[0]?.job_id;
@@ -284,17 +341,11 @@ export async function runMigrations(
         try {
           ok = (await execWithRetry(target, 'SELECT sys.wait_for_job($1) AS ok', [jobId], retry)).rows[0]?.ok;
         } catch (err) {
-          throw failed(name, i, err, `job ${jobId}`);
+          throw failed(name, i, sql, err, `job ${jobId}`);
         }
-        if (ok === false) throw failed(name, i, undefined, `job ${jobId} failed (see sys.jobs)`);
+        if (ok === false) throw failed(name, i, sql, undefined, `job ${jobId} failed (see sys.jobs)`);
       }
-      const last = i + 1 === statements.length;
-      await advance(
-        name,
-        i,
-        `done = $3, checksum = $4, statements = $5, job_id = NULL${last ? ', finished_at = now()' : ''}`,
-        [i + 1, checksum(statements.slice(0, i + 1)), statements.length],
-      );
+      await advance(name, i, ...doneSet(statements, i));
       onStatement?.({
         migration: name,
         index: i,
@@ -307,11 +358,36 @@ export async function runMigrations(
     result.applied.push(name);
   }
   return result;
+
+  /**
+   * A run's first statement of a migration failed and surely did not commit: the row this run
+   * inserted records nothing, so it goes (the migration may then be fixed, renamed or removed).
+   * Best effort; a row left behind only means the next run starts that migration from the top.
+   */
+  async function forget(name: string, err: unknown): Promise<void> {
+    if (err instanceof CommitOutcomeUnknownError) return; // it may have committed: keep the row
+    await withRetry(
+      target,
+      (tx) => tx.query(`DELETE FROM ${t} WHERE name = $1 AND done = 0 AND job_id IS NULL`, [name]),
+      retry,
+    ).catch(() => {});
+  }
 }
 
-function failed(migration: string, index: number, cause: unknown, what?: string): MigrationError {
+function failed(
+  migration: string,
+  index: number,
+  sql: string,
+  cause: unknown,
+  what?: string,
+): MigrationError {
   const why = what ?? (cause instanceof Error ? cause.message : String(cause));
-  return new MigrationError(`migrate: ${migration}, statement ${index + 1}: ${why}`, migration, index, {
-    cause,
-  });
+  const text = sql.replace(/\s+/g, ' ');
+  const excerpt = text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  return new MigrationError(
+    `migrate: ${migration}, statement ${index + 1} (${excerpt}): ${why}`,
+    migration,
+    index,
+    { cause },
+  );
 }

@@ -3,6 +3,9 @@
  * transaction object (bank invariant under real conflicts, withRetry's guarantees), and
  * drizzle-kit SQL migrations applied one statement per transaction, resumable.
  */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/node-postgres';
@@ -12,6 +15,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import {
   createDrizzle,
   type DrizzleTransaction,
+  MigrationError,
   type MigrationStatementInfo,
   migrate,
   retryTransaction,
@@ -292,5 +296,120 @@ describe('migrate (Drizzle)', () => {
     });
     expect(seen.map((s) => s.index)).toEqual([2, 3, 0]);
     expect(await tables()).toEqual(['author', 'book', 'dsql_migrations']);
+  });
+});
+
+describe('retryTransaction (Drizzle): options', () => {
+  it('through context.dsql, an explicit `deadline: undefined` keeps the Lambda deadline', async () => {
+    const db = make();
+    const handler = withDsql(
+      async (_event: unknown, context) =>
+        retryTransaction(
+          db,
+          async (tx) => {
+            await tx.execute(sql`SELECT pg_sleep(0.4)`);
+            return 'done';
+          },
+          { dsql: context.dsql, deadline: undefined, signal: undefined },
+        ),
+      { pool: env.pool, deadlineMarginMs: 500 },
+    );
+    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+  });
+});
+
+describe('retryTransaction (Drizzle): errors of the callback', () => {
+  it('rethrows an error of the callback unchanged, not retried, with nothing committed', async () => {
+    const db = make();
+    const boom = new Error('boom');
+    let calls = 0;
+    await expect(
+      retryTransaction(db, async (tx) => {
+        calls++;
+        await tx.insert(note).values({ id: 10, bodyText: 'never' });
+        throw boom;
+      }),
+    ).rejects.toBe(boom);
+    expect(calls).toBe(1);
+    expect((await env.pool.query('SELECT * FROM note WHERE id = 10')).rows).toEqual([]);
+  });
+});
+
+/** A drizzle-kit-shaped folder (journal and one SQL file per tag) in a temporary directory. */
+function drizzleFolder(migrations: Record<string, string[]>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'drizzle-migrations-'));
+  mkdirSync(join(dir, 'meta'));
+  const tags = Object.keys(migrations);
+  writeFileSync(
+    join(dir, 'meta/_journal.json'),
+    JSON.stringify({
+      version: '7',
+      dialect: 'postgresql',
+      entries: tags.map((tag, idx) => ({
+        idx,
+        version: '7',
+        when: 1764633600000 + idx,
+        tag,
+        breakpoints: true,
+      })),
+    }),
+  );
+  for (const tag of tags)
+    writeFileSync(join(dir, `${tag}.sql`), migrations[tag]!.join('\n--> statement-breakpoint\n'));
+  return dir;
+}
+
+describe('migrate (Drizzle): data statements and concurrent runners', () => {
+  let m: OrmEndpoint;
+  beforeEach(async () => {
+    m = await startOrmEndpoint('orm_drizzle_attack');
+  });
+  afterEach(() => m?.stop());
+
+  const folder = () =>
+    drizzleFolder({
+      '0000_counter': ['CREATE TABLE "counter" ("id" integer PRIMARY KEY, "n" integer NOT NULL);'],
+      '0001_seed': [
+        'INSERT INTO "counter" ("id", "n") VALUES (1, 1);',
+        'UPDATE "counter" SET "n" = "n" + 10 WHERE "id" = 1;',
+        'CREATE INDEX "counter_n_idx" ON "counter" USING btree ("n");',
+      ],
+    });
+
+  it('a data statement whose bookkeeping was lost is not applied twice on resume', async () => {
+    const db = createDrizzle({ client: m.pool });
+    const migrationsFolder = folder();
+    const first = await migrate(db, {
+      migrationsFolder,
+      onStatement: (s) => {
+        if (s.migration === '0001_seed' && s.index === 0)
+          m.endpoint.faults.dropOnNextCommit({ how: 'fin', afterCommit: false });
+      },
+    }).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(Error);
+    const seen: MigrationStatementInfo[] = [];
+    await migrate(db, { migrationsFolder, onStatement: (s) => seen.push(s) });
+    expect(seen.map((s) => [s.migration, s.index])).toEqual([
+      ['0001_seed', 1],
+      ['0001_seed', 2],
+    ]);
+    expect(seen[1]!.sql).toMatch(/^CREATE INDEX ASYNC "counter_n_idx"/);
+    expect((await m.pool.query('SELECT n FROM counter')).rows).toEqual([{ n: 11 }]);
+  });
+
+  it('two runners at once on an empty database: every failure is a MigrationError, the schema applied once', async () => {
+    const db = createDrizzle({ client: m.pool });
+    const migrationsFolder = folder();
+    const runs = await Promise.allSettled([
+      migrate(db, { migrationsFolder }),
+      migrate(db, { migrationsFolder }),
+      migrate(db, { migrationsFolder }),
+    ]);
+    for (const r of runs) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(MigrationError);
+    await migrate(db, { migrationsFolder });
+    await expect(migrate(db, { migrationsFolder })).resolves.toEqual({ applied: [] });
+    expect((await m.pool.query('SELECT n FROM counter')).rows).toEqual([{ n: 11 }]);
   });
 });

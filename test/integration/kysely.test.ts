@@ -3,6 +3,9 @@
  * `Transaction<DB>` (bank invariant under real conflicts, withRetry's guarantees), and migrations
  * applied one statement per transaction, resumable.
  */
+import { execFile } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   CamelCasePlugin,
   type ColumnType,
@@ -34,6 +37,7 @@ interface Database {
   note: { id: number; bodyText: string };
 }
 
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const ACCOUNTS = 3;
 const INITIAL = 10_000;
 let env: OrmEndpoint;
@@ -516,5 +520,193 @@ describe('migrate (Kysely): misuse', () => {
       { name: '0002_book', done: 2, statements: 2 },
       { name: '0003_book_year', done: 1, statements: 1 },
     ]);
+  });
+});
+
+describe('migrate (Kysely): crashes, data statements and concurrent runners', () => {
+  let m: OrmEndpoint;
+  beforeEach(async () => {
+    m = await startOrmEndpoint('orm_kysely_attack');
+  });
+  afterEach(() => m?.stop());
+
+  const seeded: Record<string, Migration> = {
+    '0001_counter': {
+      async up(db) {
+        await sql`CREATE TABLE counter (id integer PRIMARY KEY, n integer NOT NULL)`.execute(db);
+      },
+    },
+    '0002_seed': {
+      async up(db) {
+        await sql`INSERT INTO counter (id, n) VALUES (1, 1)`.execute(db);
+        await sql`UPDATE counter SET n = n + 10 WHERE id = 1`.execute(db);
+      },
+    },
+  };
+
+  it('a data statement whose bookkeeping was lost is not applied twice on resume', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    // After the INSERT is recorded, lose the next COMMIT: the one of the UPDATE's step, before it reaches PostgreSQL.
+    const first = await migrate(db, seeded, {
+      onStatement: (s) => {
+        if (s.migration === '0002_seed' && s.index === 0)
+          m.endpoint.faults.dropOnNextCommit({ how: 'fin', afterCommit: false });
+      },
+    }).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(Error);
+    await migrate(db, seeded);
+    expect((await m.pool.query('SELECT n FROM counter')).rows).toEqual([{ n: 11 }]);
+  });
+
+  it('a data statement whose COMMIT went through but whose reply was lost is found applied, once', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    const first = await migrate(db, seeded, {
+      onStatement: (s) => {
+        if (s.migration === '0002_seed' && s.index === 0)
+          m.endpoint.faults.dropOnNextCommit({ how: 'fin', afterCommit: true });
+      },
+    }).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(Error);
+    await expect(migrate(db, seeded)).resolves.toMatchObject({ applied: expect.any(Array) });
+    expect((await m.pool.query('SELECT n FROM counter')).rows).toEqual([{ n: 11 }]);
+    await expect(migrate(db, seeded)).resolves.toEqual({ applied: [] });
+  });
+
+  it('two runners at once on an empty database: every failure is a MigrationError, the schema applied once', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    const runs = await Promise.allSettled([migrate(db, seeded), migrate(db, seeded), migrate(db, seeded)]);
+    for (const r of runs) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(MigrationError);
+    await migrate(db, seeded);
+    await expect(migrate(db, seeded)).resolves.toEqual({ applied: [] });
+    expect((await m.pool.query('SELECT n FROM counter')).rows).toEqual([{ n: 11 }]);
+  });
+
+  it('a migration whose first statement fails leaves no record: renamed or removed, the next run applies the rest', async () => {
+    const db = createKysely<unknown>({ pool: m.pool });
+    const bad: Record<string, Migration> = {
+      ...seeded,
+      '0003_bad': {
+        async up(db) {
+          await sql`CREATE TABLE bad (id serial PRIMARY KEY)`.execute(db);
+        },
+      },
+    };
+    const err = await migrate(db, bad).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect(err).toMatchObject({ migration: '0003_bad', statement: 0, cause: { code: '42704' } });
+    expect((err as Error).message).toMatch(/0003_bad, statement 1 \(CREATE TABLE bad .*\): type "serial"/);
+    const names = await m.pool.query('SELECT name FROM dsql_migrations ORDER BY name');
+    expect(names.rows.map((r) => r.name)).toEqual(['0001_counter', '0002_seed']);
+    await expect(migrate(db, seeded)).resolves.toEqual({ applied: [] });
+  });
+
+  it('resumes after the process is killed (SIGKILL) between statements, at every point', async () => {
+    const script = `
+      import { sql } from 'kysely';
+      import { createPool } from './src/index.ts';
+      import { createKysely, migrate } from './src/kysely.ts';
+      const killAt = process.argv[1];
+      const pool = createPool();
+      const db = createKysely({ pool });
+      const migrations = {
+        '0001_a': { async up(db) {
+          await db.schema.createTable('a').addColumn('id', 'uuid', (c) => c.primaryKey()).addColumn('n', 'integer').execute();
+          await db.schema.createIndex('a_n').on('a').column('n').execute();
+          await sql\`INSERT INTO a (id, n) VALUES (gen_random_uuid(), 1)\`.execute(db);
+          await sql\`ALTER TABLE a ADD COLUMN m integer\`.execute(db);
+        } },
+        '0002_b': { async up(db) { await db.schema.createTable('b').addColumn('id', 'uuid', (c) => c.primaryKey()).execute(); } },
+      };
+      const result = await migrate(db, migrations, { onStatement: (s) => {
+        if (s.migration + ':' + s.index === killAt) process.kill(process.pid, 'SIGKILL');
+      } });
+      console.log(JSON.stringify(result));
+      await pool.end();
+    `;
+    const node = (killAt: string) =>
+      new Promise<{ signal: NodeJS.Signals | null; stdout: string }>((resolve, reject) =>
+        execFile(
+          process.execPath,
+          ['--import', 'tsx', '--input-type=module', '-e', script, killAt],
+          { cwd: root, env: { ...process.env, ...m.endpoint.env }, timeout: 60_000 },
+          (err, stdout) => {
+            if (err && err.signal !== 'SIGKILL') reject(err);
+            else resolve({ signal: err?.signal ?? null, stdout });
+          },
+        ),
+      );
+    for (const at of ['0001_a:0', '0001_a:1', '0001_a:2'])
+      expect((await node(at)).signal, `killed at ${at}`).toBe('SIGKILL');
+    const last = await node('none');
+    expect(JSON.parse(last.stdout.trim())).toEqual({
+      applied: ['0001_a', '0002_b'],
+      resumed: { migration: '0001_a', statement: 3 },
+    });
+    expect((await m.pool.query('SELECT count(*)::int AS n FROM a')).rows).toEqual([{ n: 1 }]);
+    const cols = await m.pool.query(
+      "SELECT column_name FROM information_schema.columns WHERE table_name = 'a' ORDER BY ordinal_position",
+    );
+    expect(cols.rows.map((r) => r.column_name)).toEqual(['id', 'n', 'm']);
+    const rows = await m.pool.query('SELECT name, done, statements FROM dsql_migrations ORDER BY name');
+    expect(rows.rows).toEqual([
+      { name: '0001_a', done: 4, statements: 4 },
+      { name: '0002_b', done: 1, statements: 1 },
+    ]);
+  });
+});
+
+describe('retryTransaction (Kysely): options', () => {
+  it('through context.dsql, an explicit `deadline: undefined` keeps the Lambda deadline', async () => {
+    const db = createKysely<Database>({ pool: env.pool, plugins: camel });
+    const handler = withDsql(
+      async (_event: unknown, context) =>
+        retryTransaction(
+          db,
+          async (trx) => {
+            await sql`SELECT pg_sleep(0.4)`.execute(trx);
+            return 'done';
+          },
+          { dsql: context.dsql, deadline: undefined, maxAttempts: undefined },
+        ),
+      { pool: env.pool, deadlineMarginMs: 500 },
+    );
+    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OccRetryExhaustedError);
+    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+  });
+});
+
+describe('retryTransaction (Kysely): late and nested', () => {
+  it('a deadline reached while waiting for a connection: fn is never called, not even once the connection frees up', async () => {
+    const pool = env.newPool(1);
+    const db = createKysely<Database>({ pool, plugins: camel });
+    const held = await pool.connect();
+    let calls = 0;
+    const err = await retryTransaction(
+      db,
+      async () => {
+        calls++;
+      },
+      { deadline: Date.now() + 150 },
+    ).catch((e: unknown) => e);
+    expect((err as Error).name).toBe('DsqlConnectionError');
+    held.release();
+    // The checkout granted after the deadline is handed back unused.
+    await expect.poll(() => pool.idleCount, { timeout: 20_000 }).toBe(1);
+    await (await pool.connect()).release();
+    expect(calls).toBe(0);
+  });
+
+  it('a nested trx.transaction() is refused before anything is sent; rejected once, nothing committed', async () => {
+    const db = createKysely<Database>({ pool: env.pool, plugins: camel });
+    let calls = 0;
+    const err = await retryTransaction(db, async (trx) => {
+      calls++;
+      await trx.insertInto('note').values({ id: 20, bodyText: 'outer' }).execute();
+      await (trx as unknown as Kysely<Database>).transaction().execute(async () => {});
+    }).catch((e: unknown) => e);
+    expect(calls).toBe(1);
+    expect((err as Error).message).toMatch(/transaction/i);
+    expect((await env.pool.query('SELECT id FROM note WHERE id = 20')).rows).toEqual([]);
   });
 });

@@ -190,3 +190,101 @@ describe('a user project with only the README dependencies', () => {
     expect(cjs.stdout.trim()).toBe('esm');
   });
 });
+
+describe('a user project that also installs Kysely', () => {
+  const kyselyHandler = `import { createPool, withDsql } from 'dsql-lambda';
+import { createKysely, type DsqlKysely, migrate, retryTransaction } from 'dsql-lambda/kysely';
+import { type Generated, sql } from 'kysely';
+
+interface Database {
+  account: { id: Generated<number>; owner: string; balance: number };
+}
+let db: DsqlKysely<Database> | undefined;
+
+export const handler = withDsql(async (event: { id: number; amount: number }, context) => {
+  db ??= createKysely<Database>({ pool: context.dsql.pool });
+  const row = await retryTransaction(
+    db,
+    async (trx) => {
+      await trx.updateTable('account').set({ balance: sql\`balance - \${event.amount}\` }).where('id', '=', event.id).execute();
+      // @ts-expect-error: no such table (with the types missing, trx would be any and this would compile)
+      await trx.selectFrom('nope').selectAll().execute();
+      return trx.selectFrom('account').select(['id', 'balance']).where('id', '=', event.id).executeTakeFirstOrThrow();
+    },
+    { dsql: context.dsql },
+  );
+  const balance: number = row.balance;
+  // @ts-expect-error: owner was not selected
+  const owner: string = row.owner;
+  return { balance, owner };
+});
+
+export const migrateAll = () => migrate(createKysely<unknown>({ pool: createPool() }), {});
+`;
+
+  beforeAll(async () => {
+    await run('npm', ['install', ...npmQuiet, 'kysely@^0.28'], { cwd: project, timeout: 300_000 });
+  }, 600_000);
+
+  for (const [module, moduleResolution] of [
+    ['NodeNext', 'NodeNext'],
+    ['ESNext', 'Bundler'],
+    ['Node16', 'Node16'],
+  ])
+    it(`type-checks a strict handler on dsql-lambda/kysely (module ${module}, moduleResolution ${moduleResolution})`, async () => {
+      await writeFile(join(project, 'kysely-handler.ts'), kyselyHandler);
+      const tsconfig = `tsconfig.kysely-${moduleResolution}.json`;
+      await writeFile(
+        join(project, tsconfig),
+        JSON.stringify({
+          compilerOptions: {
+            strict: true,
+            noUncheckedIndexedAccess: true,
+            module,
+            moduleResolution,
+            target: 'ES2022',
+            noEmit: true,
+            skipLibCheck: true,
+          },
+          files: ['kysely-handler.ts'],
+        }),
+      );
+      const res = await run(join(project, 'node_modules/.bin/tsc'), ['-p', tsconfig], { cwd: project }).catch(
+        (err: { stdout: string; code: number }) => err,
+      );
+      expect('code' in res ? res.stdout : '').toBe('');
+    });
+
+  it('bundles it; the bundle carries Kysely and loads; CommonJS require() finds the ORM entry points', async () => {
+    await writeFile(join(project, 'kysely-handler.ts'), kyselyHandler);
+    await writeFile(
+      join(project, 'build-kysely.mjs'),
+      buildScript.replace("entryPoints: ['handler.ts']", "entryPoints: ['kysely-handler.ts']"),
+    );
+    await run(process.execPath, ['build-kysely.mjs'], { cwd: project });
+    const bundle = await readFile(join(project, 'out/kysely-handler.mjs'), 'utf8');
+    expect(bundle).toMatch(/Kysely/);
+    const { stdout } = await run(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "const m = await import('./out/kysely-handler.mjs'); console.log(typeof m.handler, typeof m.migrateAll)",
+      ],
+      {
+        cwd: project,
+        env: { ...process.env, DSQL_ENDPOINT: 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws' },
+      },
+    );
+    expect(stdout.trim()).toBe('function function');
+    const cjs = await run(
+      process.execPath,
+      [
+        '-e',
+        "const k = require('dsql-lambda/kysely'); const e = require('dsql-lambda/esbuild'); console.log(typeof k.retryTransaction, typeof k.migrate, e.lambdaBundleOptions.format)",
+      ],
+      { cwd: project },
+    );
+    expect(cjs.stdout.trim()).toBe('function function esm');
+  });
+});
