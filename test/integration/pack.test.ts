@@ -6,7 +6,7 @@
  * tests or scratch builds.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -189,6 +189,60 @@ describe('a user project with only the README dependencies', () => {
     );
     expect(cjs.stdout.trim()).toBe('esm');
   });
+});
+
+describe('a CommonJS user project (package.json without "type": "module")', () => {
+  const cjsHandler = `import { createPool, OccRetryExhaustedError, withDsql, withRetry } from 'dsql-lambda';
+import { dsql } from 'dsql-lambda/middy';
+import { lambdaBundleOptions } from 'dsql-lambda/esbuild';
+
+const pool = createPool();
+// @ts-expect-error: a pool is not a string (with the types missing, pool would be any)
+const notAString: string = pool;
+void notAString;
+void dsql;
+void lambdaBundleOptions;
+export const handler = withDsql(async (event: { id: string }, context) => {
+  try {
+    return await withRetry(pool, async (tx) => (await tx.query<{ id: string }>('SELECT $1::text AS id', [event.id])).rows[0]?.id);
+  } catch (err) {
+    if (err instanceof OccRetryExhaustedError) return context.dsql.query('SELECT 1');
+    throw err;
+  }
+});
+`;
+
+  for (const [module, moduleResolution] of [
+    ['Node16', 'Node16'],
+    ['NodeNext', 'NodeNext'],
+    ['CommonJS', 'Node10'], // no exports map: the subpaths come from typesVersions
+  ] as const) {
+    it(`type-checks a strict handler that imports the package (module ${module}, moduleResolution ${moduleResolution}): CommonJS types`, async () => {
+      const dir = join(project, `cjs-${module}`);
+      await mkdir(dir, { recursive: true });
+      // A CommonJS package inside the user's project: its node_modules are the project's.
+      await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'cjs-app', private: true }));
+      await writeFile(join(dir, 'handler.ts'), cjsHandler);
+      await writeFile(
+        join(dir, 'tsconfig.json'),
+        JSON.stringify({
+          compilerOptions: {
+            strict: true,
+            module,
+            moduleResolution,
+            target: 'ES2022',
+            noEmit: true,
+            skipLibCheck: true,
+          },
+          files: ['handler.ts'],
+        }),
+      );
+      const res = await run(join(project, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json'], {
+        cwd: dir,
+      }).catch((err: { stdout: string; code: number }) => err);
+      expect('code' in res ? res.stdout : '').toBe('');
+    });
+  }
 });
 
 describe('a user project that also installs Kysely', () => {
