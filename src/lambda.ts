@@ -65,7 +65,10 @@ export interface Dsql {
    * with a warning, its connection closed.
    */
   connect(): Promise<pg.PoolClient>;
-  /** `fn` in a transaction, as `withRetry` runs it: `fn` may run more than once. */
+  /**
+   * `fn` in a transaction, as `withRetry` runs it: `fn` may run more than once. `options` win over
+   * the handler's `retry`, except `deadline`: the earliest of it and the invocation's applies.
+   */
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: RetryOptions): Promise<T>;
 }
 
@@ -141,7 +144,11 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
       const remaining = context?.getRemainingTimeInMillis?.();
       return typeof remaining === 'number' ? Date.now() + remaining - margin : undefined;
     };
-    const policy = (call?: RetryOptions): RetryOptions => ({ deadline: deadline(), ...retry, ...call });
+    // A call may shorten the invocation's deadline, never remove or extend it.
+    const policy = (call?: RetryOptions): RetryOptions => {
+      const times = [deadline(), retry?.deadline, call?.deadline].filter((t) => t !== undefined);
+      return { ...retry, ...call, deadline: times.length ? Math.min(...times) : undefined };
+    };
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
     const late = () => new DsqlError('dsql-lambda: connect() called after the invocation ended');
 

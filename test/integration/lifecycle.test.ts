@@ -312,6 +312,41 @@ describe.each(adapters)('$type', ({ make }) => {
     expect(err).toMatchObject({ reason: 'deadline', attempts: calls });
   });
 
+  it('a per-call deadline can shorten the invocation’s deadline, never remove or extend it', async () => {
+    const handler = make(
+      async (event: { deadline?: number; unset?: boolean }, context) => {
+        let calls = 0;
+        const err = await context.dsql
+          .transaction(
+            async (tx) => {
+              calls++;
+              await tx.query('SELECT 1');
+              throw Object.assign(new Error('conflict'), { code: 'OC000' });
+            },
+            {
+              ...(event.unset ? { deadline: undefined } : { deadline: event.deadline }),
+              maxAttempts: 1_000_000,
+            },
+          )
+          .catch((e: unknown) => e);
+        return { calls, reason: (err as OccRetryExhaustedError).reason };
+      },
+      // The invocation's deadline is 1 s away (60 s minus the margin): only it can end these calls.
+      { ...configFor(), logger, deadlineMarginMs: 59_000, retry: { baseDelayMs: 1, maxDelayMs: 20 } },
+    );
+    // Without the fix, both ran until the test's timeout: `deadline: undefined` erased the
+    // invocation's deadline, and a later one replaced it.
+    expect(await handler({ unset: true }, lambdaContext(60_000))).toMatchObject({ reason: 'deadline' });
+    expect(await handler({ deadline: Date.now() + 3_600_000 }, lambdaContext(60_000))).toMatchObject({
+      reason: 'deadline',
+    });
+    // An earlier one wins: it is past, so not even one attempt starts.
+    expect(await handler({ deadline: Date.now() - 1 }, lambdaContext(60_000))).toEqual({
+      calls: 0,
+      reason: 'deadline',
+    });
+  });
+
   it('retry policy: per call over the handler options over the pool’s', async () => {
     const handler = make(
       async (event: { perCall?: number }, context) => {
