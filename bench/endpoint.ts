@@ -87,7 +87,8 @@ async function main(): Promise<void> {
     const targets: Target[] = [
       {
         name: 'postgres (direct, plaintext)',
-        config: async () => ({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'dsql_local' }),
+        // The PostgreSQL the endpoint relays to (its embedded one unless DSQL_LOCAL_UPSTREAM names one).
+        config: async () => ({ connectionString: e.upstream }),
       },
       {
         name: 'endpoint sslnegotiation=postgres',

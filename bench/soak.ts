@@ -24,7 +24,6 @@ import { type LambdaChild, sleep, startLambdaChild } from '../test/lambda/harnes
  * Rows are counted on the upstream PostgreSQL database the endpoint relays to, over a direct
  * connection: the endpoint's faults (drop 'all') must not touch the observer.
  */
-const UPSTREAM = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'dsql_local' };
 
 type Fault = 'none' | 'fin' | 'rst' | 'fatal' | 'silent' | 'age';
 const FAULTS: Fault[] = ['none', 'fin', 'rst', 'fatal', 'silent', 'age'];
@@ -70,7 +69,8 @@ function summary(values: number[]) {
 async function main() {
   const started = Date.now();
   const endpoint = await startTestEndpoint();
-  const admin = new pg.Client(UPSTREAM);
+  // Directly on the PostgreSQL the endpoint relays to (its embedded one unless DSQL_LOCAL_UPSTREAM names one).
+  const admin = new pg.Client({ connectionString: endpoint.upstream });
   admin.on('error', () => {});
   await admin.connect();
   const table = `soak_${process.pid}`;
