@@ -10,12 +10,13 @@
  * client (the first client write is one). The child exits without closing its pool, so no Terminate
  * is counted. Floor: 5 with direct TLS (TCP, TLS 1.3, startup, password, query), 6 with SSLRequest.
  *
- * Time: each child imports its library (only its own: the parent's modules are imported
- * dynamically; tsx loads node:net, node:tls and node:crypto in every child), then measures wall and
- * CPU time (`process.cpuUsage()` delta, user + system) from pool creation to the first row: once
- * through a relay passing bytes at once, once through one delaying each direction by `--delay` ms
- * (a timer queue per direction, order kept). The kernel completes the TCP handshake at the relay,
- * so that round trip is not delayed: a real link adds 2 × delay more.
+ * Time: each child imports its library, then measures wall and CPU time (`process.cpuUsage()`
+ * delta, user + system) from pool creation to the first row: once through a relay passing bytes at
+ * once, once through one delaying each direction by `--delay` ms (a timer queue per direction,
+ * order kept). The kernel completes the TCP handshake at the relay, so that round trip is not
+ * delayed: a real link adds 2 × delay more. Only the parent imports the endpoint, signer and relay;
+ * tsx loads node:net and node:crypto in every child, and node:tls is loaded by the library import
+ * on Node 20 but not on Node 22, where loading it (and its first context) falls inside the clock.
  *
  * Variants: bare pg with a token signed beforehand (the floor, direct TLS), dsql-lambda with direct
  * TLS and with SSLRequest, the official `@aws/aurora-dsql-node-postgres-connector` (pg's default,
@@ -215,7 +216,7 @@ async function main(): Promise<void> {
     samples,
     delayEachWayMs: delay,
     method: [
-      'fresh node process per sample, the library imported before the clock; wall and CPU (process.cpuUsage user+system) from pool creation to first row',
+      'fresh node process per sample, the library imported before the clock; wall and CPU (process.cpuUsage user+system) from pool creation to first row (node:tls is loaded by the library import on Node 20, inside the clock on Node 22)',
       'round trips counted at a TCP relay in front of the local endpoint: 1 (TCP handshake) + client flights (client bytes after the client last received server bytes); the child exits without closing the pool',
       `wall ms through the relay with no delay and with ${delay} ms added each way (TCP handshake not delayed); CPU ms from the no-delay runs; medians, min, max; variants and relays interleaved; roundTrips and connections: every value seen`,
     ],
