@@ -58,6 +58,8 @@ interface Pending {
   waited: boolean;
   /** Set while its reply is held back so that it can run again after a conflict. */
   replay?: Replay;
+  /** Answered at a Sync (an extended-protocol batch), not at a Query or FunctionCall. */
+  viaSync?: boolean;
 }
 
 /** A request that may run again in a doomed transaction if it meets a conflict. */
@@ -123,6 +125,16 @@ class Relay implements SessionState {
   /** The unnamed statement was parsed in the open batch. */
   private batchParsedUnnamed = false;
   private probeTimer: NodeJS.Timeout | undefined;
+  /**
+   * The upstream is in COPY FROM STDIN (CopyInResponse seen, the client's CopyDone/CopyFail not
+   * yet): PostgreSQL ignores Sync and Flush then, so such a Sync gets no ReadyForQuery.
+   * `absorbAfter`: the COPY came from a batch whose Sync was already sent; that batch's
+   * ReadyForQuery comes at the client's first Sync after CopyDone/CopyFail (libpq sends one),
+   * which therefore is no request of its own.
+   */
+  private copyIn: { absorbAfter: boolean } | undefined;
+  /** The next client Sync ends a COPY's batch (see {@link copyIn}): not a new request. */
+  private absorbSync = false;
   /** See {@link OccSession.transaction}. */
   transaction = 0;
   /** See {@link OccSession.doomed}. */
@@ -175,7 +187,7 @@ class Relay implements SessionState {
    * `n` client requests (Query, Sync, or the relay's ROLLBACK in their place) go upstream;
    * `frames`: those of the one request, when it may run again after a conflict.
    */
-  private sent(n = 1, frames?: Buffer[]): void {
+  private sent(n = 1, frames?: Buffer[], viaSync = false): void {
     const c = this.conn;
     const replay =
       frames &&
@@ -189,7 +201,13 @@ class Relay implements SessionState {
     this.syncsSent += n;
     const now = performance.now();
     for (let i = 0; i < n; i++)
-      this.pending.push({ internal: false, startedAt: now, waited: false, ...(replay ? { replay } : {}) });
+      this.pending.push({
+        internal: false,
+        startedAt: now,
+        waited: false,
+        ...(replay ? { replay } : {}),
+        ...(viaSync ? { viaSync } : {}),
+      });
     if (this.core.arbiter && !this.probeTimer) this.armProbe(FIRST_PROBE_MS);
   }
 
@@ -227,6 +245,24 @@ class Relay implements SessionState {
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
     for (let f of frames) {
+      if (this.copyIn || (this.absorbSync && f.type === 'S')) {
+        // COPY data, and the Syncs PostgreSQL does not answer with a ReadyForQuery of their own:
+        // relayed as they are, neither requests nor statements (the policy does not see them).
+        if (f.type === 'c' || f.type === 'f') {
+          this.absorbSync = this.copyIn?.absorbAfter ?? false;
+          this.copyIn = undefined;
+        } else if (f.type === 'S' && !this.copyIn) {
+          this.absorbSync = false;
+          this.openBatch = false;
+          this.batchFrames = [];
+          this.batchParsedUnnamed = false;
+          this.batchCommitSeen = false;
+        }
+        if (this.copyIn || f.type === 'c' || f.type === 'f' || f.type === 'S') {
+          out.push(f.bytes);
+          continue;
+        }
+      }
       if (this.policy.onClientFrame) {
         const bytes = this.policy.onClientFrame(f);
         if (bytes !== f.bytes) f = { type: f.type, bytes };
@@ -241,7 +277,8 @@ class Relay implements SessionState {
           this.openBatch = true;
         } else if (f.type === 'S') {
           out.push(f.bytes, queryMessage('ROLLBACK'));
-          this.sent(2);
+          this.sent(1, undefined, true);
+          this.sent(1);
           this.openBatch = false;
           this.batchFrames = [];
           this.batchParsedUnnamed = false;
@@ -344,9 +381,11 @@ class Relay implements SessionState {
       }
       if (f.type === 'Q')
         this.sent(1, isCommit || ENDS_TRANSACTION.test(queryText(f.bytes)) ? undefined : [f.bytes]);
+      // A FunctionCall is answered with a ReadyForQuery of its own.
+      else if (f.type === 'F') this.sent();
       else this.noteBatchFrame(f);
       if (f.type === 'S') {
-        this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes]);
+        this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes], true);
         this.batchCommitSeen = false;
         this.openBatch = false;
         this.batchFrames = [];
@@ -459,11 +498,21 @@ class Relay implements SessionState {
   private relayFrame(frame: Frame, out: Buffer[]): boolean {
     const { core, conn } = this;
     let f = frame;
+    if (f.type === 'G' && !this.copyIn) this.enterCopyIn();
+    // A ReadyForQuery no request counted for (a client that keeps its own protocol): count it
+    // now rather than let every later reply be taken for the one before it.
+    if (f.type === 'Z' && this.pending.length === 0) {
+      this.syncsSent++;
+      this.policy.onRecount?.(1);
+    }
     if (this.policy.onServerFrame) {
       const bytes = this.policy.onServerFrame(f);
       if (bytes !== f.bytes) f = { type: f.type, bytes };
     }
     if (f.type === 'Z') {
+      // Out of COPY whatever the client sends next (after an error PostgreSQL drops COPY data).
+      this.copyIn = undefined;
+      this.absorbSync = false;
       this.zReceived++;
       this.answered();
       const before = conn.txStatus;
@@ -492,6 +541,19 @@ class Relay implements SessionState {
     if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
     out.push(f.bytes);
     return true;
+  }
+
+  /**
+   * CopyInResponse: the upstream copies until the client's CopyDone/CopyFail and ignores Syncs
+   * meanwhile, those already sent behind this request included (anything else the client sent
+   * behind it ends the session: PostgreSQL's "unexpected message type during COPY").
+   */
+  private enterCopyIn(): void {
+    const head = this.pending[0];
+    const ignored = this.pending.splice(1).length;
+    this.syncsSent -= ignored;
+    if (ignored > 0) this.policy.onRecount?.(-ignored);
+    this.copyIn = { absorbAfter: head?.viaSync === true && !head.internal };
   }
 
   private flushServer(out: Buffer[]): void {

@@ -222,12 +222,21 @@ export class DsqlSession {
         this.sent++;
         this.tx.endBatch();
         return f.bytes;
+      case 'F':
+        // A FunctionCall is answered with a ReadyForQuery of its own.
+        this.sent++;
+        return f.bytes;
       case 'C':
         if (f.bytes[5] === 0x53) this.prepared.delete(readCString(f.bytes, 6)[0]);
         return f.bytes;
       default:
         return f.bytes;
     }
+  }
+
+  /** The relay recounted the requests still to be answered (`SessionPolicy.onRecount`). */
+  recount(delta: number): void {
+    this.sent += delta;
   }
 
   /** The relay sent a simple query of its own upstream (its reply never reaches the client). */
