@@ -117,6 +117,32 @@ describe('unsupported statements and objects', () => {
   });
 });
 
+describe('utility commands', () => {
+  it('ANALYZE of named tables runs (DSQL: "ANALYZE, relation names only"); VACUUM and other ANALYZE forms are refused', async () => {
+    const t = name('analyze');
+    const d = await connect(dsql);
+    await d.query(`CREATE TABLE IF NOT EXISTS ${t} (id bigint PRIMARY KEY, v text)`);
+    await d.query(`INSERT INTO ${t} VALUES (1, 'a'), (2, 'b')`);
+    expect((await d.query(`ANALYZE ${t}`)).command).toBe('ANALYZE');
+    expect((await d.query(`ANALYZE public.${t}, ${t}`)).command).toBe('ANALYZE');
+    // Inside a transaction with a write: ANALYZE is neither DDL nor DML.
+    await d.query('BEGIN');
+    await d.query(`UPDATE ${t} SET v = 'c' WHERE id = 1`);
+    await d.query(`ANALYZE ${t}`);
+    await d.query('COMMIT');
+    for (const [sql, message] of [
+      ['ANALYZE', 'unsupported statement: Analyze'],
+      [`ANALYZE VERBOSE ${t}`, 'unsupported statement: Analyze'],
+      [`ANALYZE ${t} (v)`, 'unsupported statement: Analyze'],
+      [`VACUUM ${t}`, 'unsupported statement: Vacuum'],
+      [`VACUUM ANALYZE ${t}`, 'unsupported statement: Vacuum'],
+    ] as const) {
+      const err = await failure(d.query(sql));
+      expect({ sql, code: err.code, message: err.message }).toEqual({ sql, code: '0A000', message });
+    }
+  });
+});
+
 describe('column types', () => {
   it('jsonb, arrays, inet, money, xml are refused as columns; documented types work', async () => {
     await family(

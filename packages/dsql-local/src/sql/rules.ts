@@ -79,7 +79,6 @@ const UNSUPPORTED = new Set([
   'CreateTableSpaceStmt',
   'DropTableSpaceStmt',
   'AlterSystemStmt',
-  'VacuumStmt',
   'ClusterStmt',
   'ReindexStmt',
   'LockStmt',
@@ -495,6 +494,16 @@ export function statementRefusal(s: ParsedStatement, limits: DsqlLimits): Refusa
       return undefined;
     case 'CopyStmt':
       return n.filename || n.is_program ? refusals.statement('COPY with a file or program') : undefined;
+    case 'VacuumStmt': {
+      // DSQL runs ANALYZE with relation names only; VACUUM not at all.
+      if (n.is_vacuumcmd) return refusals.statement('Vacuum');
+      const rels = list(n.rels);
+      const namesOnly =
+        rels.length > 0 &&
+        list(n.options).length === 0 &&
+        rels.every((r) => list((r.VacuumRelation as Node | undefined)?.va_cols).length === 0);
+      return namesOnly ? undefined : refusals.statement('Analyze');
+    }
     default:
       return undefined;
   }
