@@ -355,11 +355,24 @@ async function recoverPidFile(data: string): Promise<void> {
 function claimDir(explicit: string | undefined, cache: string): string {
   if (explicit) {
     const dir = resolve(explicit);
-    mkdirSync(dirname(dir), { recursive: true });
+    try {
+      mkdirSync(dirname(dir), { recursive: true });
+    } catch (err) {
+      throw new EmbeddedPostgresError(
+        `cannot create ${dirname(dir)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); ${ADVICE}`,
+      );
+    }
     if (!lock(dir)) throw new EmbeddedPostgresError(`${dir} is in use by another process`);
     return dir;
   }
-  mkdirSync(cache, { recursive: true, mode: process.getuid?.() === 0 ? 0o755 : 0o700 });
+  try {
+    mkdirSync(cache, { recursive: true, mode: process.getuid?.() === 0 ? 0o755 : 0o700 });
+  } catch (err) {
+    throw new EmbeddedPostgresError(
+      `cannot create the cache directory ${cache} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): ` +
+        `set DSQL_LOCAL_CACHE (or XDG_CACHE_HOME) to a writable directory, ${ADVICE}`,
+    );
+  }
   for (let n = 1; n <= 32; n++) {
     const dir = join(cache, n === 1 ? `pg${MAJOR}` : `pg${MAJOR}-${n}`);
     if (lock(dir)) return dir;

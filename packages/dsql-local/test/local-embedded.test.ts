@@ -159,6 +159,28 @@ describe('the launcher', () => {
     }
   });
 
+  it('a cache directory that cannot be created is a clear error saying what to do', async () => {
+    // A path under a regular file fails for root too (ENOTDIR), like an unwritable HOME does.
+    const file = join(mkdtempSync(join(tmpdir(), 'dsql-local-cache-')), 'a-file');
+    writeFileSync(file, '');
+    const before = process.env.DSQL_LOCAL_CACHE;
+    process.env.DSQL_LOCAL_CACHE = join(file, 'cache');
+    try {
+      await expect(startEmbeddedPostgres()).rejects.toThrow(
+        expect.objectContaining({
+          name: 'EmbeddedPostgresError',
+          message: expect.stringMatching(
+            /cannot create the cache directory .*a-file\/cache.*DSQL_LOCAL_CACHE/s,
+          ),
+        }),
+      );
+    } finally {
+      if (before === undefined) delete process.env.DSQL_LOCAL_CACHE;
+      else process.env.DSQL_LOCAL_CACHE = before;
+      rmSync(dirname(file), { recursive: true, force: true });
+    }
+  });
+
   it('a missing binary is a clear error, not a crash', async () => {
     const empty = mkdtempSync(join(tmpdir(), 'dsql-local-empty-'));
     try {
