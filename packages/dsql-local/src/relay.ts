@@ -60,6 +60,8 @@ interface Pending {
   replay?: Replay;
   /** Answered at a Sync (an extended-protocol batch), not at a Query or FunctionCall. */
   viaSync?: boolean;
+  /** The session's {@link Connection.cancelsRequested} when it was sent. */
+  cancels: number;
 }
 
 /** A request that may run again in a doomed transaction if it meets a conflict. */
@@ -78,6 +80,14 @@ interface Replay {
  * only means no rerun) cannot run again: part of it may have committed.
  */
 const ENDS_TRANSACTION = /\b(?:commit|end|begin|start|rollback|abort|prepare)\b/i;
+/**
+ * Where PostgreSQL reports a statement waiting for another transaction's row (XactLockTableWait's
+ * error context), e.g. `while updating tuple (0,1) in relation "t"`.
+ */
+const ROW_WAIT_CONTEXT =
+  /^while (?:updating|locking|deleting|rechecking updated|inserting index|checking uniqueness of|checking exclusion constraint on) tuple/;
+const USER_CANCEL = 'canceling statement due to user request';
+
 /** Upstream errors after which a request runs again (serialization failure, lock timeout). */
 const REPLAY_CODES = new Set(['40001', '55P03']);
 /** Larger replies are relayed as they come (and a conflict in them stays at the statement). */
@@ -179,7 +189,7 @@ class Relay implements SessionState {
     if (!arbiter || !this.woundable) return;
     this.doomed = true;
     this.transaction = arbiter.nextTransaction();
-    this.pending.push({ internal: true, startedAt: performance.now(), waited: false });
+    this.pending.push({ internal: true, startedAt: performance.now(), waited: false, cancels: 0 });
     this.conn.writeServer(queryMessage(woundSql(this.core.occMessages.OC000)));
   }
 
@@ -205,6 +215,7 @@ class Relay implements SessionState {
         internal: false,
         startedAt: now,
         waited: false,
+        cancels: c.cancelsRequested,
         ...(replay ? { replay } : {}),
         ...(viaSync ? { viaSync } : {}),
       });
@@ -427,13 +438,14 @@ class Relay implements SessionState {
     const { conn } = this;
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
-    for (const f of frames) {
+    for (let f of frames) {
       const head = this.pending[0];
       if (head?.internal) {
         // The reply to a wound: nobody else sees it.
         if (f.type === 'Z') this.answered();
         continue;
       }
+      if (f.type === 'E' && head && this.core.arbiter) f = this.unrequestedCancel(f, head);
       const replay = head?.replay;
       if (replay) {
         // Held back until its ReadyForQuery: a conflict makes the request run again instead.
@@ -487,8 +499,8 @@ class Relay implements SessionState {
     this.core.stats.sql.occ.reruns++;
     const now = performance.now();
     this.pending.push(
-      { internal: true, startedAt: now, waited: false },
-      { internal: false, startedAt: now, waited: false },
+      { internal: true, startedAt: now, waited: false, cancels: 0 },
+      { internal: false, startedAt: now, waited: false, cancels: this.conn.cancelsRequested },
     );
     if (!this.probeTimer) this.armProbe(FIRST_PROBE_MS);
     this.conn.writeServer(Buffer.concat([queryMessage(woundSql(this.core.occMessages.OC000)), ...frames]));
@@ -541,6 +553,24 @@ class Relay implements SessionState {
     if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
     out.push(f.bytes);
     return true;
+  }
+
+  /**
+   * PostgreSQL may report a lock wait cut short by `lock_timeout` as a user's cancel (the timeout
+   * fires as the lock is granted, and the statement's next lock wait clears the timeout's flag
+   * before the cancel is seen). A 57014 "user request" that no client asked for (no CancelRequest
+   * for this session since the request was sent) while the statement waited on a lock is that: it
+   * becomes the lock timeout it is (55P03), so it runs again or is reported as OC000 like one.
+   */
+  private unrequestedCancel(f: Frame, head: Pending): Frame {
+    const fields = parseErrorFields(f.bytes);
+    if (fields.C !== '57014' || fields.M !== USER_CANCEL || this.conn.cancelsRequested !== head.cancels)
+      return f;
+    if (!head.waited && !ROW_WAIT_CONTEXT.test(fields.W ?? '')) return f;
+    return {
+      type: 'E',
+      bytes: errorResponseFromFields({ ...fields, C: '55P03', M: 'canceling statement due to lock timeout' }),
+    };
   }
 
   /**
