@@ -489,6 +489,34 @@ describe('what the session reports', () => {
     const p = await connect(plain);
     expect((await p.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'dsql_local' }]);
   });
+
+  it('stay so after the client sets its own search_path (as migration tools and ORMs do)', async () => {
+    const d = await connect(dsql);
+    const check = async () =>
+      expect((await d.query('SELECT current_database() AS db, version() AS v')).rows).toEqual([
+        { db: 'postgres', v: 'PostgreSQL 16' },
+      ]);
+    for (const set of [
+      'SET search_path TO public',
+      'SET search_path = "$user", public',
+      "SET SESSION search_path TO 'public'",
+      'set search_path to public;',
+    ]) {
+      await d.query(set);
+      await check();
+      // The client's schemas come first, in its order.
+      expect((await d.query('SELECT current_schemas(false)::text[] AS s')).rows[0].s[0]).toBe('public');
+    }
+    await d.query('BEGIN');
+    await d.query('SET LOCAL search_path TO public');
+    await check();
+    await d.query('COMMIT');
+    // pg_catalog named explicitly is the client's choice: PostgreSQL's own functions answer.
+    await d.query('SET search_path TO pg_catalog, public');
+    expect((await d.query('SELECT current_database() AS db')).rows).not.toEqual([{ db: 'postgres' }]);
+    await d.query('RESET search_path');
+    await check();
+  });
 });
 
 // Optimistic concurrency (conflicts, OC000 at COMMIT, OC001, deadlocks): local-occ.test.ts.
