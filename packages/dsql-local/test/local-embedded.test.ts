@@ -105,6 +105,49 @@ describe('startLocalDsql() with no upstream', () => {
 });
 
 describe('the launcher', () => {
+  it('asks for a password by default: another local user cannot log in as the superuser', async () => {
+    const dir = testDir('default-auth');
+    // A cluster made by an earlier version (trust) is kept, and protected from now on.
+    const old = await start({ dir, auth: 'trust' });
+    await old.stop();
+    const e = await start({ dir });
+    expect(e.fresh).toBe(false);
+    const url = new URL(e.url);
+    expect(url.password.length).toBeGreaterThanOrEqual(20);
+    expect(await query(e.url, 'SELECT 4 AS four')).toEqual([{ four: 4 }]);
+    for (const password of ['', 'guess']) {
+      const other = new URL(e.url);
+      other.password = password;
+      await expect(query(other.toString(), 'SELECT 1')).rejects.toThrow(/password/);
+    }
+    // Roles made by an endpoint get the server's password, so they can log in too.
+    const endpoint = await startTestEndpoint({ upstream: e.url });
+    try {
+      const client = new pg.Client(
+        pgConfig(endpoint, {
+          user: 'dsql_local_pw_user',
+          password: await signTestToken(endpoint, { user: 'dsql_local_pw_user' }),
+        }),
+      );
+      await client.connect();
+      expect((await client.query('SELECT current_user AS u')).rows).toEqual([{ u: 'dsql_local_pw_user' }]);
+      await client.end();
+    } finally {
+      await endpoint.stop();
+    }
+    await e.stop();
+    // The next start has a new password, and the role created above still logs in with it.
+    const again = await start({ dir });
+    expect(new URL(again.url).password).not.toBe(url.password);
+    const role = new URL(again.url);
+    role.username = 'dsql_local_pw_user';
+    expect(await query(role.toString(), 'SELECT current_user AS u')).toEqual([{ u: 'dsql_local_pw_user' }]);
+    const stale = new URL(e.url);
+    stale.port = String(again.port);
+    await expect(query(stale.toString(), 'SELECT 1')).rejects.toThrow(/password/);
+    await again.stop();
+  });
+
   it('recovers a stale postmaster.pid left by a killed server', async () => {
     const dir = testDir('stale');
     const first = await start({ dir });
