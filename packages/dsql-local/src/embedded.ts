@@ -297,7 +297,19 @@ async function setPasswords(
   const sql =
     `DO ${tag} DECLARE r record; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE rolcanlogin LOOP ` +
     `EXECUTE format('ALTER ROLE %I PASSWORD %L', r.rolname, ${literal}); END LOOP; END ${tag};\n\n`;
-  const args = ['--single', '-j', '-D', data, '-c', `password_encryption=${auth}`, '-c', 'exit_on_error=on'];
+  // log_min_error_statement=panic: an error must not echo the statement (and the password).
+  const args = [
+    '--single',
+    '-j',
+    '-D',
+    data,
+    '-c',
+    `password_encryption=${auth}`,
+    '-c',
+    'exit_on_error=on',
+    '-c',
+    'log_min_error_statement=panic',
+  ];
   await run(join(native, 'bin', 'postgres'), [...args, 'postgres'], { ...opts, input: sql });
 }
 
@@ -343,7 +355,8 @@ const WATCHDOG = `
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const cfg = JSON.parse(process.argv[1]);
-const log = fs.openSync(cfg.log, 'w', 0o644);
+const log = fs.openSync(cfg.log, 'w', 0o600);
+fs.fchmodSync(log, 0o600);
 const pg = spawn(cfg.postgres, cfg.args, { cwd: cfg.cwd, env: cfg.env, stdio: ['ignore', log, log], uid: cfg.uid, gid: cfg.gid });
 let stopping = false;
 const stop = () => {

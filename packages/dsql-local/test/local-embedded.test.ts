@@ -14,6 +14,7 @@ import {
   mkdtempSync,
   readdirSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -115,6 +116,9 @@ describe('the launcher', () => {
     const url = new URL(e.url);
     expect(url.password.length).toBeGreaterThanOrEqual(20);
     expect(await query(e.url, 'SELECT 4 AS four')).toEqual([{ four: 4 }]);
+    // Its log (failed statements, with their literals) is readable by its owner only, even as
+    // root where the cluster directory must be open to the unprivileged server.
+    expect(statSync(join(dir, 'postgres.log')).mode & 0o777).toBe(0o600);
     for (const password of ['', 'guess']) {
       const other = new URL(e.url);
       other.password = password;
