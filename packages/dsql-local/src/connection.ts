@@ -50,6 +50,8 @@ export interface EndpointCore {
   ensureRole(role: string): Promise<void>;
   /** A session is established: selectable by faults, listed by `sessions()`. */
   register(conn: Connection): void;
+  /** A client sent a CancelRequest for the session with upstream backend `pid`. */
+  cancelRequested(pid: number): void;
   /** The connection no longer counts as a session or as admitted. */
   unregister(conn: Connection): void;
 }
@@ -110,6 +112,8 @@ export class Connection {
   applicationName: string | undefined;
   /** Session id: the upstream backend pid, once known. */
   pid = 0;
+  /** CancelRequests clients sent for this session (through the endpoint). */
+  cancelsRequested = 0;
   txStatus: 'I' | 'T' | 'E' = 'I';
   /** Authenticated and the upstream session is ready. */
   established = false;

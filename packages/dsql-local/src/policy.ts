@@ -37,6 +37,12 @@ export interface SessionPolicy {
   onClientFrame?(f: Frame): Buffer;
   /** Every upstream frame of the session: returns the bytes the client gets instead. */
   onServerFrame?(f: Frame): Buffer;
+  /**
+   * The relay found `delta` more (negative: fewer) ReadyForQuery messages to come than the
+   * requests (Query, Sync, FunctionCall) the policy saw: Syncs PostgreSQL ignores during COPY,
+   * or a ReadyForQuery no request accounts for.
+   */
+  onRecount?(delta: number): void;
   /** The relay sent a simple query of its own upstream (the ROLLBACK of a failed COMMIT). */
   onInjectedQuery?(): void;
   /**

@@ -58,6 +58,10 @@ interface Pending {
   waited: boolean;
   /** Set while its reply is held back so that it can run again after a conflict. */
   replay?: Replay;
+  /** Answered at a Sync (an extended-protocol batch), not at a Query or FunctionCall. */
+  viaSync?: boolean;
+  /** The session's {@link Connection.cancelsRequested} when it was sent. */
+  cancels: number;
 }
 
 /** A request that may run again in a doomed transaction if it meets a conflict. */
@@ -76,6 +80,14 @@ interface Replay {
  * only means no rerun) cannot run again: part of it may have committed.
  */
 const ENDS_TRANSACTION = /\b(?:commit|end|begin|start|rollback|abort|prepare)\b/i;
+/**
+ * Where PostgreSQL reports a statement waiting for another transaction's row (XactLockTableWait's
+ * error context), e.g. `while updating tuple (0,1) in relation "t"`.
+ */
+const ROW_WAIT_CONTEXT =
+  /^while (?:updating|locking|deleting|rechecking updated|inserting index|checking uniqueness of|checking exclusion constraint on) tuple/;
+const USER_CANCEL = 'canceling statement due to user request';
+
 /** Upstream errors after which a request runs again (serialization failure, lock timeout). */
 const REPLAY_CODES = new Set(['40001', '55P03']);
 /** Larger replies are relayed as they come (and a conflict in them stays at the statement). */
@@ -123,6 +135,16 @@ class Relay implements SessionState {
   /** The unnamed statement was parsed in the open batch. */
   private batchParsedUnnamed = false;
   private probeTimer: NodeJS.Timeout | undefined;
+  /**
+   * The upstream is in COPY FROM STDIN (CopyInResponse seen, the client's CopyDone/CopyFail not
+   * yet): PostgreSQL ignores Sync and Flush then, so such a Sync gets no ReadyForQuery.
+   * `absorbAfter`: the COPY came from a batch whose Sync was already sent; that batch's
+   * ReadyForQuery comes at the client's first Sync after CopyDone/CopyFail (libpq sends one),
+   * which therefore is no request of its own.
+   */
+  private copyIn: { absorbAfter: boolean } | undefined;
+  /** The next client Sync ends a COPY's batch (see {@link copyIn}): not a new request. */
+  private absorbSync = false;
   /** See {@link OccSession.transaction}. */
   transaction = 0;
   /** See {@link OccSession.doomed}. */
@@ -167,7 +189,7 @@ class Relay implements SessionState {
     if (!arbiter || !this.woundable) return;
     this.doomed = true;
     this.transaction = arbiter.nextTransaction();
-    this.pending.push({ internal: true, startedAt: performance.now(), waited: false });
+    this.pending.push({ internal: true, startedAt: performance.now(), waited: false, cancels: 0 });
     this.conn.writeServer(queryMessage(woundSql(this.core.occMessages.OC000)));
   }
 
@@ -175,7 +197,7 @@ class Relay implements SessionState {
    * `n` client requests (Query, Sync, or the relay's ROLLBACK in their place) go upstream;
    * `frames`: those of the one request, when it may run again after a conflict.
    */
-  private sent(n = 1, frames?: Buffer[]): void {
+  private sent(n = 1, frames?: Buffer[], viaSync = false): void {
     const c = this.conn;
     const replay =
       frames &&
@@ -189,7 +211,14 @@ class Relay implements SessionState {
     this.syncsSent += n;
     const now = performance.now();
     for (let i = 0; i < n; i++)
-      this.pending.push({ internal: false, startedAt: now, waited: false, ...(replay ? { replay } : {}) });
+      this.pending.push({
+        internal: false,
+        startedAt: now,
+        waited: false,
+        cancels: c.cancelsRequested,
+        ...(replay ? { replay } : {}),
+        ...(viaSync ? { viaSync } : {}),
+      });
     if (this.core.arbiter && !this.probeTimer) this.armProbe(FIRST_PROBE_MS);
   }
 
@@ -227,6 +256,24 @@ class Relay implements SessionState {
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
     for (let f of frames) {
+      if (this.copyIn || (this.absorbSync && f.type === 'S')) {
+        // COPY data, and the Syncs PostgreSQL does not answer with a ReadyForQuery of their own:
+        // relayed as they are, neither requests nor statements (the policy does not see them).
+        if (f.type === 'c' || f.type === 'f') {
+          this.absorbSync = this.copyIn?.absorbAfter ?? false;
+          this.copyIn = undefined;
+        } else if (f.type === 'S' && !this.copyIn) {
+          this.absorbSync = false;
+          this.openBatch = false;
+          this.batchFrames = [];
+          this.batchParsedUnnamed = false;
+          this.batchCommitSeen = false;
+        }
+        if (this.copyIn || f.type === 'c' || f.type === 'f' || f.type === 'S') {
+          out.push(f.bytes);
+          continue;
+        }
+      }
       if (this.policy.onClientFrame) {
         const bytes = this.policy.onClientFrame(f);
         if (bytes !== f.bytes) f = { type: f.type, bytes };
@@ -241,7 +288,8 @@ class Relay implements SessionState {
           this.openBatch = true;
         } else if (f.type === 'S') {
           out.push(f.bytes, queryMessage('ROLLBACK'));
-          this.sent(2);
+          this.sent(1, undefined, true);
+          this.sent(1);
           this.openBatch = false;
           this.batchFrames = [];
           this.batchParsedUnnamed = false;
@@ -344,9 +392,11 @@ class Relay implements SessionState {
       }
       if (f.type === 'Q')
         this.sent(1, isCommit || ENDS_TRANSACTION.test(queryText(f.bytes)) ? undefined : [f.bytes]);
+      // A FunctionCall is answered with a ReadyForQuery of its own.
+      else if (f.type === 'F') this.sent();
       else this.noteBatchFrame(f);
       if (f.type === 'S') {
-        this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes]);
+        this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes], true);
         this.batchCommitSeen = false;
         this.openBatch = false;
         this.batchFrames = [];
@@ -388,13 +438,14 @@ class Relay implements SessionState {
     const { conn } = this;
     if (conn.closed || conn.ending) return;
     const out: Buffer[] = [];
-    for (const f of frames) {
+    for (let f of frames) {
       const head = this.pending[0];
       if (head?.internal) {
         // The reply to a wound: nobody else sees it.
         if (f.type === 'Z') this.answered();
         continue;
       }
+      if (f.type === 'E' && head && this.core.arbiter) f = this.unrequestedCancel(f, head);
       const replay = head?.replay;
       if (replay) {
         // Held back until its ReadyForQuery: a conflict makes the request run again instead.
@@ -448,8 +499,8 @@ class Relay implements SessionState {
     this.core.stats.sql.occ.reruns++;
     const now = performance.now();
     this.pending.push(
-      { internal: true, startedAt: now, waited: false },
-      { internal: false, startedAt: now, waited: false },
+      { internal: true, startedAt: now, waited: false, cancels: 0 },
+      { internal: false, startedAt: now, waited: false, cancels: this.conn.cancelsRequested },
     );
     if (!this.probeTimer) this.armProbe(FIRST_PROBE_MS);
     this.conn.writeServer(Buffer.concat([queryMessage(woundSql(this.core.occMessages.OC000)), ...frames]));
@@ -459,11 +510,21 @@ class Relay implements SessionState {
   private relayFrame(frame: Frame, out: Buffer[]): boolean {
     const { core, conn } = this;
     let f = frame;
+    if (f.type === 'G' && !this.copyIn) this.enterCopyIn();
+    // A ReadyForQuery no request counted for (a client that keeps its own protocol): count it
+    // now rather than let every later reply be taken for the one before it.
+    if (f.type === 'Z' && this.pending.length === 0) {
+      this.syncsSent++;
+      this.policy.onRecount?.(1);
+    }
     if (this.policy.onServerFrame) {
       const bytes = this.policy.onServerFrame(f);
       if (bytes !== f.bytes) f = { type: f.type, bytes };
     }
     if (f.type === 'Z') {
+      // Out of COPY whatever the client sends next (after an error PostgreSQL drops COPY data).
+      this.copyIn = undefined;
+      this.absorbSync = false;
       this.zReceived++;
       this.answered();
       const before = conn.txStatus;
@@ -492,6 +553,37 @@ class Relay implements SessionState {
     if (f.type === 'Z') this.policy.onReadyForQuery?.(conn.txStatus);
     out.push(f.bytes);
     return true;
+  }
+
+  /**
+   * PostgreSQL may report a lock wait cut short by `lock_timeout` as a user's cancel (the timeout
+   * fires as the lock is granted, and the statement's next lock wait clears the timeout's flag
+   * before the cancel is seen). A 57014 "user request" that no client asked for (no CancelRequest
+   * for this session since the request was sent) while the statement waited on a lock is that: it
+   * becomes the lock timeout it is (55P03), so it runs again or is reported as OC000 like one.
+   */
+  private unrequestedCancel(f: Frame, head: Pending): Frame {
+    const fields = parseErrorFields(f.bytes);
+    if (fields.C !== '57014' || fields.M !== USER_CANCEL || this.conn.cancelsRequested !== head.cancels)
+      return f;
+    if (!head.waited && !ROW_WAIT_CONTEXT.test(fields.W ?? '')) return f;
+    return {
+      type: 'E',
+      bytes: errorResponseFromFields({ ...fields, C: '55P03', M: 'canceling statement due to lock timeout' }),
+    };
+  }
+
+  /**
+   * CopyInResponse: the upstream copies until the client's CopyDone/CopyFail and ignores Syncs
+   * meanwhile, those already sent behind this request included (anything else the client sent
+   * behind it ends the session: PostgreSQL's "unexpected message type during COPY").
+   */
+  private enterCopyIn(): void {
+    const head = this.pending[0];
+    const ignored = this.pending.splice(1).length;
+    this.syncsSent -= ignored;
+    if (ignored > 0) this.policy.onRecount?.(-ignored);
+    this.copyIn = { absorbAfter: head?.viaSync === true && !head.internal };
   }
 
   private flushServer(out: Buffer[]): void {

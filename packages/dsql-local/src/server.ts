@@ -210,6 +210,10 @@ export async function startLocalDsql(options: LocalDsqlOptions = {}): Promise<Lo
       sessions.set(conn.pid, conn);
       core.stats.currentSessions = sessions.size;
     },
+    cancelRequested(pid) {
+      const target = sessions.get(pid);
+      if (target) target.cancelsRequested++;
+    },
     unregister(conn) {
       core.admission.release(conn);
       if (sessions.get(conn.pid) === conn) sessions.delete(conn.pid);

@@ -328,6 +328,7 @@ function saltedPassword(password: string, salt: Buffer, iterations: number): Pro
 /** Forwards a CancelRequest to the upstream (the key is the upstream's own), then closes `conn` without a reply, like PostgreSQL. */
 export function forwardCancel(core: EndpointCore, conn: Connection, bytes: Buffer): void {
   core.stats.cancelRequests++;
+  if (bytes.length >= 16) core.cancelRequested(bytes.readInt32BE(8));
   const up = core.upstream;
   const sock = net.connect({ host: up.host, port: up.port }, () => sock.end(bytes));
   sock.on('error', () => sock.destroy());

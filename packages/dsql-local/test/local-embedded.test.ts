@@ -14,6 +14,7 @@ import {
   mkdtempSync,
   readdirSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -105,6 +106,52 @@ describe('startLocalDsql() with no upstream', () => {
 });
 
 describe('the launcher', () => {
+  it('asks for a password by default: another local user cannot log in as the superuser', async () => {
+    const dir = testDir('default-auth');
+    // A cluster made by an earlier version (trust) is kept, and protected from now on.
+    const old = await start({ dir, auth: 'trust' });
+    await old.stop();
+    const e = await start({ dir });
+    expect(e.fresh).toBe(false);
+    const url = new URL(e.url);
+    expect(url.password.length).toBeGreaterThanOrEqual(20);
+    expect(await query(e.url, 'SELECT 4 AS four')).toEqual([{ four: 4 }]);
+    // Its log (failed statements, with their literals) is readable by its owner only, even as
+    // root where the cluster directory must be open to the unprivileged server.
+    expect(statSync(join(dir, 'postgres.log')).mode & 0o777).toBe(0o600);
+    for (const password of ['', 'guess']) {
+      const other = new URL(e.url);
+      other.password = password;
+      await expect(query(other.toString(), 'SELECT 1')).rejects.toThrow(/password/);
+    }
+    // Roles made by an endpoint get the server's password, so they can log in too.
+    const endpoint = await startTestEndpoint({ upstream: e.url });
+    try {
+      const client = new pg.Client(
+        pgConfig(endpoint, {
+          user: 'dsql_local_pw_user',
+          password: await signTestToken(endpoint, { user: 'dsql_local_pw_user' }),
+        }),
+      );
+      await client.connect();
+      expect((await client.query('SELECT current_user AS u')).rows).toEqual([{ u: 'dsql_local_pw_user' }]);
+      await client.end();
+    } finally {
+      await endpoint.stop();
+    }
+    await e.stop();
+    // The next start has a new password, and the role created above still logs in with it.
+    const again = await start({ dir });
+    expect(new URL(again.url).password).not.toBe(url.password);
+    const role = new URL(again.url);
+    role.username = 'dsql_local_pw_user';
+    expect(await query(role.toString(), 'SELECT current_user AS u')).toEqual([{ u: 'dsql_local_pw_user' }]);
+    const stale = new URL(e.url);
+    stale.port = String(again.port);
+    await expect(query(stale.toString(), 'SELECT 1')).rejects.toThrow(/password/);
+    await again.stop();
+  });
+
   it('recovers a stale postmaster.pid left by a killed server', async () => {
     const dir = testDir('stale');
     const first = await start({ dir });
@@ -156,6 +203,28 @@ describe('the launcher', () => {
       );
     } finally {
       blocker.close();
+    }
+  });
+
+  it('a cache directory that cannot be created is a clear error saying what to do', async () => {
+    // A path under a regular file fails for root too (ENOTDIR), like an unwritable HOME does.
+    const file = join(mkdtempSync(join(tmpdir(), 'dsql-local-cache-')), 'a-file');
+    writeFileSync(file, '');
+    const before = process.env.DSQL_LOCAL_CACHE;
+    process.env.DSQL_LOCAL_CACHE = join(file, 'cache');
+    try {
+      await expect(startEmbeddedPostgres()).rejects.toThrow(
+        expect.objectContaining({
+          name: 'EmbeddedPostgresError',
+          message: expect.stringMatching(
+            /cannot create the cache directory .*a-file\/cache.*DSQL_LOCAL_CACHE/s,
+          ),
+        }),
+      );
+    } finally {
+      if (before === undefined) delete process.env.DSQL_LOCAL_CACHE;
+      else process.env.DSQL_LOCAL_CACHE = before;
+      rmSync(dirname(file), { recursive: true, force: true });
     }
   });
 

@@ -6,9 +6,16 @@
  * under contention with the library's `withRetry`.
  */
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
+import {
+  holdBusy,
+  pgConfig,
+  signTestToken,
+  startTestEndpoint,
+  testUpstream,
+} from '../../../test/helpers/endpoint.js';
 import type { LocalDsql } from '../src/index.js';
 
 const OC000 = { code: '40001', message: 'change conflicts with another transaction (OC000)' };
@@ -156,6 +163,79 @@ describe('requests that cannot run again', () => {
     expect((await a.query(update)).rowCount).toBe(1);
     expect(await failure(a.query('COMMIT'))).toMatchObject(OC000);
     expect((await a.query(`SELECT v FROM ${t}`)).rows).toEqual([{ v: 2 }]);
+  });
+});
+
+describe("PostgreSQL's 57014 'user request' for a lock wait no client cancelled", () => {
+  // With a short lock_timeout PostgreSQL can report a lock wait cut short as "canceling
+  // statement due to user request" (the timeout fires as the lock is granted, and the next wait of
+  // the same statement clears the timeout's flag): seen under contention as a 57014 reaching the
+  // client. A SIGINT while the statement waits on a row lock, sent by nobody through the endpoint,
+  // gives the same error deterministically.
+  it('is a conflict like a lock timeout: the statement runs again, COMMIT fails with OC000', async () => {
+    const t = await table(patient, 'sigint');
+    const holder = await connect(patient);
+    const waiter = await connect(patient);
+    await holder.query('BEGIN');
+    await holder.query(`UPDATE ${t} SET v = 1 WHERE id = 1`);
+    // Busy: it cannot be wounded, so the waiter waits (lockTimeoutMs is a minute here).
+    const busy = await holdBusy(holder);
+    const { rows } = await waiter.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    await waiter.query('BEGIN');
+    const update = waiter.query(`UPDATE ${t} SET v = 2 WHERE id = 1`);
+    const direct = new pg.Client(testUpstream());
+    await direct.connect();
+    try {
+      for (;;) {
+        const { rowCount } = await direct.query(
+          "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+          [rows[0]!.pid],
+        );
+        if (rowCount) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await direct.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
+    } finally {
+      await direct.end();
+    }
+    // The rerun waits for the holder, whose sleep is cancelled now (its transaction fails).
+    await busy.release();
+    expect((await update).rowCount).toBe(1);
+    expect(await failure(waiter.query('COMMIT'))).toMatchObject(OC000);
+    await holder.query('ROLLBACK');
+  });
+
+  it("a client's own CancelRequest still gets 57014", async () => {
+    const client = await connect(patient);
+    await client.query('BEGIN');
+    const sleeping = failure(client.query('SELECT pg_sleep(30)'));
+    const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+    const direct = new pg.Client(testUpstream());
+    await direct.connect();
+    try {
+      for (;;) {
+        const { rowCount } = await direct.query(
+          "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+          [processID],
+        );
+        if (rowCount) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    } finally {
+      await direct.end();
+    }
+    const cancel = Buffer.alloc(16);
+    cancel.writeInt32BE(16, 0);
+    cancel.writeInt32BE(80877102, 4);
+    cancel.writeInt32BE(processID, 8);
+    cancel.writeInt32BE(secretKey, 12);
+    const socket = net.connect(patient.port, patient.address, () => socket.end(cancel));
+    socket.on('error', () => {});
+    expect(await sleeping).toMatchObject({
+      code: '57014',
+      message: 'canceling statement due to user request',
+    });
+    await client.query('ROLLBACK');
   });
 });
 

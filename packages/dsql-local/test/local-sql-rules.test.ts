@@ -58,6 +58,13 @@ describe('classification', () => {
       'WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x',
       'SELECT 1',
       'SHOW search_path',
+      'EXPLAIN INSERT INTO t VALUES (1)',
+      'EXPLAIN ANALYZE INSERT INTO t VALUES (1)',
+      'EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1',
+      'EXPLAIN (ANALYZE false) DELETE FROM t',
+      'EXPLAIN (ANALYZE 0) DELETE FROM t',
+      'EXPLAIN (ANALYZE 1) DELETE FROM t',
+      'EXPLAIN ANALYZE SELECT 1',
     ].map((sql) => statementKind(one(sql)));
     expect(kinds).toEqual([
       'begin',
@@ -74,6 +81,14 @@ describe('classification', () => {
       'dml',
       'read',
       'other',
+      'read',
+      // EXPLAIN ANALYZE runs the statement: it writes.
+      'dml',
+      'dml',
+      'read',
+      'read',
+      'dml',
+      'read',
     ]);
   });
 
@@ -95,6 +110,12 @@ describe('classification', () => {
     expect(refusal('SELECT * FROM (SELECT * FROM t FOR SHARE) s')?.message).toBe(
       'unsupported locking clause: FOR SHARE',
     );
+    // EXPLAIN [ANALYZE] is judged by the statement it explains (ANALYZE runs it).
+    expect(refusal('EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1')?.code).toBe('0A000');
+    expect(refusal('EXPLAIN SELECT * FROM t FOR SHARE')?.message).toBe(
+      'unsupported locking clause: FOR SHARE',
+    );
+    expect(refusal('EXPLAIN ANALYZE SELECT * FROM t FOR UPDATE')).toBeUndefined();
     expect(refusal('COPY t FROM STDIN')).toBeUndefined();
     expect(refusal("COPY t FROM '/etc/passwd'")?.code).toBe('0A000');
     expect(refusal('CREATE TABLE t (a int) PARTITION BY RANGE (a)')?.message).toBe(

@@ -117,6 +117,32 @@ describe('unsupported statements and objects', () => {
   });
 });
 
+describe('utility commands', () => {
+  it('ANALYZE of named tables runs (DSQL: "ANALYZE, relation names only"); VACUUM and other ANALYZE forms are refused', async () => {
+    const t = name('analyze');
+    const d = await connect(dsql);
+    await d.query(`CREATE TABLE IF NOT EXISTS ${t} (id bigint PRIMARY KEY, v text)`);
+    await d.query(`INSERT INTO ${t} VALUES (1, 'a'), (2, 'b')`);
+    expect((await d.query(`ANALYZE ${t}`)).command).toBe('ANALYZE');
+    expect((await d.query(`ANALYZE public.${t}, ${t}`)).command).toBe('ANALYZE');
+    // Inside a transaction with a write: ANALYZE is neither DDL nor DML.
+    await d.query('BEGIN');
+    await d.query(`UPDATE ${t} SET v = 'c' WHERE id = 1`);
+    await d.query(`ANALYZE ${t}`);
+    await d.query('COMMIT');
+    for (const [sql, message] of [
+      ['ANALYZE', 'unsupported statement: Analyze'],
+      [`ANALYZE VERBOSE ${t}`, 'unsupported statement: Analyze'],
+      [`ANALYZE ${t} (v)`, 'unsupported statement: Analyze'],
+      [`VACUUM ${t}`, 'unsupported statement: Vacuum'],
+      [`VACUUM ANALYZE ${t}`, 'unsupported statement: Vacuum'],
+    ] as const) {
+      const err = await failure(d.query(sql));
+      expect({ sql, code: err.code, message: err.message }).toEqual({ sql, code: '0A000', message });
+    }
+  });
+});
+
 describe('column types', () => {
   it('jsonb, arrays, inet, money, xml are refused as columns; documented types work', async () => {
     await family(
@@ -462,6 +488,34 @@ describe('what the session reports', () => {
     expect([shown.command, shown.rows]).toEqual(['SHOW', [{ server_version: '16.15' }]]);
     const p = await connect(plain);
     expect((await p.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'dsql_local' }]);
+  });
+
+  it('stay so after the client sets its own search_path (as migration tools and ORMs do)', async () => {
+    const d = await connect(dsql);
+    const check = async () =>
+      expect((await d.query('SELECT current_database() AS db, version() AS v')).rows).toEqual([
+        { db: 'postgres', v: 'PostgreSQL 16' },
+      ]);
+    for (const set of [
+      'SET search_path TO public',
+      'SET search_path = "$user", public',
+      "SET SESSION search_path TO 'public'",
+      'set search_path to public;',
+    ]) {
+      await d.query(set);
+      await check();
+      // The client's schemas come first, in its order.
+      expect((await d.query('SELECT current_schemas(false)::text[] AS s')).rows[0].s[0]).toBe('public');
+    }
+    await d.query('BEGIN');
+    await d.query('SET LOCAL search_path TO public');
+    await check();
+    await d.query('COMMIT');
+    // pg_catalog named explicitly is the client's choice: PostgreSQL's own functions answer.
+    await d.query('SET search_path TO pg_catalog, public');
+    expect((await d.query('SELECT current_database() AS db')).rows).not.toEqual([{ db: 'postgres' }]);
+    await d.query('RESET search_path');
+    await check();
   });
 });
 

@@ -80,6 +80,7 @@ export function dsqlPolicy(core: DialectCore): SessionPolicy {
     onClientFrame: (f) => session.clientFrame(f),
     onServerFrame: (f) => session.serverFrame(f),
     onInjectedQuery: () => session.injectedQuery(),
+    onRecount: (delta) => session.recount(delta),
     onCommit: () => session.commitRefusal(),
   };
 }

@@ -79,7 +79,6 @@ const UNSUPPORTED = new Set([
   'CreateTableSpaceStmt',
   'DropTableSpaceStmt',
   'AlterSystemStmt',
-  'VacuumStmt',
   'ClusterStmt',
   'ReindexStmt',
   'LockStmt',
@@ -205,8 +204,31 @@ export function statementKind(s: ParsedStatement): StatementKind {
       return 'dml';
     return 'read';
   }
-  if (s.type === 'ExplainStmt') return 'read';
+  if (s.type === 'ExplainStmt') {
+    // EXPLAIN ANALYZE runs the statement it explains.
+    const inner = explained(s);
+    return inner && explainAnalyzes(s.node) ? statementKind(inner) : 'read';
+  }
   return 'other';
+}
+
+/** The statement an EXPLAIN explains. */
+function explained(s: ParsedStatement): ParsedStatement | undefined {
+  const query = s.node.query as Node | undefined;
+  const type = query && Object.keys(query)[0];
+  return type ? { type, node: query[type] as Node, text: s.text, async: false } : undefined;
+}
+
+function explainAnalyzes(node: Node): boolean {
+  return list(node.options).some((o) => {
+    const d = o.DefElem as Node | undefined;
+    if (d?.defname !== 'analyze') return false;
+    // `ANALYZE 0` (libpg-query leaves a zero ival out), `ANALYZE false|off|no`.
+    const int = (d.arg as { Integer?: { ival?: number } } | undefined)?.Integer;
+    if (int) return (int.ival ?? 0) !== 0;
+    const arg = str(d.arg)?.toLowerCase();
+    return arg === undefined || !['false', 'off', '0', 'no'].includes(arg);
+  });
 }
 
 function typeName(tn: Node | undefined): {
@@ -493,8 +515,22 @@ export function statementRefusal(s: ParsedStatement, limits: DsqlLimits): Refusa
       if (n.removeType === 'OBJECT_EXTENSION' || n.removeType === 'OBJECT_TRIGGER')
         return refusals.statement('DropStmt');
       return undefined;
+    case 'ExplainStmt': {
+      const inner = explained(s);
+      return inner ? statementRefusal(inner, limits) : undefined;
+    }
     case 'CopyStmt':
       return n.filename || n.is_program ? refusals.statement('COPY with a file or program') : undefined;
+    case 'VacuumStmt': {
+      // DSQL runs ANALYZE with relation names only; VACUUM not at all.
+      if (n.is_vacuumcmd) return refusals.statement('Vacuum');
+      const rels = list(n.rels);
+      const namesOnly =
+        rels.length > 0 &&
+        list(n.options).length === 0 &&
+        rels.every((r) => list((r.VacuumRelation as Node | undefined)?.va_cols).length === 0);
+      return namesOnly ? undefined : refusals.statement('Analyze');
+    }
     default:
       return undefined;
   }

@@ -25,6 +25,7 @@ import {
 } from '../protocol.js';
 import type { OccCode } from '../types.js';
 import {
+  COMPAT_SCHEMA,
   DSQL_SERVER_VERSION,
   DSQL_SERVER_VERSION_NUM,
   INTERNAL_SCHEMA,
@@ -222,12 +223,21 @@ export class DsqlSession {
         this.sent++;
         this.tx.endBatch();
         return f.bytes;
+      case 'F':
+        // A FunctionCall is answered with a ReadyForQuery of its own.
+        this.sent++;
+        return f.bytes;
       case 'C':
         if (f.bytes[5] === 0x53) this.prepared.delete(readCString(f.bytes, 6)[0]);
         return f.bytes;
       default:
         return f.bytes;
     }
+  }
+
+  /** The relay recounted the requests still to be answered (`SessionPolicy.onRecount`). */
+  recount(delta: number): void {
+    this.sent += delta;
   }
 
   /** The relay sent a simple query of its own upstream (its reply never reaches the client). */
@@ -377,6 +387,7 @@ export class DsqlSession {
         hook.tag = 'SHOW';
       }
     }
+    if (!refusal && s.type === 'VariableSetStmt') text = searchPathWithCompat(s) ?? text;
     if (!refusal) refusal = this.tx.statement(kind, this.now());
     if (refusal) {
       this.core.refused(refusal);
@@ -394,4 +405,23 @@ export class DsqlSession {
     if (kind === 'ddl') hook.ddlTables = ddlTables(s);
     return { text, hook, refused: false };
   }
+}
+
+/**
+ * `SET [LOCAL] search_path TO …` with DSQL's compatibility functions (`current_database()`,
+ * `version()`) still found: the client's schemas, then `dsql_local_compat, pg_catalog`, unless it
+ * names `pg_catalog` itself (then PostgreSQL's own functions are its choice). Undefined for any
+ * other statement.
+ */
+function searchPathWithCompat(s: ParsedStatement): string | undefined {
+  const n = s.node;
+  if (n.kind !== 'VAR_SET_VALUE' || String(n.name ?? '').toLowerCase() !== 'search_path') return undefined;
+  const schemas: string[] = [];
+  for (const arg of Array.isArray(n.args) ? (n.args as Node[]) : []) {
+    const value = (arg.A_Const as { sval?: { sval?: string } } | undefined)?.sval?.sval;
+    if (value === undefined) return undefined;
+    schemas.push(value);
+  }
+  if (schemas.length === 0 || schemas.some((v) => v.toLowerCase() === 'pg_catalog')) return undefined;
+  return `SET ${n.is_local ? 'LOCAL ' : ''}search_path TO ${[...schemas, COMPAT_SCHEMA, 'pg_catalog'].map(literal).join(', ')}`;
 }
