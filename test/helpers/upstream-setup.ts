@@ -37,7 +37,9 @@ export async function setup(): Promise<void> {
   }
   embedded = await startEmbeddedPostgres();
   process.env.DSQL_LOCAL_UPSTREAM = embedded.url;
-  console.log(`tests use an embedded PostgreSQL at ${embedded.url} (nothing answered on 127.0.0.1:5432)`);
+  const shown = new URL(embedded.url);
+  shown.password = '';
+  console.log(`tests use an embedded PostgreSQL at ${shown.href} (nothing answered on 127.0.0.1:5432)`);
 }
 
 export async function teardown(): Promise<void> {
