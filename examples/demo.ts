@@ -252,8 +252,6 @@ await freeze(
   'fatal',
   'the server terminated them (FATAL 57P01, as when it restarts or ends an idle session)',
 );
-why('This is what Lambda does between invocations: the process is frozen, its timers and sockets');
-why('with it, while the server may close idle connections. The next invocation arrives first.');
 console.log('');
 await freeze('silent', 'their network path went silent (no FIN, no RST: a NAT gateway forgetting them)');
 await ours.stop();

@@ -193,7 +193,7 @@ export interface DropConnectionsOptions {
   how?: DropHow;
 }
 
-/** Fault injection controls (see docs/local-endpoint.md). */
+/** Fault injection controls (see the package README, "Faults"). */
 export interface LocalDsqlFaults {
   /** Drops connections now; returns how many. Their upstream sessions are closed too. */
   dropConnections(options?: DropConnectionsOptions): number;
