@@ -106,6 +106,9 @@ async function bundle(
   await esbuild.build({
     ...options,
     outExtension: undefined,
+    // Not the repository's tsconfig, whose `paths` map 'dsql-lambda' to src/: the package resolves
+    // through its own exports map to its built files, as in a user's project.
+    tsconfigRaw: '{}',
     entryPoints: [entry],
     outfile,
     logLevel: 'error',
