@@ -141,14 +141,6 @@ function attemptClient(tx: TransactionClient): { client: pg.PoolClient; bodyDone
 }
 
 /**
- * The retry options without the keys set to `undefined`: `context.dsql.transaction` spreads them
- * over its own (the Lambda deadline first), so `{ deadline: undefined }` would erase that deadline.
- */
-function definedOptions(options: RetryOptions): RetryOptions {
-  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as RetryOptions;
-}
-
-/**
  * Runs `fn` in a Drizzle transaction that is retried on OCC conflicts, with every guarantee of
  * {@link withRetry}: backoff with jitter, `deadline` and `signal`, a COMMIT whose outcome is
  * unknown never retried (`CommitOutcomeUnknownError`), one pool connection per attempt, a
@@ -180,8 +172,7 @@ export async function retryTransaction<TSchema extends Schema, T>(
 ): Promise<T> {
   const config = registered(db, 'retryTransaction') as DsqlDrizzleConfig<TSchema>;
   if (typeof fn !== 'function') throw new TypeError('retryTransaction: fn must be a function');
-  const { dsql, ...given } = options;
-  const retry = definedOptions(given);
+  const { dsql, ...retry } = options;
   const attempt = (tx: TransactionClient) => {
     const { client, bodyDone } = attemptClient(tx);
     return pgDrizzle<TSchema, pg.PoolClient>({ ...config, client }).transaction(async (t) => {

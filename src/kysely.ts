@@ -145,14 +145,6 @@ function attemptDialect(connection: DatabaseConnection): Dialect {
 }
 
 /**
- * The retry options without the keys set to `undefined`: `context.dsql.transaction` spreads them
- * over its own (the Lambda deadline first), so `{ deadline: undefined }` would erase that deadline.
- */
-function definedOptions(options: RetryOptions): RetryOptions {
-  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as RetryOptions;
-}
-
-/**
  * Runs `fn` in a Kysely transaction that is retried on OCC conflicts, with every guarantee of
  * {@link withRetry}: backoff with jitter, `deadline` and `signal`, a COMMIT whose outcome is
  * unknown never retried (`CommitOutcomeUnknownError`), one pool connection per attempt, a
@@ -184,8 +176,7 @@ export async function retryTransaction<DB, T>(
 ): Promise<T> {
   const { pool, kysely } = registered(db, 'retryTransaction');
   if (typeof fn !== 'function') throw new TypeError('retryTransaction: fn must be a function');
-  const { dsql, ...given } = options;
-  const retry = definedOptions(given);
+  const { dsql, ...retry } = options;
   const attempt = (tx: TransactionClient) =>
     new Kysely<DB>({ ...kysely, dialect: attemptDialect(attemptConnection(tx)) }).transaction().execute(fn);
   return dsql ? dsql.transaction(attempt, retry) : withRetry(pool, attempt, retry);

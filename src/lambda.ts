@@ -11,6 +11,7 @@ import { DsqlError } from './errors.js';
 import { createPool } from './pool.js';
 import {
   connectWithin,
+  defined,
   execWithRetry,
   type RetryOptions,
   type TransactionClient,
@@ -144,10 +145,11 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
       const remaining = context?.getRemainingTimeInMillis?.();
       return typeof remaining === 'number' ? Date.now() + remaining - margin : undefined;
     };
-    // A call may shorten the invocation's deadline, never remove or extend it.
+    // A call's options win over the handler's (a key set to undefined is not given); its
+    // deadline may shorten the invocation's, never remove or extend it.
     const policy = (call?: RetryOptions): RetryOptions => {
       const times = [deadline(), retry?.deadline, call?.deadline].filter((t) => t !== undefined);
-      return { ...retry, ...call, deadline: times.length ? Math.min(...times) : undefined };
+      return { ...defined(retry), ...defined(call), deadline: times.length ? Math.min(...times) : undefined };
     };
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
     const late = () => new DsqlError('dsql-lambda: connect() called after the invocation ended');

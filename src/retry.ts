@@ -281,8 +281,8 @@ function resolve(pool: pg.Pool, options: RetryOptions | undefined): Resolved {
   return o;
 }
 
-/** `{ ...defaults, ...options }` must not let an explicit `undefined` erase a default. */
-function defined<T extends object>(o: T | undefined): Partial<T> {
+/** `{ ...defaults, ...options }` must not let an explicit `undefined` erase a default. @internal */
+export function defined<T extends object>(o: T | undefined): Partial<T> {
   const out: Partial<T> = {};
   for (const key in o) if (o[key] !== undefined) out[key] = o[key];
   return out;

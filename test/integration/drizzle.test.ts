@@ -205,26 +205,30 @@ describe('retryTransaction (Drizzle)', () => {
     await expect(retryTransaction(make(), undefined as never)).rejects.toThrow(TypeError);
   });
 
-  it('through context.dsql: the Lambda deadline bounds the transaction', async () => {
-    const db = make();
-    const handler = withDsql(
-      async (_event: unknown, context) =>
-        retryTransaction(
-          db,
-          async (tx) => {
-            await tx.execute(sql`SELECT pg_sleep(0.4)`);
-            return 'done';
-          },
-          { dsql: context.dsql },
-        ),
-      { pool: env.pool, deadlineMarginMs: 500 },
-    );
-    // 600 ms left, 500 kept free: the transaction's deadline is 100 ms away, its statement takes 400.
-    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
-    await expect(handler({}, lambdaContext(30_000))).resolves.toBe('done');
-  });
+  // An option set to undefined (as a caller forwarding its own options does) must not erase the deadline.
+  it.each([{}, { deadline: undefined, signal: undefined }])(
+    'through context.dsql: the Lambda deadline bounds the transaction (options %o)',
+    async (options) => {
+      const db = make();
+      const handler = withDsql(
+        async (_event: unknown, context) =>
+          retryTransaction(
+            db,
+            async (tx) => {
+              await tx.execute(sql`SELECT pg_sleep(0.4)`);
+              return 'done';
+            },
+            { dsql: context.dsql, ...options },
+          ),
+        { pool: env.pool, deadlineMarginMs: 500 },
+      );
+      // 600 ms left, 500 kept free: the transaction's deadline is 100 ms away, its statement takes 400.
+      const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OccRetryExhaustedError);
+      expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+      await expect(handler({}, lambdaContext(30_000))).resolves.toBe('done');
+    },
+  );
 });
 
 const migrationsFolder = fileURLToPath(new URL('../fixtures/drizzle-migrations', import.meta.url));
@@ -296,27 +300,6 @@ describe('migrate (Drizzle)', () => {
     });
     expect(seen.map((s) => s.index)).toEqual([2, 3, 0]);
     expect(await tables()).toEqual(['author', 'book', 'dsql_migrations']);
-  });
-});
-
-describe('retryTransaction (Drizzle): options', () => {
-  it('through context.dsql, an explicit `deadline: undefined` keeps the Lambda deadline', async () => {
-    const db = make();
-    const handler = withDsql(
-      async (_event: unknown, context) =>
-        retryTransaction(
-          db,
-          async (tx) => {
-            await tx.execute(sql`SELECT pg_sleep(0.4)`);
-            return 'done';
-          },
-          { dsql: context.dsql, deadline: undefined, signal: undefined },
-        ),
-      { pool: env.pool, deadlineMarginMs: 500 },
-    );
-    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
   });
 });
 

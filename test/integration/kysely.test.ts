@@ -215,27 +215,31 @@ describe('retryTransaction (Kysely)', () => {
     await expect(retryTransaction(db, undefined as never)).rejects.toThrow(TypeError);
   });
 
-  it('through context.dsql: the Lambda deadline bounds the transaction', async () => {
-    const db = createKysely<Database>({ pool: env.pool, plugins: camel });
-    const handler = withDsql(
-      async (_event: unknown, context) =>
-        retryTransaction(
-          db,
-          async (trx) => {
-            await sql`SELECT pg_sleep(0.4)`.execute(trx);
-            return 'done';
-          },
-          { dsql: context.dsql },
-        ),
-      { pool: env.pool, deadlineMarginMs: 500 },
-    );
-    // 600 ms left, 500 kept free: the transaction's deadline is 100 ms away, its statement takes 400.
-    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
-    // With time to spare the same handler commits.
-    await expect(handler({}, lambdaContext(30_000))).resolves.toBe('done');
-  });
+  // An option set to undefined (as a caller forwarding its own options does) must not erase the deadline.
+  it.each([{}, { deadline: undefined, maxAttempts: undefined }])(
+    'through context.dsql: the Lambda deadline bounds the transaction (options %o)',
+    async (options) => {
+      const db = createKysely<Database>({ pool: env.pool, plugins: camel });
+      const handler = withDsql(
+        async (_event: unknown, context) =>
+          retryTransaction(
+            db,
+            async (trx) => {
+              await sql`SELECT pg_sleep(0.4)`.execute(trx);
+              return 'done';
+            },
+            { dsql: context.dsql, ...options },
+          ),
+        { pool: env.pool, deadlineMarginMs: 500 },
+      );
+      // 600 ms left, 500 kept free: the transaction's deadline is 100 ms away, its statement takes 400.
+      const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OccRetryExhaustedError);
+      expect((err as OccRetryExhaustedError).reason).toBe('deadline');
+      // With time to spare the same handler commits.
+      await expect(handler({}, lambdaContext(30_000))).resolves.toBe('done');
+    },
+  );
 });
 
 /** A small schema: two tables, a foreign key, an index, a later column. */
@@ -652,27 +656,6 @@ describe('migrate (Kysely): crashes, data statements and concurrent runners', ()
       { name: '0001_a', done: 4, statements: 4 },
       { name: '0002_b', done: 1, statements: 1 },
     ]);
-  });
-});
-
-describe('retryTransaction (Kysely): options', () => {
-  it('through context.dsql, an explicit `deadline: undefined` keeps the Lambda deadline', async () => {
-    const db = createKysely<Database>({ pool: env.pool, plugins: camel });
-    const handler = withDsql(
-      async (_event: unknown, context) =>
-        retryTransaction(
-          db,
-          async (trx) => {
-            await sql`SELECT pg_sleep(0.4)`.execute(trx);
-            return 'done';
-          },
-          { dsql: context.dsql, deadline: undefined, maxAttempts: undefined },
-        ),
-      { pool: env.pool, deadlineMarginMs: 500 },
-    );
-    const err = await handler({}, lambdaContext(600)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect((err as OccRetryExhaustedError).reason).toBe('deadline');
   });
 });
 

@@ -347,6 +347,27 @@ describe.each(adapters)('$type', ({ make }) => {
     });
   });
 
+  it('a per-call option set to undefined keeps the handler’s value', async () => {
+    const handler = make(
+      async (_e: unknown, context) => {
+        let calls = 0;
+        await context.dsql
+          .transaction(
+            async () => {
+              calls++;
+              throw Object.assign(new Error('conflict'), { code: 'OC000' });
+            },
+            { maxAttempts: undefined, baseDelayMs: undefined },
+          )
+          .catch(() => {});
+        return calls;
+      },
+      { ...configFor(), logger, retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 } },
+    );
+    // Without the fix: 8 (DSQL_DEFAULTS.retry.maxAttempts), the handler's 3 erased.
+    expect(await handler({}, lambdaContext())).toBe(3);
+  });
+
   it('retry policy: per call over the handler options over the pool’s', async () => {
     const handler = make(
       async (event: { perCall?: number }, context) => {
