@@ -264,15 +264,10 @@ class Relay implements SessionState {
           this.copyIn = undefined;
         } else if (f.type === 'S' && !this.copyIn) {
           this.absorbSync = false;
-          this.openBatch = false;
-          this.batchFrames = [];
-          this.batchParsedUnnamed = false;
-          this.batchCommitSeen = false;
+          this.endBatch();
         }
-        if (this.copyIn || f.type === 'c' || f.type === 'f' || f.type === 'S') {
-          out.push(f.bytes);
-          continue;
-        }
+        out.push(f.bytes);
+        continue;
       }
       if (this.policy.onClientFrame) {
         const bytes = this.policy.onClientFrame(f);
@@ -290,13 +285,10 @@ class Relay implements SessionState {
           out.push(f.bytes, queryMessage('ROLLBACK'));
           this.sent(1, undefined, true);
           this.sent(1);
-          this.openBatch = false;
-          this.batchFrames = [];
-          this.batchParsedUnnamed = false;
+          this.endBatch();
           this.policy.onInjectedQuery?.();
           this.serverActions.push({ ...this.injecting, atZ: this.syncsSent });
           this.injecting = undefined;
-          this.batchCommitSeen = false;
         }
         continue;
       }
@@ -397,10 +389,7 @@ class Relay implements SessionState {
       else this.noteBatchFrame(f);
       if (f.type === 'S') {
         this.sent(1, this.batchFrames && [...this.batchFrames, f.bytes], true);
-        this.batchCommitSeen = false;
-        this.openBatch = false;
-        this.batchFrames = [];
-        this.batchParsedUnnamed = false;
+        this.endBatch();
       } else if (BATCH_FRAMES.has(f.type)) this.openBatch = true;
       out.push(f.bytes);
     }
@@ -584,6 +573,14 @@ class Relay implements SessionState {
     this.syncsSent -= ignored;
     if (ignored > 0) this.policy.onRecount?.(-ignored);
     this.copyIn = { absorbAfter: head?.viaSync === true && !head.internal };
+  }
+
+  /** A Sync went upstream: the extended-protocol batch it ends is over. */
+  private endBatch(): void {
+    this.openBatch = false;
+    this.batchFrames = [];
+    this.batchParsedUnnamed = false;
+    this.batchCommitSeen = false;
   }
 
   private flushServer(out: Buffer[]): void {
