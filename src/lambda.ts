@@ -68,7 +68,8 @@ export interface Dsql {
   connect(): Promise<pg.PoolClient>;
   /**
    * `fn` in a transaction, as `withRetry` runs it: `fn` may run more than once. `options` win over
-   * the handler's `retry`, except `deadline`: the earliest of it and the invocation's applies.
+   * the handler's `retry` (a key set to `undefined` counts as not given), except `deadline`: the
+   * earliest of it and the invocation's applies.
    */
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: RetryOptions): Promise<T>;
 }
