@@ -170,6 +170,21 @@ export async function signedPgConfig(
 }
 
 /**
+ * Resolves once upstream backend `pid` is running a `pg_sleep`, as seen on `upstream` (a direct
+ * connection) in `pg_stat_activity`: a wait on a fact, not on time.
+ */
+export async function untilSleeping(upstream: pg.ClientBase, pid: number): Promise<void> {
+  for (;;) {
+    const { rowCount } = await upstream.query(
+      "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+      [pid],
+    );
+    if (rowCount) return;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
  * Keeps `client`'s session busy (a long `pg_sleep`) until the returned `release()` cancels it.
  * Under the endpoint's optimistic concurrency a transaction idle between statements is rolled back
  * when another one waits on its lock; a busy one is not, so a writer meeting its lock fails at the
@@ -179,18 +194,11 @@ export async function signedPgConfig(
  */
 export async function holdBusy(client: pg.ClientBase): Promise<{ release(): Promise<void> }> {
   const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-  const pid = rows[0]?.pid;
+  const pid = rows[0]?.pid as number;
   const upstream = new pg.Client(testUpstream());
   await upstream.connect();
   const sleeping = client.query('SELECT pg_sleep(600)').catch(() => {});
-  for (;;) {
-    const { rowCount } = await upstream.query(
-      "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
-      [pid],
-    );
-    if (rowCount) break;
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
+  await untilSleeping(upstream, pid);
   return {
     async release() {
       await upstream.query('SELECT pg_cancel_backend($1)', [pid]);

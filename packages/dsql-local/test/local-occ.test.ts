@@ -15,6 +15,7 @@ import {
   signTestToken,
   startTestEndpoint,
   testUpstream,
+  untilSleeping,
 } from '../../../test/helpers/endpoint.js';
 import type { LocalDsql } from '../src/index.js';
 
@@ -213,14 +214,7 @@ describe("PostgreSQL's 57014 'user request' for a lock wait no client cancelled"
     const direct = new pg.Client(testUpstream());
     await direct.connect();
     try {
-      for (;;) {
-        const { rowCount } = await direct.query(
-          "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
-          [processID],
-        );
-        if (rowCount) break;
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      await untilSleeping(direct, processID);
     } finally {
       await direct.end();
     }
