@@ -154,14 +154,7 @@ export class TokenCache {
     }
     let token: string;
     try {
-      token = signAuthToken({
-        host: this.host,
-        region: this.region,
-        action: this.action,
-        credentials,
-        expiresInSecs: this.tokenDurationSecs,
-        signingTime,
-      });
+      token = signAuthToken(this, credentials, signingTime);
     } catch (err) {
       throw new DsqlTokenError('Could not sign a token', { cause: err });
     }

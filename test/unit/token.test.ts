@@ -52,14 +52,11 @@ describe('TokenCache', () => {
     const tokens = cache({ credentials: creds.provider, now: c.now, tokenDurationSecs: 900 });
     const first = await tokens.get();
     expect(first).toBe(
-      signAuthToken({
-        host: HOST,
-        region: 'us-east-1',
-        action: 'DbConnectAdmin',
-        credentials: staticCreds(1),
-        expiresInSecs: 900,
-        signingTime: T0,
-      }),
+      signAuthToken(
+        { host: HOST, region: 'us-east-1', action: 'DbConnectAdmin', tokenDurationSecs: 900 },
+        staticCreds(1),
+        T0,
+      ),
     );
     for (let i = 0; i < 20; i++) expect(await tokens.get()).toBe(first);
     expect(tokens.expiresAt).toBe(T0 + 900_000);
