@@ -35,7 +35,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
   const source = config.credentialSource;
   const fail = (why: string, cause?: unknown) =>
     new DsqlTokenError(
-      `Could not get ${source.kind === 'profile' ? `profile "${source.profile}"` : source.kind} credentials${why}`,
+      `Could not resolve ${source.kind === 'profile' ? `profile "${source.profile}"` : source.kind} credentials${why}`,
       { cause },
     );
   let sdk: Provider | undefined;
@@ -95,7 +95,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       // X-Amz-Date keeps whole seconds: the token's life starts at the truncated time.
       const signedAt = now - (now % 1000);
       const end = Math.min(signedAt + config.tokenDurationSecs * 1000, c.expiration?.getTime() ?? Infinity);
-      if (end <= now) throw fail(': expired');
+      if (end <= now) throw fail(': they have expired');
       const t = signAuthToken(config, c, now);
       if (g === generation) {
         token = t;
