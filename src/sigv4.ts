@@ -39,7 +39,8 @@ export function signAuthToken(
   const time = new Date(signingTime).toISOString().replace(/[-:]|\.\d+/g, ''); // 20240102T030405Z
   const date = time.slice(0, 8);
   const scope = `${date}/${region}/dsql/aws4_request`;
-  // Written in SigV4's sorted key order, which X-Amz-Signature joins between the last two.
+  // Written in SigV4's sorted key order (no sort needed); X-Amz-SignedHeaders, last, is appended
+  // below, after X-Amz-Signature in the token, where sorting would put it.
   const query = `Action=${config.action}&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=${encode(
     `${credentials.accessKeyId}/${scope}`,
   )}&X-Amz-Date=${time}&X-Amz-Expires=${config.tokenDurationSecs}${
