@@ -10,8 +10,9 @@ import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
+import { resolveConfig } from '../src/config.js';
 import { signAuthToken } from '../src/sigv4.js';
-import { TokenCache } from '../src/token.js';
+import { tokenCacheFor } from '../src/token.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const HOST = 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws';
@@ -44,24 +45,16 @@ const firstSign = spawnSync(
     '-e',
     `import('${join(root, 'src/sigv4.ts')}').then(({ signAuthToken }) => {
       const t0 = performance.now();
-      signAuthToken({ host: '${HOST}', region: 'us-east-1', action: 'DbConnectAdmin',
-        credentials: { accessKeyId: 'AKID', secretAccessKey: 'secret', sessionToken: 'tok' },
-        expiresInSecs: 900, signingTime: Date.now() });
+      signAuthToken({ host: '${HOST}', region: 'us-east-1', action: 'DbConnectAdmin', tokenDurationSecs: 900 },
+        { accessKeyId: 'AKID', secretAccessKey: 'secret', sessionToken: 'tok' }, Date.now());
       process.stdout.write(String(performance.now() - t0));
     })`,
   ],
   { encoding: 'utf8', cwd: root },
 );
 
-const sign = (i: number) =>
-  signAuthToken({
-    host: HOST,
-    region: 'us-east-1',
-    action: 'DbConnectAdmin',
-    credentials,
-    expiresInSecs: 900,
-    signingTime: 1_800_000_000_000 + i * 1000,
-  });
+const config = resolveConfig({ host: HOST, credentials: async () => credentials }, {});
+const sign = (i: number) => signAuthToken(config, credentials, 1_800_000_000_000 + i * 1000);
 microsPer(2_000, sign); // warm up
 const signMicros = microsPer(20_000, sign);
 
@@ -69,12 +62,7 @@ const signer = new DsqlSigner({ hostname: HOST, region: 'us-east-1', credentials
 await microsPerAsync(500, () => signer.getDbConnectAdminAuthToken());
 const sdkMicros = await microsPerAsync(5_000, () => signer.getDbConnectAdminAuthToken());
 
-const cache = new TokenCache({
-  host: HOST,
-  region: 'us-east-1',
-  action: 'DbConnectAdmin',
-  credentials: async () => credentials,
-});
+const cache = tokenCacheFor(config);
 await cache.get();
 await microsPerAsync(10_000, () => cache.get());
 const cachedMicros = await microsPerAsync(200_000, () => cache.get());
@@ -88,7 +76,7 @@ const result = {
   cachedTokenPerNewConnectionMicros: round(cachedMicros),
   tokenBytes: sign(0).length,
   notes:
-    'signAuthToken: in-process SigV4 on node:crypto. dsqlSigner: @aws-sdk/dsql-signer with static credentials. cachedTokenPerNewConnection: TokenCache.get() on the cached path, what pg pays per new physical connection.',
+    'signAuthToken: in-process SigV4 on node:crypto. dsqlSigner: @aws-sdk/dsql-signer with static credentials. cachedTokenPerNewConnection: tokenCacheFor(config).get() on the cached path, what pg pays per new physical connection.',
 };
 const file = join(root, `bench/results/token-node${process.versions.node.split('.')[0]}.json`);
 writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);

@@ -6,9 +6,10 @@ import net from 'node:net';
 import { inspect } from 'node:util';
 import type pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { resolveConfig } from '../../src/config.js';
 import { DsqlTokenError } from '../../src/errors.js';
 import { DsqlClient } from '../../src/pool.js';
-import { TokenCache } from '../../src/token.js';
+import { tokenCacheFor } from '../../src/token.js';
 import { testUpstream } from '../helpers/endpoint.js';
 
 const UPSTREAM = testUpstream('postgres');
@@ -92,16 +93,23 @@ const clientConfig = (port: number): pg.ClientConfig => ({
   database: 'postgres',
 });
 
-function tokens(fail = false): TokenCache {
-  return new TokenCache({
-    host: 'abc.dsql.us-east-1.on.aws',
-    region: 'us-east-1',
-    action: 'DbConnectAdmin',
-    credentials: async () => {
-      if (fail) throw new Error('no credentials here');
-      return { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' };
-    },
-  });
+/** A token cache of its own (a provider function is its own credential source), counting provider calls. */
+function tokens(fail = false) {
+  const calls = { n: 0 };
+  const cache = tokenCacheFor(
+    resolveConfig(
+      {
+        host: 'abc.dsql.us-east-1.on.aws',
+        credentials: async () => {
+          calls.n++;
+          if (fail) throw new Error('no credentials here');
+          return { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' };
+        },
+      },
+      {},
+    ),
+  );
+  return Object.assign(cache, { calls });
 }
 const signatureOf = (token: string) => /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] as string;
 
@@ -125,7 +133,10 @@ describe('DsqlClient', () => {
     expect(err.code).toBe('28P01');
     expect(server.connections).toBe(1);
     expect(server.passwords).toEqual([token]);
-    expect(cache.expiresAt).toBeUndefined();
+    // The rejected token was dropped: the next get() resolves credentials and signs again.
+    expect(cache.calls.n).toBe(1);
+    await cache.get();
+    expect(cache.calls.n).toBe(2);
     // issue 8, defect 8: the rejected token does not stay on the client.
     expect(inspect(client, { depth: 8, showHidden: true, getters: true })).not.toContain(signatureOf(token));
   });

@@ -1,15 +1,13 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { inspect } from 'node:util';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  createCredentialsProvider,
-  credentialsFromEnvironment,
-  describeCredentialSource,
-  loadOptionalModule,
-} from '../../src/credentials.js';
+import { type DsqlConfig, resolveConfig } from '../../src/config.js';
 import { DsqlTokenError } from '../../src/errors.js';
+import { tokenCacheFor } from '../../src/token.js';
 
 const SECRET = 'SecretKeyForUnitTests/abc+def';
 const AWS_VARS = [
@@ -51,62 +49,97 @@ function useProfileFiles() {
   process.env.AWS_EC2_METADATA_DISABLED = 'true';
 }
 
-describe('credentialsFromEnvironment', () => {
-  it('reads what Lambda sets and hides the secrets', () => {
-    const creds = credentialsFromEnvironment({
+// Credential sources, through the token cache that resolves them: each test gets a cache of its
+// own (caches are shared by configuration; a distinct lifetime makes a distinct one).
+const HOST = 'abc.dsql.us-east-1.on.aws';
+let nextDuration = 100;
+function tokens(config: DsqlConfig, env: Record<string, string | undefined> = {}) {
+  return tokenCacheFor(resolveConfig({ host: HOST, tokenDurationSecs: nextDuration++, ...config }, env), env);
+}
+const credentialOf = (token: string) => /X-Amz-Credential=([^%]+)%2F/.exec(token)?.[1];
+
+describe('environment credentials', () => {
+  it('signs with what Lambda sets, read again at each resolution', async () => {
+    const env: Record<string, string> = {
       AWS_ACCESS_KEY_ID: 'ASIAENV',
       AWS_SECRET_ACCESS_KEY: SECRET,
       AWS_SESSION_TOKEN: 'envsession',
-    });
-    expect(creds?.accessKeyId).toBe('ASIAENV');
-    expect(creds?.secretAccessKey).toBe(SECRET);
-    expect(creds?.sessionToken).toBe('envsession');
-    expect(creds?.expiration).toBeUndefined();
-    expect(JSON.stringify(creds)).not.toContain(SECRET);
-    expect(inspect(creds)).not.toContain(SECRET);
-    expect(inspect(creds)).not.toContain('envsession');
+    };
+    const cache = tokens({}, env);
+    const token = await cache.get();
+    expect(credentialOf(token)).toBe('ASIAENV');
+    expect(token).toContain('X-Amz-Security-Token=envsession&');
+    env.AWS_ACCESS_KEY_ID = 'ASIAENV2';
+    cache.invalidate();
+    expect(credentialOf(await cache.get())).toBe('ASIAENV2');
   });
 
-  it('needs both halves of the key pair', () => {
-    expect(credentialsFromEnvironment({ AWS_ACCESS_KEY_ID: 'A' })).toBeUndefined();
-    expect(credentialsFromEnvironment({})).toBeUndefined();
-    expect(
-      credentialsFromEnvironment({ AWS_ACCESS_KEY_ID: 'A', AWS_SECRET_ACCESS_KEY: 'S' })?.sessionToken,
-    ).toBe(undefined);
+  it('needs both halves of the key pair, else takes the default chain; no session token is sent when unset', async () => {
+    useProfileFiles();
+    const env = { AWS_ACCESS_KEY_ID: 'A', AWS_SECRET_ACCESS_KEY: 'S' };
+    const cache = tokens({}, env);
+    const token = await cache.get();
+    expect(credentialOf(token)).toBe('A');
+    expect(token).not.toContain('X-Amz-Security-Token');
+    delete (env as Record<string, string | undefined>).AWS_SECRET_ACCESS_KEY;
+    cache.invalidate();
+    expect(credentialOf(await cache.get())).toBe('AKIDDEFAULTPROFILE');
   });
 });
 
-describe('createCredentialsProvider', () => {
-  it('returns explicit credentials and calls explicit providers', async () => {
-    const creds = { accessKeyId: 'AKIDX', secretAccessKey: SECRET };
-    expect(await createCredentialsProvider({ kind: 'explicit', value: creds })()).toBe(creds);
+describe('explicit credentials', () => {
+  it('signs with static credentials and calls a provider at each resolution', async () => {
+    expect(
+      credentialOf(await tokens({ credentials: { accessKeyId: 'AKIDX', secretAccessKey: SECRET } }).get()),
+    ).toBe('AKIDX');
     let calls = 0;
-    const provider = createCredentialsProvider({
-      kind: 'explicit',
-      value: async () => {
+    const cache = tokens({
+      credentials: async () => {
         calls++;
-        return creds;
+        return { accessKeyId: 'AKIDX', secretAccessKey: SECRET };
       },
     });
-    await provider();
-    await provider();
-    expect(calls).toBe(2); // caching is the token cache's job
+    await cache.get();
+    cache.invalidate();
+    await cache.get();
+    expect(calls).toBe(2);
   });
 
-  it('reads the environment on every call', async () => {
-    const env: Record<string, string> = { AWS_ACCESS_KEY_ID: 'AKID1', AWS_SECRET_ACCESS_KEY: SECRET };
-    const provider = createCredentialsProvider({ kind: 'environment' }, env);
-    expect((await provider()).accessKeyId).toBe('AKID1');
-    env.AWS_ACCESS_KEY_ID = 'AKID2';
-    expect((await provider()).accessKeyId).toBe('AKID2');
+  it('rejects providers that return nothing usable, never repeating a secret', async () => {
+    const err = await tokens({ credentials: async () => ({ accessKeyId: '', secretAccessKey: SECRET }) })
+      .get()
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(DsqlTokenError);
+    expect(err.message).not.toContain(SECRET);
+    const badExpiry = tokens({
+      credentials: async () => ({ accessKeyId: 'A', secretAccessKey: 'S', expiration: new Date(Number.NaN) }),
+    });
+    await expect(badExpiry.get()).rejects.toBeInstanceOf(DsqlTokenError);
   });
 
-  it('reads a profile from the shared credentials file (lazy SDK load)', async () => {
+  it('wraps provider failures with the cause', async () => {
+    const boom = new Error('sts down');
+    const err = await tokens({
+      credentials: async () => {
+        throw boom;
+      },
+    })
+      .get()
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(DsqlTokenError);
+    expect(err.cause).toBe(boom);
+  });
+});
+
+describe('profile and default-chain credentials (the optional peer, loaded lazily)', () => {
+  it('reads a profile from the shared credentials file', async () => {
     useProfileFiles();
-    const dev = await createCredentialsProvider({ kind: 'profile', profile: 'dev' })();
-    expect(dev.accessKeyId).toBe('AKIDDEVPROFILE');
-    expect(dev.sessionToken).toBe('devsession');
-    const missing = await createCredentialsProvider({ kind: 'profile', profile: 'nope' })().catch((e) => e);
+    const dev = await tokens({ profile: 'dev' }).get();
+    expect(credentialOf(dev)).toBe('AKIDDEVPROFILE');
+    expect(dev).toContain('X-Amz-Security-Token=devsession&');
+    const missing = await tokens({ profile: 'nope' })
+      .get()
+      .catch((e) => e);
     expect(missing).toBeInstanceOf(DsqlTokenError);
     expect(missing.message).toContain('"nope"');
     expect(missing.cause).toBeDefined();
@@ -114,58 +147,37 @@ describe('createCredentialsProvider', () => {
 
   it('falls back to the default chain', async () => {
     useProfileFiles();
-    const creds = await createCredentialsProvider({ kind: 'default-chain' })();
-    expect(creds.accessKeyId).toBe('AKIDDEFAULTPROFILE');
+    expect(credentialOf(await tokens({}).get())).toBe('AKIDDEFAULTPROFILE');
   });
 
-  it('rejects providers that return nothing usable', async () => {
-    const provider = createCredentialsProvider({
-      kind: 'explicit',
-      value: async () => ({ accessKeyId: '', secretAccessKey: SECRET }),
-    });
-    const err = await provider().catch((e) => e);
-    expect(err).toBeInstanceOf(DsqlTokenError);
-    expect(err.message).not.toContain(SECRET);
-    const badExpiry = createCredentialsProvider({
-      kind: 'explicit',
-      value: async () => ({ accessKeyId: 'A', secretAccessKey: 'S', expiration: new Date(Number.NaN) }),
-    });
-    await expect(badExpiry()).rejects.toBeInstanceOf(DsqlTokenError);
-  });
-
-  it('wraps provider failures with the cause', async () => {
-    const boom = new Error('sts down');
-    const err = await createCredentialsProvider({
-      kind: 'explicit',
-      value: async () => {
-        throw boom;
+  it('tells the user to install the peer when it is missing (and a bundle does not contain it)', async () => {
+    // Bundled where @aws-sdk/credential-providers cannot be resolved from, as a user's bundle is.
+    const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
+    const out = join(dir, 'bundle.mjs');
+    await esbuild.build({
+      stdin: {
+        contents: `import { resolveConfig } from './src/config.ts';
+          import { tokenCacheFor } from './src/token.ts';
+          tokenCacheFor(resolveConfig({ host: '${HOST}', profile: 'dev' }, {})).get().catch((err) =>
+            console.log(JSON.stringify({ name: err.name, message: err.message, cause: !!err.cause })));`,
+        resolveDir: root,
+        loader: 'ts',
       },
-    })().catch((e) => e);
-    expect(err).toBeInstanceOf(DsqlTokenError);
-    expect(err.cause).toBe(boom);
-  });
-});
-
-describe('loadOptionalModule', () => {
-  it('tells the user to install a missing optional package', async () => {
-    const err = await loadOptionalModule(
-      '@dsql-lambda/definitely-not-installed',
-      'profile credentials',
-    ).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(DsqlTokenError);
-    expect((err as Error).message).toContain('npm install @dsql-lambda/definitely-not-installed');
-    expect((err as Error).cause).toBeDefined();
-  });
-
-  it('loads an installed one', async () => {
-    const mod = await loadOptionalModule<{ fromIni: unknown }>('@aws-sdk/credential-providers', 'test');
-    expect(typeof mod.fromIni).toBe('function');
-  });
-
-  it('describes sources without secrets', () => {
-    expect(
-      describeCredentialSource({ kind: 'explicit', value: { accessKeyId: 'A', secretAccessKey: SECRET } }),
-    ).not.toContain(SECRET);
-    expect(describeCredentialSource({ kind: 'profile', profile: 'dev' })).toContain('dev');
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      outfile: out,
+      logLevel: 'silent',
+    });
+    const run = spawnSync(process.execPath, [out], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+    });
+    const err = JSON.parse(run.stdout);
+    expect(err.name).toBe('DsqlTokenError');
+    expect(err.message).toContain('"dev"');
+    expect(err.message).toContain('npm install @aws-sdk/credential-providers');
+    expect(err.cause).toBe(true);
   });
 });

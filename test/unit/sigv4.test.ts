@@ -1,6 +1,8 @@
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { resolveConfig } from '../../src/config.js';
+import { DsqlConfigError } from '../../src/errors.js';
 import { signAuthToken } from '../../src/sigv4.js';
 
 afterEach(() => {
@@ -52,44 +54,47 @@ const duration = fc.oneof(fc.constantFrom(1, 900, 3600, 604800), fc.integer({ mi
 
 describe('signAuthToken', () => {
   it('matches the documented token shape', () => {
-    const token = signAuthToken({
-      host: 'abc.dsql.us-east-1.on.aws',
-      region: 'us-east-1',
-      action: 'DbConnectAdmin',
-      credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret', sessionToken: 'a/b+c=' },
-      expiresInSecs: 900,
-      signingTime: Date.UTC(2024, 0, 2, 3, 4, 5, 678),
-    });
+    const token = signAuthToken(
+      {
+        host: 'abc.dsql.us-east-1.on.aws',
+        region: 'us-east-1',
+        action: 'DbConnectAdmin',
+        tokenDurationSecs: 900,
+      },
+      { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret', sessionToken: 'a/b+c=' },
+      Date.UTC(2024, 0, 2, 3, 4, 5, 678),
+    );
     expect(token).toMatch(
       /^abc\.dsql\.us-east-1\.on\.aws\/\?Action=DbConnectAdmin&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20240102%2Fus-east-1%2Fdsql%2Faws4_request&X-Amz-Date=20240102T030405Z&X-Amz-Expires=900&X-Amz-Security-Token=a%2Fb%2Bc%3D&X-Amz-Signature=[0-9a-f]{64}&X-Amz-SignedHeaders=host$/,
     );
   });
 
   it('omits the security token for long-term credentials', () => {
-    const token = signAuthToken({
-      host: 'h',
-      region: 'us-east-1',
-      action: 'DbConnect',
-      credentials: { accessKeyId: 'AKID', secretAccessKey: 's' },
-      expiresInSecs: 60,
-      signingTime: 0,
-    });
+    const token = signAuthToken(
+      { host: 'h', region: 'us-east-1', action: 'DbConnect', tokenDurationSecs: 60 },
+      { accessKeyId: 'AKID', secretAccessKey: 's' },
+      0,
+    );
     expect(token).not.toContain('X-Amz-Security-Token');
     expect(token).toContain('Action=DbConnect&');
   });
 
-  it('refuses lifetimes SigV4 cannot presign', () => {
-    const base = {
-      host: 'h',
-      region: 'r',
-      action: 'DbConnect' as const,
-      credentials: { accessKeyId: 'a', secretAccessKey: 's' },
-      signingTime: 0,
-    };
-    for (const expiresInSecs of [0, 604801, 1.5, Number.NaN]) {
-      expect(() => signAuthToken({ ...base, expiresInSecs })).toThrow(RangeError);
+  it('never signs a lifetime SigV4 cannot presign: the configuration refuses it', () => {
+    // The one check is resolveConfig's; signAuthToken only ever sees resolved lifetimes.
+    for (const tokenDurationSecs of [0, 604801, 1.5, Number.NaN]) {
+      const err = (() => {
+        try {
+          resolveConfig({ host: 'abc.dsql.us-east-1.on.aws', tokenDurationSecs }, {});
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe('tokenDurationSecs');
     }
-    expect(() => signAuthToken({ ...base, expiresInSecs: 1, signingTime: Number.NaN })).toThrow(RangeError);
+    const config = { host: 'h', region: 'r', action: 'DbConnect' as const, tokenDurationSecs: 1 };
+    const credentials = { accessKeyId: 'a', secretAccessKey: 's' };
+    expect(() => signAuthToken(config, credentials, Number.NaN)).toThrow(RangeError);
   });
 
   it('is byte-identical to @aws-sdk/dsql-signer (property)', async () => {
@@ -116,14 +121,12 @@ describe('signAuthToken', () => {
             expiresIn,
             time: t,
           });
-          const actual = signAuthToken({
-            host: h,
-            region: r,
-            action: u === 'admin' ? 'DbConnectAdmin' : 'DbConnect',
+          const action = u === 'admin' ? 'DbConnectAdmin' : 'DbConnect';
+          const actual = signAuthToken(
+            { host: h, region: r, action, tokenDurationSecs: expiresIn },
             credentials,
-            expiresInSecs: expiresIn,
-            signingTime: t,
-          });
+            t,
+          );
           expect(actual).toBe(expected);
         },
       ),

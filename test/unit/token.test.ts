@@ -1,28 +1,42 @@
 import { inspect } from 'node:util';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { AwsCredentialIdentity } from '../../src/config.js';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { AwsCredentialIdentity, DsqlConfig } from '../../src/config.js';
 import { resolveConfig } from '../../src/config.js';
 import { DsqlTokenError } from '../../src/errors.js';
-import { signAuthToken } from '../../src/sigv4.js';
-import { TokenCache, type TokenCacheOptions, tokenCacheFor } from '../../src/token.js';
+import type * as Sigv4 from '../../src/sigv4.js';
+import { type TokenCache, tokenCacheFor } from '../../src/token.js';
+
+// Signing, observed: how many tokens were signed, and a switch that makes the next signings fail
+// (so the cache must fall back on its token while it is valid: its expiry, seen from outside).
+const signing = vi.hoisted(() => ({ count: 0, fail: false }));
+vi.mock('../../src/sigv4.js', async (importOriginal) => {
+  const real = await importOriginal<typeof Sigv4>();
+  return {
+    signAuthToken: (...args: Parameters<typeof real.signAuthToken>) => {
+      if (signing.fail) throw new Error('signing switched off by the test');
+      signing.count++;
+      return real.signAuthToken(...args);
+    },
+  };
+});
+const { signAuthToken } = await vi.importActual<typeof Sigv4>('../../src/sigv4.js');
 
 const HOST = 'abc.dsql.us-east-1.on.aws';
 const T0 = Date.UTC(2030, 0, 1, 12, 0, 0);
 const SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY';
 const SESSION = 'IQoJb3JpZ2luX2VjEjSESSIONTOKEN/+=';
 
-function clock(start = T0) {
-  let t = start;
-  return {
-    now: () => t,
-    advance(ms: number) {
-      t += ms;
-    },
-    set(ms: number) {
-      t = ms;
-    },
-  };
-}
+// The wall clock is the cache's only clock: only Date is faked, promises and timers run.
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['Date'] });
+  vi.setSystemTime(T0);
+  signing.count = 0;
+  signing.fail = false;
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+const advance = (ms: number) => vi.setSystemTime(Date.now() + ms);
 
 function countingProvider(make: (call: number) => AwsCredentialIdentity) {
   let calls = 0;
@@ -35,8 +49,30 @@ function countingProvider(make: (call: number) => AwsCredentialIdentity) {
   };
 }
 
-function cache(options: Partial<TokenCacheOptions> & Pick<TokenCacheOptions, 'credentials' | 'now'>) {
-  return new TokenCache({ host: HOST, region: 'us-east-1', action: 'DbConnectAdmin', ...options });
+/** A cache of its own: a provider function is its own credential source. */
+function cache(credentials: () => Promise<AwsCredentialIdentity>, extra: DsqlConfig = {}): TokenCache {
+  return tokenCacheFor(resolveConfig({ host: HOST, credentials, ...extra }, {}));
+}
+
+/** Whether get() still hands out the cached token at `time` when signing fails; the clock is put back. */
+async function validAt(tokens: TokenCache, time: number): Promise<boolean> {
+  const saved = Date.now();
+  vi.setSystemTime(time);
+  signing.fail = true;
+  try {
+    await tokens.get();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    signing.fail = false;
+    vi.setSystemTime(saved);
+  }
+}
+
+async function expectExpiry(tokens: TokenCache, at: number) {
+  expect(await validAt(tokens, at - 1)).toBe(true);
+  expect(await validAt(tokens, at)).toBe(false);
 }
 
 const staticCreds = (call: number): AwsCredentialIdentity => ({
@@ -45,107 +81,91 @@ const staticCreds = (call: number): AwsCredentialIdentity => ({
   sessionToken: SESSION,
 });
 
-describe('TokenCache', () => {
+describe('the token cache', () => {
   it('reuses one token until its renewal point, then signs a new one', async () => {
-    const c = clock();
     const creds = countingProvider(staticCreds);
-    const tokens = cache({ credentials: creds.provider, now: c.now, tokenDurationSecs: 900 });
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
     const first = await tokens.get();
     expect(first).toBe(
-      signAuthToken({
-        host: HOST,
-        region: 'us-east-1',
-        action: 'DbConnectAdmin',
-        credentials: staticCreds(1),
-        expiresInSecs: 900,
-        signingTime: T0,
-      }),
+      signAuthToken(
+        { host: HOST, region: 'us-east-1', action: 'DbConnectAdmin', tokenDurationSecs: 900 },
+        staticCreds(1),
+        T0,
+      ),
     );
     for (let i = 0; i < 20; i++) expect(await tokens.get()).toBe(first);
-    expect(tokens.expiresAt).toBe(T0 + 900_000);
+    await expectExpiry(tokens, T0 + 900_000);
     // Renewal point: 60 s before expiry.
-    c.advance(900_000 - 60_000 - 1);
+    advance(900_000 - 60_000 - 1);
     expect(await tokens.get()).toBe(first);
-    c.advance(1);
+    advance(1);
     const second = await tokens.get();
     expect(second).not.toBe(first);
-    expect(tokens.signedCount).toBe(2);
+    expect(signing.count).toBe(2);
     // Credentials without an expiration are resolved once.
     expect(creds.calls).toBe(1);
   });
 
   it('never hands out a token that expired while the process was frozen', async () => {
-    const c = clock();
-    const tokens = cache({ credentials: countingProvider(staticCreds).provider, now: c.now });
+    const tokens = cache(countingProvider(staticCreds).provider);
     const before = await tokens.get();
-    c.advance(60 * 60_000); // an hour "frozen": no timer ran, the wall clock moved
+    advance(60 * 60_000); // an hour "frozen": no timer ran, the wall clock moved
     const after = await tokens.get();
     expect(after).not.toBe(before);
     expect(after).toContain('X-Amz-Date=20300101T130000Z');
   });
 
   it('scales the margin down for short lifetimes', async () => {
-    const c = clock();
-    const tokens = cache({
-      credentials: countingProvider(staticCreds).provider,
-      now: c.now,
-      tokenDurationSecs: 5,
-    });
+    const tokens = cache(countingProvider(staticCreds).provider, { tokenDurationSecs: 5 });
     const first = await tokens.get();
-    c.advance(3_999); // renewal at 5 s − 1 s (a fifth of the life)
+    advance(3_999); // renewal at 5 s − 1 s (a fifth of the life)
     expect(await tokens.get()).toBe(first);
-    c.advance(1);
+    advance(1);
     expect(await tokens.get()).not.toBe(first);
   });
 
   it('counts the life from the whole second in X-Amz-Date', async () => {
-    const c = clock(T0 + 999);
-    const tokens = cache({
-      credentials: countingProvider(staticCreds).provider,
-      now: c.now,
-      tokenDurationSecs: 900,
-    });
+    vi.setSystemTime(T0 + 999);
+    const tokens = cache(countingProvider(staticCreds).provider, { tokenDurationSecs: 900 });
     await tokens.get();
-    expect(tokens.expiresAt).toBe(T0 + 900_000);
+    await expectExpiry(tokens, T0 + 900_000);
   });
 
   it('expires with the credentials when they expire first', async () => {
-    const c = clock();
-    const creds = countingProvider((call) => ({
-      ...staticCreds(call),
-      expiration: new Date(c.now() + 10 * 60_000),
-    }));
-    const tokens = cache({ credentials: creds.provider, now: c.now, tokenDurationSecs: 3600 });
+    const make = (call: number) => ({ ...staticCreds(call), expiration: new Date(Date.now() + 10 * 60_000) });
+    // (Probing an expiry resolves credentials near it: a twin cache is probed for the first.)
+    const twin = cache(countingProvider(make).provider, { tokenDurationSecs: 3600 });
+    await twin.get();
+    await expectExpiry(twin, T0 + 10 * 60_000);
+    const creds = countingProvider(make);
+    const tokens = cache(creds.provider, { tokenDurationSecs: 3600 });
     const first = await tokens.get();
-    expect(tokens.expiresAt).toBe(T0 + 10 * 60_000);
     // Credentials expiring within 5 minutes are resolved again before the next signing.
-    c.advance(9 * 60_000);
+    advance(9 * 60_000);
     const second = await tokens.get();
     expect(second).not.toBe(first);
     expect(creds.calls).toBe(2);
     expect(second).toContain('AKID2');
-    expect(tokens.expiresAt).toBe(T0 + 19 * 60_000);
+    await expectExpiry(tokens, T0 + 19 * 60_000);
   });
 
   it('re-resolves credentials before their expiration, not after', async () => {
-    const c = clock();
     const creds = countingProvider((call) => ({
       ...staticCreds(call),
       expiration: new Date(T0 + call * 30 * 60_000),
     }));
-    const tokens = cache({ credentials: creds.provider, now: c.now, tokenDurationSecs: 900 });
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
     await tokens.get();
-    c.advance(14 * 60_000); // token renewal; credentials still have 16 minutes
+    advance(14 * 60_000); // token renewal; credentials still have 16 minutes
     await tokens.get();
     expect(creds.calls).toBe(1);
-    c.advance(14 * 60_000); // 2 minutes of credentials left: inside the 5-minute window
+    advance(14 * 60_000); // 2 minutes of credentials left: inside the 5-minute window
     const token = await tokens.get();
     expect(creds.calls).toBe(2);
     expect(token).toContain('AKID2');
   });
 
   it('shares one signing among concurrent callers (single flight)', async () => {
-    const c = clock();
     let release: (() => void) | undefined;
     let calls = 0;
     const provider = () =>
@@ -153,26 +173,22 @@ describe('TokenCache', () => {
         calls++;
         release = () => resolve(staticCreds(calls));
       });
-    const tokens = cache({ credentials: provider, now: c.now });
+    const tokens = cache(provider);
     const pending = Array.from({ length: 50 }, () => tokens.get());
     await Promise.resolve();
     expect(calls).toBe(1);
     release?.();
     const all = await Promise.all(pending);
     expect(new Set(all).size).toBe(1);
-    expect(tokens.signedCount).toBe(1);
+    expect(signing.count).toBe(1);
   });
 
   it('wraps failures in DsqlTokenError with the cause and recovers afterwards', async () => {
-    const c = clock();
     const boom = new Error('metadata service unavailable');
     let fail = true;
-    const tokens = cache({
-      credentials: async () => {
-        if (fail) throw boom;
-        return staticCreds(1);
-      },
-      now: c.now,
+    const tokens = cache(async () => {
+      if (fail) throw boom;
+      return staticCreds(1);
     });
     const err = await tokens.get().catch((e) => e);
     expect(err).toBeInstanceOf(DsqlTokenError);
@@ -182,32 +198,28 @@ describe('TokenCache', () => {
   });
 
   it('refuses credentials that have already expired', async () => {
-    const c = clock();
-    const tokens = cache({
-      credentials: async () => ({ ...staticCreds(1), expiration: new Date(T0 - 1) }),
-      now: c.now,
-    });
-    await expect(tokens.get()).rejects.toBeInstanceOf(DsqlTokenError);
+    const tokens = cache(async () => ({ ...staticCreds(1), expiration: new Date(T0 - 1) }));
+    const err = await tokens.get().catch((e) => e);
+    expect(err).toBeInstanceOf(DsqlTokenError);
+    expect(err.message).toMatch(/expired/);
   });
 
   it('invalidate drops the token (only the one named) and the credentials', async () => {
-    const c = clock();
     const creds = countingProvider(staticCreds);
-    const tokens = cache({ credentials: creds.provider, now: c.now });
+    const tokens = cache(creds.provider);
     const first = await tokens.get();
     tokens.invalidate('some older token');
     expect(await tokens.get()).toBe(first);
-    c.advance(1000); // a new signing time, so a new token
+    advance(1000); // a new signing time, so a new token
     tokens.invalidate(first);
     const second = await tokens.get();
     expect(second).not.toBe(first);
     expect(creds.calls).toBe(2);
     tokens.invalidate();
-    expect(tokens.expiresAt).toBeUndefined();
+    expect(await validAt(tokens, Date.now())).toBe(false); // nothing cached to fall back on
   });
 
   it('does not cache a token whose signing was overtaken by invalidate()', async () => {
-    const c = clock();
     let release: (() => void) | undefined;
     let calls = 0;
     const provider = () =>
@@ -215,22 +227,24 @@ describe('TokenCache', () => {
         calls++;
         release = () => resolve(staticCreds(calls));
       });
-    const tokens = cache({ credentials: provider, now: c.now });
+    const tokens = cache(provider);
     const pending = tokens.get();
     await Promise.resolve();
     tokens.invalidate();
     release?.();
     expect(await pending).toContain('AKID1');
-    expect(tokens.expiresAt).toBeUndefined();
+    // Not cached: the next get() resolves credentials and signs again.
     const next = tokens.get();
     await Promise.resolve();
+    expect(calls).toBe(2);
     release?.();
     expect(await next).toContain('AKID2');
-    expect(tokens.expiresAt).toBeDefined();
+    // That one is cached.
+    expect(await tokens.get()).toBe(await next);
+    expect(calls).toBe(2);
   });
 
   it('after invalidate(), the next get() resolves and signs afresh, not joining an older signing', async () => {
-    const c = clock();
     const releases: Array<() => void> = [];
     let calls = 0;
     const provider = () =>
@@ -238,7 +252,7 @@ describe('TokenCache', () => {
         const call = ++calls;
         releases.push(() => resolve(staticCreds(call)));
       });
-    const tokens = cache({ credentials: provider, now: c.now });
+    const tokens = cache(provider);
     const stale = tokens.get(); // started before the server rejected a token
     await Promise.resolve();
     tokens.invalidate();
@@ -250,80 +264,69 @@ describe('TokenCache', () => {
     expect(await fresh).toContain('AKID2');
     // The older signing, finishing last or first, never replaces the newer one in flight or cached.
     expect(await tokens.get()).toBe(await fresh);
-    expect(tokens.signedCount).toBe(2);
+    expect(signing.count).toBe(2);
   });
 
   it('keeps tokens and secrets out of inspect, JSON and errors', async () => {
-    const c = clock();
-    const tokens = cache({ credentials: countingProvider(staticCreds).provider, now: c.now });
-    const token = await tokens.get();
-    const signature = /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] ?? 'missing';
-    for (const text of [
-      inspect(tokens, { depth: 10, showHidden: true }),
-      JSON.stringify(tokens),
-      String(tokens),
-      inspect({ tokens }, { depth: 10 }),
+    const env = { AWS_ACCESS_KEY_ID: 'AKIDENV', AWS_SECRET_ACCESS_KEY: SECRET, AWS_SESSION_TOKEN: SESSION };
+    for (const tokens of [
+      cache(countingProvider(staticCreds).provider),
+      tokenCacheFor(resolveConfig({ host: HOST, tokenDurationSecs: 61 }, env), env),
     ]) {
-      expect(text).not.toContain(signature);
-      expect(text).not.toContain(SECRET);
-      expect(text).not.toContain('SESSIONTOKEN');
+      const token = await tokens.get();
+      const signature = /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] ?? 'missing';
+      for (const text of [
+        inspect(tokens, { depth: 10, showHidden: true }),
+        JSON.stringify(tokens),
+        String(tokens),
+        inspect({ tokens }, { depth: 10 }),
+      ]) {
+        expect(text).not.toContain(signature);
+        expect(text).not.toContain(SECRET);
+        expect(text).not.toContain('SESSIONTOKEN');
+      }
     }
-    const failing = cache({
-      credentials: async () => ({ ...staticCreds(1), expiration: new Date(T0 - 1) }),
-      now: c.now,
-    });
-    const err = await failing.get().catch((e: Error) => e);
+    const failing = cache(async () => ({ ...staticCreds(1), expiration: new Date(T0 - 1) }));
+    const err = await failing.get().catch((e) => e);
     expect(inspect(err, { depth: 10 })).not.toContain(SECRET);
     expect(inspect(err, { depth: 10 })).not.toContain('SESSIONTOKEN');
   });
 });
 
-describe('TokenCache under a misbehaving provider (issue 8)', () => {
-  afterEach(() => {
-    vi.useRealTimers();
-  });
-
+describe('the token cache under a misbehaving provider (issue 8)', () => {
   it('defect 1: a provider call that never settles fails the renewal, and the next get() recovers', async () => {
     vi.useFakeTimers();
-    const c = clock();
+    vi.setSystemTime(T0);
     let calls = 0;
-    const tokens = cache({
-      credentials: () =>
-        ++calls === 1 ? new Promise<AwsCredentialIdentity>(() => {}) : Promise.resolve(staticCreds(calls)),
-      credentialsTimeoutMillis: 2_000,
-      now: c.now,
-    });
-    const hung = tokens.get();
-    const outcome = hung.then(
+    const tokens = cache(() =>
+      ++calls === 1 ? new Promise<AwsCredentialIdentity>(() => {}) : Promise.resolve(staticCreds(calls)),
+    );
+    const outcome = tokens.get().then(
       () => 'resolved',
       (err: unknown) => err,
     );
-    await vi.advanceTimersByTimeAsync(2_000);
+    await vi.advanceTimersByTimeAsync(5_000); // DSQL_DEFAULTS.credentialsTimeoutMillis
     const err = await outcome;
     expect(err).toBeInstanceOf(DsqlTokenError);
-    expect((err as Error).message).toMatch(/did not answer within 2000 ms/);
+    expect((err as Error).message).toMatch(/credentials within 5000 ms/);
     // Not wedged: the next call asks the provider again and signs.
     await expect(tokens.get()).resolves.toContain('X-Amz-Credential=AKID2%2F');
     expect(calls).toBe(2);
   });
 
   it('defect 2: a provider failing while the cached token is still valid: the valid token is used', async () => {
-    const c = clock();
     let calls = 0;
-    const tokens = cache({
-      credentials: async () => {
-        if (++calls === 1) return { ...staticCreds(1), expiration: new Date(T0 + 10 * 60_000) };
-        throw new Error('STS throttled');
-      },
-      now: c.now,
+    const tokens = cache(async () => {
+      if (++calls === 1) return { ...staticCreds(1), expiration: new Date(T0 + 10 * 60_000) };
+      throw new Error('STS throttled');
     });
     const first = await tokens.get();
     // The token expires with the credentials, in 10 min; 30 s before, the renewal fails.
-    c.advance(9.5 * 60_000);
+    advance(9.5 * 60_000);
     await expect(tokens.get()).resolves.toBe(first);
     expect(calls).toBe(2);
     // Once the token itself has expired, the failure surfaces.
-    c.advance(60_000);
+    advance(60_000);
     await expect(tokens.get()).rejects.toBeInstanceOf(DsqlTokenError);
   });
 });
@@ -341,7 +344,7 @@ describe('tokenCacheFor', () => {
     ).not.toBe(a);
   });
 
-  it('shares a cache between equal configurations and separates different ones', () => {
+  it('shares a cache between equal configurations and separates different ones', async () => {
     const provider = async () => staticCreds(1);
     const a = tokenCacheFor(resolveConfig({ host: HOST, credentials: provider }, {}));
     const b = tokenCacheFor(resolveConfig({ host: HOST, credentials: provider, max: 9 }, {}));
@@ -354,7 +357,17 @@ describe('tokenCacheFor', () => {
       tokenCacheFor(resolveConfig({ host: HOST, credentials: provider, tokenDurationSecs: 60 }, {})),
     ).not.toBe(a);
     const app = tokenCacheFor(resolveConfig({ host: HOST, credentials: provider, user: 'app' }, {}));
-    expect(app.action).toBe('DbConnect');
+    expect(await app.get()).toContain('/?Action=DbConnect&');
+  });
+
+  it('is bounded: the oldest cache goes once 32 are held', () => {
+    const configs = Array.from({ length: 33 }, () =>
+      resolveConfig({ host: HOST, credentials: async () => staticCreds(1) }, {}),
+    );
+    const caches = configs.map((c) => tokenCacheFor(c));
+    expect(tokenCacheFor(configs[32]!)).toBe(caches[32]);
+    expect(tokenCacheFor(configs[1]!)).toBe(caches[1]);
+    expect(tokenCacheFor(configs[0]!)).not.toBe(caches[0]);
   });
 
   it('signs with environment credentials', async () => {
