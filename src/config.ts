@@ -1,7 +1,7 @@
 /**
- * Configuration: turns an object, a connection string, a bare host name or cluster ID, and the
- * environment into validated settings, synchronously and without I/O, so a bad configuration
- * fails at module scope with a {@link DsqlConfigError} naming the field (never a secret value).
+ * Configuration: an object, a connection string, a bare host name or cluster ID, and the
+ * environment become validated settings, synchronously and without I/O, so a mistake fails at
+ * module scope with a {@link DsqlConfigError} naming the field (never a secret value).
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -26,33 +26,16 @@ export interface AwsCredentialIdentity {
 /** A function returning credentials, like any provider from `@aws-sdk/credential-providers`. */
 export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>;
 
-/** pg options that pass through untouched; any other key is refused. */
-const PG_OPTIONS = [
-  ...['keepAlive', 'keepAliveInitialDelayMillis', 'statement_timeout', 'query_timeout', 'lock_timeout'],
-  ...[
-    'idle_in_transaction_session_timeout',
-    'types',
-    'options',
-    'client_encoding',
-    'maxUses',
-    'allowExitOnIdle',
-    'log',
-  ],
-] as const;
-
 /**
- * How to reach an Aurora DSQL cluster and pool connections to it. Every field is optional when
- * the environment supplies it; defaults are in `DSQL_DEFAULTS`. Of pg's own options only the
- * ones picked here pass through (`allowExitOnIdle` defaults to `true`); any other key is refused,
- * so a typo (`credential:`) cannot go unnoticed.
+ * How to reach an Aurora DSQL cluster and pool connections to it; every field is optional when
+ * the environment supplies it, defaults are in `DSQL_DEFAULTS`. Of pg's options only the picked
+ * ones pass through (`allowExitOnIdle`: default `true`); any other key is refused, so a typo
+ * (`credential:`) cannot go unnoticed.
  */
-export interface DsqlConfig extends Pick<pg.PoolConfig, (typeof PG_OPTIONS)[number]> {
-  /**
-   * Cluster endpoint (`<id>.dsql.<region>.on.aws`), another DNS name of it (then `region` is
-   * needed), or a bare 26-character cluster ID. Default: `DSQL_ENDPOINT`, then `PGHOST`.
-   */
+export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
+  /** `<id>.dsql.<region>.on.aws`, another DNS name of it (give `region`), or a 26-character cluster ID. Default: `DSQL_ENDPOINT`, then `PGHOST`. */
   host?: string | undefined;
-  /** AWS Region tokens are signed for. Default: from an `*.on.aws` host, then `AWS_REGION`, `AWS_DEFAULT_REGION`. */
+  /** Region tokens are signed for. Default: from an `*.on.aws` host, then `AWS_REGION`, `AWS_DEFAULT_REGION`. */
   region?: string | undefined;
   /** Database user; `admin` signs `DbConnectAdmin` tokens, any other `DbConnect`. Default: `PGUSER`, then `admin`. */
   user?: string | undefined;
@@ -60,49 +43,43 @@ export interface DsqlConfig extends Pick<pg.PoolConfig, (typeof PG_OPTIONS)[numb
   database?: string | undefined;
   /** TCP port. Default: `PGPORT`, then `5432`. */
   port?: number | undefined;
-  /** Shared-config profile to take credentials from (needs `@aws-sdk/credential-providers`). */
+  /** Shared-config profile to take credentials from (needs `@aws-sdk/credential-providers`). Default: none. */
   profile?: string | undefined;
-  /**
-   * Credentials or a provider. Default: `profile` if given, else `AWS_ACCESS_KEY_ID`/
-   * `AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` (what Lambda sets), else the AWS SDK's default chain.
-   */
+  /** Credentials or a provider. Default: `profile`, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, else the SDK's chain. */
   credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider | undefined;
-  /** Token lifetime, seconds, 1…604800. */
+  /** Token lifetime, seconds, 1…604800. Default: `900`. */
   tokenDurationSecs?: number | undefined;
-  /** Maximum connections. Default: `AWS_LAMBDA_MAX_CONCURRENCY` when set, else `DSQL_DEFAULTS.max`. */
+  /** Maximum connections. Default: `AWS_LAMBDA_MAX_CONCURRENCY` when set, else `4`. */
   max?: number | undefined;
-  /** Minimum idle connections pg-pool keeps. */
+  /** Minimum idle connections pg-pool keeps, 0…`max`. Default: `0`. */
   min?: number | undefined;
-  /** Retire a connection this old, seconds, 1…3600 (DSQL closes connections at 60 minutes). */
+  /** Retire a connection this old, seconds, 1…3600 (DSQL closes them at 60 minutes). Default: `3300`. */
   maxLifetimeSeconds?: number | undefined;
-  /** Up to this many seconds come off each connection's lifetime at random; `0`: none. */
+  /** Up to this many seconds come off each connection's lifetime at random, 0…3600. Default: `300`. */
   maxLifetimeJitterSeconds?: number | undefined;
-  /** pg-pool's idle timer, ms (`0`: off); the wall-clock check at checkout is `maxIdleMillis`. */
+  /** pg-pool's idle timer, ms (`0`: off); the wall-clock check is `maxIdleMillis`. Default: `300000`. */
   idleTimeoutMillis?: number | undefined;
-  /** Budget of one checkout: waiting for a pooled client and connecting, retries included, ms. */
+  /** Budget of one checkout: waiting for a pooled client and connecting, retries included, ms. Default: `10000`. */
   connectionTimeoutMillis?: number | undefined;
-  /** Discard a pooled connection idle longer than this at checkout, ms. */
+  /** Discard a pooled connection idle longer than this at checkout, ms. Default: `300000`. */
   maxIdleMillis?: number | undefined;
-  /** A pause longer than this since a connection's last use counts as a freeze/thaw, ms. */
+  /** A pause longer than this since a connection's last use counts as a freeze/thaw, ms. Default: `5000`. */
   thawThresholdMillis?: number | undefined;
-  /** Timeout of the liveness round trip on a reused connection after a thaw, ms. */
+  /** Timeout of the liveness round trip on a reused connection after a thaw, ms. Default: `1000`. */
   validationTimeoutMillis?: number | undefined;
-  /** Your application's name, sent as `<name>:dsql-lambda/<version>` (cut to 63 bytes). Default: `dsql-lambda/<version>`. */
+  /** Sent as `<name>:dsql-lambda/<version>`, cut to 63 bytes. Default: `dsql-lambda/<version>`. */
   applicationName?: string | undefined;
-  /** pg's spelling of `applicationName`. */
+  /** pg's spelling of `applicationName` (give one of the two). Default: none. */
   application_name?: string | undefined;
-  /** `'direct'`: TLS first (one round trip fewer); `'postgres'`: SSLRequest first. */
+  /** `'direct'`: TLS first (one round trip fewer); `'postgres'`: SSLRequest first. Default: `'direct'`. */
   sslNegotiation?: 'direct' | 'postgres' | undefined;
-  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots (local endpoint, proxies). */
+  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots. Default: Node's roots. */
   ssl?: { ca?: string | Buffer | Array<string | Buffer> | undefined } | true | undefined;
-  /**
-   * Address to dial (IPv4, IPv6 or a DNS name, which needs Node ≥ 20.16) while `host` names SNI,
-   * the certificate and the token (libpq's `hostaddr`). Default: `DSQL_HOSTADDR`, then `PGHOSTADDR`.
-   */
+  /** Address to dial (IP, or a DNS name on Node ≥ 20.16) while `host` names SNI, certificate and token. Default: `DSQL_HOSTADDR`, then `PGHOSTADDR`. */
   hostaddr?: string | undefined;
-  /** A connection string to start from; the other fields override it. */
+  /** A connection string to start from; the other fields override it. Default: none. */
   connectionString?: string | undefined;
-  /** Retry policy of this pool's retried transactions and statements (see `withRetry`). */
+  /** Retry policy of this pool's retried transactions and statements (see `withRetry`). Default: `DSQL_DEFAULTS.retry`. */
   retry?: RetryOptions | undefined;
 }
 
@@ -116,18 +93,6 @@ export type CredentialSource =
   | { readonly kind: 'environment' }
   | { readonly kind: 'default-chain' };
 
-/** Integer settings, their ranges; defaults in `DSQL_DEFAULTS`. */
-const INTEGERS = {
-  tokenDurationSecs: [1, 604800],
-  maxLifetimeSeconds: [1, 3600],
-  maxLifetimeJitterSeconds: [0, 3600],
-  idleTimeoutMillis: [0, 2 ** 31 - 1],
-  connectionTimeoutMillis: [1, 2 ** 31 - 1],
-  maxIdleMillis: [1, 2 ** 31 - 1],
-  thawThresholdMillis: [0, 2 ** 31 - 1],
-  validationTimeoutMillis: [1, 2 ** 31 - 1],
-} as const;
-
 /**
  * Settings after defaults, environment and validation, what the rest of the library reads: the
  * {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
@@ -135,7 +100,7 @@ const INTEGERS = {
  * (`ca`) and the pass-through `pgOptions`.
  */
 export interface ResolvedDsqlConfig
-  extends Readonly<Record<keyof typeof INTEGERS | 'port' | 'max' | 'min', number>>,
+  extends Readonly<Record<Exclude<KeyOf<number>, KeyOf<0 | 1>>, number>>,
     Readonly<Record<'host' | 'region' | 'user' | 'database' | 'applicationName', string>> {
   readonly hostaddr: string | undefined;
   readonly action: DsqlAction;
@@ -147,15 +112,28 @@ export interface ResolvedDsqlConfig
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
-const KNOWN = new Set<string>([
-  ...Object.keys(INTEGERS),
-  ...PG_OPTIONS,
-  ...'host region user database port profile credentials max min retry sslNegotiation ssl hostaddr'.split(
-    ' ',
-  ),
-  ...['applicationName', 'application_name', 'connectionString'],
-]);
-/** Query parameters a connection string may carry; any other is refused (a typo must not pass). */
+
+const M = 2 ** 31 - 1;
+/**
+ * Every key a configuration may have, the one place that says how each is checked: `''` text, a
+ * number an integer (`n`: 1…n, `-n`: 0…n), both with their default (if any) from `DSQL_DEFAULTS`;
+ * `1` a pg option passed through; `0` checked on its own in `resolveConfig`.
+ */
+// biome-ignore format: a table, one kind per row
+const KEYS = {
+  host: '', region: '', user: '', database: '', profile: '', hostaddr: '', applicationName: '',
+  application_name: '', sslNegotiation: '',
+  port: 65535, max: 1e5, min: -1e5, tokenDurationSecs: 604800, maxLifetimeSeconds: 3600,
+  maxLifetimeJitterSeconds: -3600, idleTimeoutMillis: -M, connectionTimeoutMillis: M, maxIdleMillis: M,
+  thawThresholdMillis: -M, validationTimeoutMillis: M,
+  keepAlive: 1, keepAliveInitialDelayMillis: 1, statement_timeout: 1, query_timeout: 1, lock_timeout: 1,
+  idle_in_transaction_session_timeout: 1, types: 1, options: 1, client_encoding: 1, maxUses: 1,
+  allowExitOnIdle: 1, log: 1,
+  credentials: 0, ssl: 0, retry: 0, connectionString: 0,
+} as const;
+type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K : never }[keyof typeof KEYS];
+const KINDS: Record<string, '' | number> = KEYS;
+/** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
 const QUERY =
   'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode'.split(' ');
 const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
@@ -164,42 +142,18 @@ function fail(field: string, message: string): never {
   throw new DsqlConfigError(field, message);
 }
 
-/**
- * Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. By hand: a regular expression compiles
- * on first use, and this runs on every cold start.
- */
-function isDnsName(name: string): boolean {
-  return (
-    name.length <= 253 &&
-    name.split('.').every((label) => {
-      for (let i = 0; i < label.length; i++) {
-        const c = label.charCodeAt(i);
-        if (!((c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 45)) return false;
-      }
-      return label.length > 0 && label.length < 64;
-    })
-  );
-}
+/** Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. */
+const isDnsName = (s: string) => s.length < 254 && /^[a-z\d-]{1,63}(\.[a-z\d-]{1,63})*$/.test(s);
+const isNumeric = (s: string) => /^[\d.]+$/.test(s);
+/** An integer written in text (environment, query): digits only, else NaN, which no range takes. */
+const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : Number.NaN);
 
-const isDigitsAndDots = (s: string) => [...s].every((c) => c === '.' || (c >= '0' && c <= '9'));
-
-function text(field: string, value: unknown): string | undefined {
+function int(field: string, value: unknown, bound: number): number | undefined {
+  const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   if (value == null) return undefined;
-  if (typeof value !== 'string' || !value) fail(field, 'must be a non-empty string');
-  // A NUL ends a startup-message field: what follows would be read as another parameter.
-  if (value.includes('\0')) fail(field, 'must not contain NUL');
-  return value;
-}
-
-/** A decimal integer from text (environment, query), strictly. */
-const fromText = (value: string | undefined) =>
-  value === undefined || /^\d{1,9}$/.test(value) ? value && Number(value) : NaN;
-
-function integer(field: string, value: unknown, min: number, max: number): number | undefined {
-  if (value != null && !(Number.isInteger(value) && (value as number) >= min && (value as number) <= max)) {
-    fail(field, `must be an integer from ${min} to ${max}`);
-  }
-  return (value ?? undefined) as number | undefined;
+  return Number.isInteger(value) && (value as number) >= min && (value as number) <= max
+    ? (value as number)
+    : fail(field, `must be an integer from ${min} to ${max}`);
 }
 
 function decode(field: string, value: string): string {
@@ -211,117 +165,68 @@ function decode(field: string, value: string): string {
 }
 
 /**
- * Parses a `postgres://`, `postgresql://` or `dsql://` URL: user, host, port and database, and
- * the query parameters `region`, `profile`, `tokenDurationSecs`, `sslnegotiation`, `hostaddr`,
- * `application_name`, `user`, `dbname`, `sslmode` (`require`, `verify-ca` or `verify-full`:
- * verification is full regardless). A password is refused; no message repeats the string.
- * @throws {@link DsqlConfigError}
- * @example
- * parseConnectionString('dsql://admin@abc.dsql.us-east-1.on.aws/postgres?tokenDurationSecs=300');
+ * A `postgres://`, `postgresql://` or `dsql://` URL, as raw keys the object's checks then
+ * validate; a bare host name or cluster ID stands for `{ host }`. No message repeats the string.
  */
-export function parseConnectionString(connectionString: string): DsqlConfig {
-  const field = 'connectionString';
-  let url: URL | undefined;
+function fromString(s: unknown): Record<string, unknown> {
+  const F = 'connectionString';
+  const bad = () => fail(F, 'must be a postgres:// or dsql:// URL');
+  if (typeof s !== 'string') return bad();
+  if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
+  let url: URL;
   try {
-    if (/^(postgres|postgresql|dsql):\/\//i.test(connectionString)) url = new URL(connectionString);
-  } catch {}
-  // (The URL parser's error would carry the whole input, password included: never chained.)
-  if (!url) return fail(field, 'must be a postgres:// or dsql:// URL');
-  // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
-  if (url.password || (url.pathname + url.search).includes('@')) fail('password', NO_PASSWORD);
-  if (url.hostname.startsWith('[')) fail('host', 'must be a DNS name (use hostaddr for an address)');
-  const path = url.pathname.slice(1);
-  if (path.includes('/')) fail('database', 'is invalid');
-  const config: Record<string, unknown> = {
-    user: url.username ? decode('user', url.username) : undefined,
-    host: url.hostname ? decode('host', url.hostname) : undefined,
-    port: url.port ? Number(url.port) : undefined,
-    database: path ? decode('database', path) : undefined,
-  };
-  // By hand, not URLSearchParams: that turns '+' into a space, which libpq does not.
-  for (const part of url.search.slice(1).split('&').filter(Boolean)) {
-    const [rawKey = '', ...rest] = part.split('=');
-    const key = decode(field, rawKey);
-    if (!QUERY.includes(key)) fail(field, `unknown query parameter (known: ${QUERY})`);
-    const value = decode(key, rest.join('='));
-    if (!value) fail(key, 'must not be empty');
-    if (key === 'sslmode') {
-      if (!['require', 'verify-ca', 'verify-full'].includes(value)) fail(key, 'must be verify-full');
-    } else if (key === 'sslnegotiation') {
-      if (value !== 'direct' && value !== 'postgres') fail(key, "must be 'direct' or 'postgres'");
-      config.sslNegotiation = value;
-    } else {
-      config[key === 'dbname' ? 'database' : key] =
-        key === 'tokenDurationSecs' ? integer(key, fromText(value), 1, 604800) : value;
-    }
+    url = new URL(s);
+  } catch {
+    // (Its error would carry the whole input, password included: never chained.)
+    return bad();
   }
-  for (const key of Object.keys(config)) if (config[key] === undefined) delete config[key];
-  return config as DsqlConfig;
-}
-
-/** Region named by a `*.dsql*.<region>.on.aws` host (the official connectors' pattern, without a RegExp). */
-export function regionFromHost(host: string): string | undefined {
-  const l = host.toLowerCase().split('.');
-  const n = l.length;
-  return n > 4 && l[n - 2] === 'on' && l[n - 1] === 'aws' && l[n - 4]?.startsWith('dsql')
-    ? l[n - 3] || undefined
-    : undefined;
+  const { username, hostname, port, pathname, search } = url;
+  // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
+  if (url.password || (pathname + search).includes('@')) fail('password', NO_PASSWORD);
+  const path = pathname.slice(1);
+  if (path.includes('/')) fail('database', 'must not contain /');
+  const given: Record<string, unknown> = {};
+  if (port) given.port = +port;
+  for (const [key, raw] of [
+    ['user', username],
+    ['host', hostname],
+    ['database', path],
+  ] as const) {
+    if (raw) given[key] = decode(key, raw);
+  }
+  // By hand, not URLSearchParams: that turns '+' into a space, which libpq does not.
+  for (const part of search.slice(1).split('&')) {
+    if (!part) continue;
+    const [rawKey = '', ...rest] = part.split('=');
+    let key = decode(F, rawKey);
+    if (!QUERY.includes(key)) fail(F, `query may only set ${QUERY}`);
+    const value = decode(key, rest.join('='));
+    if (key === 'sslmode') {
+      if (!/^(require|verify-(ca|full))$/.test(value)) fail(key, 'must be require or verify-*');
+      continue;
+    }
+    key = { dbname: 'database', sslnegotiation: 'sslNegotiation' }[key] ?? key;
+    given[key] = KINDS[key] ? num(value) : value;
+  }
+  return given;
 }
 
 /** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
 export function isIdentity(value: unknown): value is AwsCredentialIdentity {
-  const c = value as Record<string, unknown> | null | undefined;
-  const e = c?.expiration;
+  const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
   return (
-    typeof c?.accessKeyId === 'string' &&
-    typeof c.secretAccessKey === 'string' &&
-    !!c.accessKeyId &&
-    !!c.secretAccessKey &&
-    ['string', 'undefined'].includes(typeof c.sessionToken) &&
-    (e === undefined || (e instanceof Date && e.getTime() >= 0))
+    [a, s].every((x) => x && typeof x === 'string') &&
+    (t === undefined || typeof t === 'string') &&
+    (e === undefined || (e instanceof Date && +e >= 0))
   );
 }
 
-function credentialsOf(value: unknown): CredentialSource | undefined {
-  if (value == null) return undefined;
-  if (typeof value !== 'function' && !isIdentity(value))
-    fail('credentials', 'must be an AWS identity or a provider');
-  return { kind: 'explicit', value: value as AwsCredentialIdentity };
-}
-
-function caOf(ssl: unknown): ResolvedDsqlConfig['ca'] {
-  if (ssl == null || ssl === true) return undefined;
-  const { ca, rejectUnauthorized, ...rest } = (typeof ssl === 'object' ? ssl : { x: 1 }) as Record<
-    string,
-    unknown
-  >;
-  if (rejectUnauthorized === false || Object.keys(rest).length)
-    fail('ssl', 'is always verified; only { ca } may be set');
-  if (![ca ?? ''].flat().every((c) => typeof c === 'string' || Buffer.isBuffer(c)))
-    fail('ssl.ca', 'must be PEM');
-  return ca as ResolvedDsqlConfig['ca'];
-}
-
-/** An IPv4 or IPv6 address pg dials as it is, or a DNS name. */
-function hostaddrOf(value: string | undefined): string | undefined {
-  const a = value?.toLowerCase();
-  if (a === undefined) return undefined;
-  const ok = a.includes(':')
-    ? // Only for an IPv6 hostaddr: net.isIP's first call costs milliseconds of cold start.
-      (process.getBuiltinModule?.('node:net').isIPv6(a) ?? true)
-    : isDigitsAndDots(a)
-      ? a.split('.').length === 4 &&
-        a.split('.').every((p) => p && Number(p) < 256 && String(Number(p)) === p)
-      : isDnsName(a);
-  return ok ? a : fail('hostaddr', 'must be an IP address or a DNS name');
-}
-
 /**
- * Resolves a configuration: connection string or object, then the environment (`DSQL_ENDPOINT`
- * then `PGHOST`, `DSQL_HOSTADDR` then `PGHOSTADDR`, `PGUSER`, `PGDATABASE`, `PGPORT`,
- * `AWS_REGION` then `AWS_DEFAULT_REGION`, `AWS_LAMBDA_MAX_CONCURRENCY`; whether
- * `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are set picks the credential source), then
- * `DSQL_DEFAULTS`. Synchronous, no I/O.
+ * Resolves a configuration: the environment (`DSQL_ENDPOINT` then `PGHOST`, `DSQL_HOSTADDR` then
+ * `PGHOSTADDR`, `PGUSER`, `PGDATABASE`, `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`), overridden by
+ * the connection string, overridden by the object; the region from the host, then `AWS_REGION`,
+ * `AWS_DEFAULT_REGION`; `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` pick the credential
+ * source; then `DSQL_DEFAULTS`. Synchronous, no I/O.
  * @param input A {@link DsqlConfig}, a connection string, a host name or cluster ID, or nothing.
  * @param env Environment to read. Default: `process.env`.
  * @throws {@link DsqlConfigError} naming the field at fault; never anything else.
@@ -333,101 +238,105 @@ export function resolveConfig(
   input: DsqlConfig | string | undefined,
   env: Env = process.env,
 ): ResolvedDsqlConfig {
-  /** A connection string, or a bare host name or cluster ID standing where one goes. */
-  const fromString = (value: unknown): DsqlConfig =>
-    typeof value === 'string' && !value.includes('://') && isDnsName(value.toLowerCase())
-      ? { host: value }
-      : parseConnectionString(value as string);
-  const proto = input != null && typeof input === 'object' && Object.getPrototypeOf(input);
-  if (input != null && typeof input !== 'string' && proto !== Object.prototype && proto !== null) {
-    fail('config', 'must be a plain object or a string (for a URL: its href)');
-  }
-  const object = (typeof input === 'object' && input) || {};
+  const object = (input == null || typeof input === 'string' ? {} : input) as Record<string, unknown>;
+  // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
+  if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
+    fail('config', 'must be a plain object or a string');
   const given: Record<string, unknown> = {
-    ...(typeof input === 'string' && fromString(input)),
-    ...(object.connectionString != null && fromString(object.connectionString)),
+    host: env.DSQL_ENDPOINT || env.PGHOST || undefined,
+    hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
+    user: env.PGUSER || undefined,
+    database: env.PGDATABASE || undefined,
+    port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
+    max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
-  for (const [key, value] of Object.entries(object)) {
-    if (key === 'password') fail(key, NO_PASSWORD);
-    if (!KNOWN.has(key)) fail(key, 'is not a dsql-lambda or pg option');
-    if (value !== undefined && key !== 'connectionString') given[key] = value;
+  const s = typeof input === 'string' ? input : object.connectionString;
+  for (const layer of [s == null ? {} : fromString(s), object]) {
+    for (const [key, value] of Object.entries(layer)) {
+      if (!Object.hasOwn(KEYS, key)) fail(key, key === 'password' ? NO_PASSWORD : 'is not a known option');
+      if (value !== undefined) given[key] = value;
+    }
   }
 
-  let host = (
-    text('host', given.host) ??
-    (env.DSQL_ENDPOINT || env.PGHOST) ??
-    fail('host', 'is required (or set DSQL_ENDPOINT)')
-  )
+  const r: Record<string, unknown> = {};
+  const pgOptions: Record<string, unknown> = {};
+  for (const [key, kind] of Object.entries(KINDS)) {
+    const value = given[key];
+    if (kind === 1) {
+      if (value !== undefined) pgOptions[key] = value;
+    } else if (kind === '') {
+      // A NUL ends a startup-message field: what follows would be read as another parameter.
+      if (value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
+        fail(key, 'must be a non-blank string without NUL');
+      r[key] = value ?? DSQL_DEFAULTS[key as 'user'];
+    } else if (kind) {
+      r[key] = int(key, value, kind) ?? DSQL_DEFAULTS[key as 'port'];
+    }
+  }
+
+  const host = ((r.host as string | undefined) ?? fail('host', 'is required (or set DSQL_ENDPOINT)'))
     .trim()
-    .toLowerCase();
-  if (host.endsWith('.')) host = host.slice(0, -1);
+    .toLowerCase()
+    .replace(/\.$/, '');
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
-  const isClusterId = host.length === 26 && !host.includes('.') && !host.includes('-');
-  if (!isDnsName(host) || (!isClusterId && isDigitsAndDots(host)))
-    fail('host', 'must be a DNS name or cluster ID');
-  const region =
-    text('region', given.region) ??
-    (isClusterId ? undefined : regionFromHost(host)) ??
+  const isClusterId = /^[a-z\d]{26}$/.test(host);
+  if (!isDnsName(host) || (!isClusterId && isNumeric(host))) fail('host', 'must be a DNS name or cluster ID');
+  // The official connectors' pattern.
+  const region = (r.region ??
+    /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1] ??
     (env.AWS_REGION ||
       env.AWS_DEFAULT_REGION ||
-      fail('region', 'is required for this host (or set AWS_REGION)'));
-  if (!isDnsName(region) || region.includes('.')) fail('region', 'is invalid');
-  if (isClusterId) host = `${host}.dsql.${region}.on.aws`;
+      fail('region', 'is required (or set AWS_REGION)'))) as string;
+  if (!/^[a-z\d-]{1,63}$/.test(region)) fail('region', 'is invalid');
+  r.host = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
+  r.region = region;
 
-  const user = text('user', given.user) ?? (env.PGUSER || DSQL_DEFAULTS.user);
-  const concurrency = Number(env.AWS_LAMBDA_MAX_CONCURRENCY);
-  const max =
-    integer('max', given.max, 1, 100_000) ??
-    (Number.isInteger(concurrency) && concurrency > 0 ? concurrency : DSQL_DEFAULTS.max);
-  const explicit = credentialsOf(given.credentials);
-  if (explicit && given.profile !== undefined) fail('profile', 'conflicts with credentials');
-  const profile = text('profile', given.profile);
-  if (given.applicationName != null && given.application_name != null)
-    fail('application_name', 'conflicts with applicationName');
-  const nameField = given.applicationName != null ? 'applicationName' : 'application_name';
-  const name = text(nameField, given[nameField])?.trim();
-  if (name === '') fail(nameField, 'must not be blank');
-  // PostgreSQL keeps 63 bytes after turning every byte but printable ASCII into '?': keep our suffix.
-  const suffix = `dsql-lambda/${PACKAGE_VERSION}`;
-  const negotiation = given.sslNegotiation ?? DSQL_DEFAULTS.sslNegotiation;
-  if (negotiation !== 'direct' && negotiation !== 'postgres')
+  const a = (r.hostaddr as string | undefined)?.toLowerCase();
+  if (a !== undefined) {
+    // node:net only for an address (pg loads it to connect anyway); Node < 20.16 has no
+    // getBuiltinModule and dials whatever it is given.
+    const ok =
+      isNumeric(a) || a.includes(':') ? process.getBuiltinModule?.('node:net').isIP(a) !== 0 : isDnsName(a);
+    r.hostaddr = ok ? a : fail('hostaddr', 'must be an IP or a DNS name');
+  }
+  if ((r.min as number) > (r.max as number)) fail('min', 'must not exceed max');
+  if (!['direct', 'postgres'].includes(r.sslNegotiation as string))
     fail('sslNegotiation', "must be 'direct' or 'postgres'");
 
-  const resolved: Record<string, unknown> = {
-    host,
-    hostaddr: hostaddrOf(
-      text('hostaddr', given.hostaddr) ?? (env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined),
-    ),
-    region,
-    user,
-    database: text('database', given.database) ?? (env.PGDATABASE || DSQL_DEFAULTS.database),
-    port:
-      integer('port', given.port, 1, 65535) ??
-      integer('PGPORT', fromText(env.PGPORT || undefined), 1, 65535) ??
-      DSQL_DEFAULTS.port,
-    action: user === 'admin' ? 'DbConnectAdmin' : 'DbConnect',
-    credentialSource: explicit ?? {
-      kind:
-        profile !== undefined
-          ? 'profile'
-          : env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
-            ? 'environment'
-            : 'default-chain',
-      ...(profile !== undefined && { profile }),
-    },
-    max,
-    min: integer('min', given.min, 0, max) ?? DSQL_DEFAULTS.min,
-    applicationName:
-      name === undefined ? suffix : `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`,
-    sslNegotiation: negotiation,
-    ca: caOf(given.ssl),
-    retry: given.retry,
-    pgOptions: Object.fromEntries(PG_OPTIONS.filter((k) => given[k] !== undefined).map((k) => [k, given[k]])),
-  };
-  for (const [key, [min, top]] of Object.entries(INTEGERS)) {
-    resolved[key] = integer(key, given[key], min, top) ?? DSQL_DEFAULTS[key as keyof typeof INTEGERS];
-  }
+  if (r.applicationName && r.application_name) fail('application_name', 'conflicts with applicationName');
+  const name = ((r.applicationName ?? r.application_name) as string | undefined)?.trim();
+  // PostgreSQL keeps 63 bytes after turning every byte but printable ASCII into '?': keep our suffix.
+  const suffix = `dsql-lambda/${PACKAGE_VERSION}`;
+  r.applicationName = name
+    ? `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`
+    : suffix;
+
+  const { credentials, ssl } = given;
+  if (credentials != null && typeof credentials !== 'function' && !isIdentity(credentials))
+    fail('credentials', 'must be an AWS identity or a provider');
+  if (credentials != null && r.profile) fail('profile', 'conflicts with credentials');
+  const { ca, rejectUnauthorized, ...rest } = Object(ssl);
+  if (
+    (ssl !== true && typeof (ssl ?? {}) !== 'object') ||
+    rejectUnauthorized === false ||
+    Object.keys(rest).length
+  )
+    fail('ssl', 'may only set ca (always verified)');
+  if (![ca ?? ''].flat().every((c) => typeof c === 'string' || Buffer.isBuffer(c)))
+    fail('ssl.ca', 'must be PEM');
+  r.ca = ca;
+  r.action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
+  r.retry = given.retry;
+  r.pgOptions = pgOptions;
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.
-  Object.defineProperty(resolved, 'credentialSource', { enumerable: !explicit });
-  return resolved as unknown as ResolvedDsqlConfig;
+  Object.defineProperty(r, 'credentialSource', {
+    enumerable: credentials == null,
+    value:
+      credentials != null
+        ? { kind: 'explicit', value: credentials }
+        : r.profile
+          ? { kind: 'profile', profile: r.profile }
+          : { kind: env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY ? 'environment' : 'default-chain' },
+  });
+  return r as unknown as ResolvedDsqlConfig;
 }
