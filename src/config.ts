@@ -1,7 +1,7 @@
 /**
- * Configuration: an object, a connection string, a bare host name or cluster ID, and the
- * environment become validated settings, synchronously and without I/O, so a mistake fails at
- * module scope with a {@link DsqlConfigError} naming the field (never a secret value).
+ * Configuration: an object, a connection string, a host name or cluster ID, and the environment
+ * become validated settings without I/O, so a mistake fails at module scope with a
+ * {@link DsqlConfigError} naming the field (never a secret value).
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -27,25 +27,24 @@ export interface AwsCredentialIdentity {
 export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>;
 
 /**
- * How to reach an Aurora DSQL cluster and pool connections to it; every field is optional when
- * the environment supplies it, defaults are in `DSQL_DEFAULTS`. Of pg's options only the picked
- * ones pass through (`allowExitOnIdle`: default `true`); any other key is refused, so a typo
- * (`credential:`) cannot go unnoticed.
+ * How to reach an Aurora DSQL cluster and pool connections to it; defaults are in `DSQL_DEFAULTS`.
+ * Of pg's options only those picked pass through (`allowExitOnIdle`: default `true`); any other
+ * key is refused, so a typo (`credential:`) cannot go unnoticed.
  */
 export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
-  /** `<id>.dsql.<region>.on.aws`, another DNS name of it (give `region`), or a 26-character cluster ID. Default: `DSQL_ENDPOINT`, then `PGHOST`. */
+  /** Endpoint, another DNS name of it (give `region`) or a cluster ID. Default: `DSQL_ENDPOINT`, `PGHOST`. */
   host?: string | undefined;
-  /** Region tokens are signed for. Default: from an `*.on.aws` host, then `AWS_REGION`, `AWS_DEFAULT_REGION`. */
+  /** Region tokens are signed for. Default: from an `*.on.aws` host, `AWS_REGION`, `AWS_DEFAULT_REGION`. */
   region?: string | undefined;
-  /** Database user; `admin` signs `DbConnectAdmin` tokens, any other `DbConnect`. Default: `PGUSER`, then `admin`. */
+  /** Database user; `admin` signs `DbConnectAdmin` tokens, others `DbConnect`. Default: `PGUSER`, `admin`. */
   user?: string | undefined;
   /** Database name. Default: `PGDATABASE`, then `postgres`. */
   database?: string | undefined;
   /** TCP port. Default: `PGPORT`, then `5432`. */
   port?: number | undefined;
-  /** Shared-config profile to take credentials from (needs `@aws-sdk/credential-providers`). Default: none. */
+  /** Shared-config profile of the credentials (needs `@aws-sdk/credential-providers`). Default: none. */
   profile?: string | undefined;
-  /** Credentials or a provider. Default: `profile`, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, else the SDK's chain. */
+  /** Credentials or a provider. Default: `profile`, else `AWS_ACCESS_KEY_ID`…, else the SDK's chain. */
   credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider | undefined;
   /** Token lifetime, seconds, 1…604800. Default: `900`. */
   tokenDurationSecs?: number | undefined;
@@ -53,17 +52,17 @@ export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
   max?: number | undefined;
   /** Minimum idle connections pg-pool keeps, 0…`max`. Default: `0`. */
   min?: number | undefined;
-  /** Retire a connection this old, seconds, 1…3600 (DSQL closes them at 60 minutes). Default: `3300`. */
+  /** Retire a connection this old, seconds, 1…3600 (DSQL closes it at 60 minutes). Default: `3300`. */
   maxLifetimeSeconds?: number | undefined;
-  /** Up to this many seconds come off each connection's lifetime at random, 0…3600. Default: `300`. */
+  /** At most this much comes off each connection's lifetime at random, seconds. Default: `300`. */
   maxLifetimeJitterSeconds?: number | undefined;
   /** pg-pool's idle timer, ms (`0`: off); the wall-clock check is `maxIdleMillis`. Default: `300000`. */
   idleTimeoutMillis?: number | undefined;
-  /** Budget of one checkout: waiting for a pooled client and connecting, retries included, ms. Default: `10000`. */
+  /** Budget of one checkout: waiting for a client and connecting, retries included, ms. Default: `10000`. */
   connectionTimeoutMillis?: number | undefined;
   /** Discard a pooled connection idle longer than this at checkout, ms. Default: `300000`. */
   maxIdleMillis?: number | undefined;
-  /** A pause longer than this since a connection's last use counts as a freeze/thaw, ms. Default: `5000`. */
+  /** A longer pause since a connection's last use counts as a freeze/thaw, ms. Default: `5000`. */
   thawThresholdMillis?: number | undefined;
   /** Timeout of the liveness round trip on a reused connection after a thaw, ms. Default: `1000`. */
   validationTimeoutMillis?: number | undefined;
@@ -73,13 +72,13 @@ export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
   application_name?: string | undefined;
   /** `'direct'`: TLS first (one round trip fewer); `'postgres'`: SSLRequest first. Default: `'direct'`. */
   sslNegotiation?: 'direct' | 'postgres' | undefined;
-  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots. Default: Node's roots. */
+  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots. Default: Node's. */
   ssl?: { ca?: string | Buffer | Array<string | Buffer> | undefined } | true | undefined;
-  /** Address to dial (IP, or a DNS name on Node ≥ 20.16) while `host` names SNI, certificate and token. Default: `DSQL_HOSTADDR`, then `PGHOSTADDR`. */
+  /** Address to dial (an IP, or a DNS name on Node ≥ 20.16). Default: `DSQL_HOSTADDR`, `PGHOSTADDR`. */
   hostaddr?: string | undefined;
   /** A connection string to start from; the other fields override it. Default: none. */
   connectionString?: string | undefined;
-  /** Retry policy of this pool's retried transactions and statements (see `withRetry`). Default: `DSQL_DEFAULTS.retry`. */
+  /** Policy of this pool's retried transactions and statements. Default: `DSQL_DEFAULTS.retry`. */
   retry?: RetryOptions | undefined;
 }
 
@@ -94,10 +93,8 @@ export type CredentialSource =
   | { readonly kind: 'default-chain' };
 
 /**
- * Settings after defaults, environment and validation, what the rest of the library reads: the
- * {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
- * `credentialSource` (non-enumerable when explicit, so printing it shows no secret), the CAs
- * (`ca`) and the pass-through `pgOptions`.
+ * The {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
+ * `credentialSource` (non-enumerable when explicit: printing it shows no secret) and `pgOptions`.
  */
 export interface ResolvedDsqlConfig
   extends Readonly<Record<Exclude<KeyOf<number>, KeyOf<0 | 1>>, number>>,
@@ -111,13 +108,10 @@ export interface ResolvedDsqlConfig
   readonly pgOptions: Readonly<Record<string, unknown>>;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
-
 const M = 2 ** 31 - 1;
 /**
- * Every key a configuration may have, the one place that says how each is checked: `''` text, a
- * number an integer (`n`: 1…n, `-n`: 0…n), both with their default (if any) from `DSQL_DEFAULTS`;
- * `1` a pg option passed through; `0` checked on its own in `resolveConfig`.
+ * Every key a configuration may have, and how it is checked: `''` text, `n` an integer 1…n, `-n`
+ * one 0…n (both defaulting to `DSQL_DEFAULTS[key]`), `1` a pg option passed through, `0` own checks.
  */
 // biome-ignore format: a table, one kind per row
 const KEYS = {
@@ -132,10 +126,8 @@ const KEYS = {
   credentials: 0, ssl: 0, retry: 0, connectionString: 0,
 } as const;
 type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K : never }[keyof typeof KEYS];
-const KINDS: Record<string, '' | number> = KEYS;
 /** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
-const QUERY =
-  'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode'.split(' ');
+const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
 const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
 
 function fail(field: string, message: string): never {
@@ -150,10 +142,9 @@ const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : Number.NaN);
 
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
-  if (value == null) return undefined;
-  return Number.isInteger(value) && (value as number) >= min && (value as number) <= max
-    ? (value as number)
-    : fail(field, `must be an integer from ${min} to ${max}`);
+  const ok =
+    value == null || (Number.isInteger(value) && (value as number) >= min && (value as number) <= max);
+  return ok ? (value as number | undefined) : fail(field, `must be an integer from ${min} to ${max}`);
 }
 
 function decode(field: string, value: string): string {
@@ -164,22 +155,14 @@ function decode(field: string, value: string): string {
   }
 }
 
-/**
- * A `postgres://`, `postgresql://` or `dsql://` URL, as raw keys the object's checks then
- * validate; a bare host name or cluster ID stands for `{ host }`. No message repeats the string.
- */
+/** A `postgres://`, `postgresql://` or `dsql://` URL (or a bare host name) as raw keys; no message repeats it. */
 function fromString(s: unknown): Record<string, unknown> {
   const F = 'connectionString';
   const bad = () => fail(F, 'must be a postgres:// or dsql:// URL');
   if (typeof s !== 'string') return bad();
   if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
-  let url: URL;
-  try {
-    url = new URL(s);
-  } catch {
-    // (Its error would carry the whole input, password included: never chained.)
-    return bad();
-  }
+  // (Not `new URL` in a try: its error would carry the whole input, password included.)
+  const url = URL.canParse(s) ? new URL(s) : bad();
   const { username, hostname, port, pathname, search } = url;
   // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
   if (url.password || (pathname + search).includes('@')) fail('password', NO_PASSWORD);
@@ -187,26 +170,18 @@ function fromString(s: unknown): Record<string, unknown> {
   if (path.includes('/')) fail('database', 'must not contain /');
   const given: Record<string, unknown> = {};
   if (port) given.port = +port;
-  for (const [key, raw] of [
-    ['user', username],
-    ['host', hostname],
-    ['database', path],
-  ] as const) {
-    if (raw) given[key] = decode(key, raw);
-  }
+  if (username) given.user = decode('user', username);
+  if (hostname) given.host = decode('host', hostname);
+  if (path) given.database = decode('database', path);
   // By hand, not URLSearchParams: that turns '+' into a space, which libpq does not.
-  for (const part of search.slice(1).split('&')) {
-    if (!part) continue;
-    const [rawKey = '', ...rest] = part.split('=');
+  for (const part of search.slice(1).split('&').filter(Boolean)) {
+    const [rawKey, ...rest] = part.split('=') as [string, ...string[]];
     let key = decode(F, rawKey);
-    if (!QUERY.includes(key)) fail(F, `query may only set ${QUERY}`);
+    if (!QUERY.split(' ').includes(key)) fail(F, `query may only set ${QUERY}`);
     const value = decode(key, rest.join('='));
-    if (key === 'sslmode') {
-      if (!/^(require|verify-(ca|full))$/.test(value)) fail(key, 'must be require or verify-*');
-      continue;
-    }
     key = { dbname: 'database', sslnegotiation: 'sslNegotiation' }[key] ?? key;
-    given[key] = KINDS[key] ? num(value) : value;
+    if (key !== 'sslmode') given[key] = (KEYS as Record<string, unknown>)[key] ? num(value) : value;
+    else if (!/^(require|verify-(ca|full))$/.test(value)) fail(key, 'must be require or verify-*');
   }
   return given;
 }
@@ -214,31 +189,27 @@ function fromString(s: unknown): Record<string, unknown> {
 /** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
 export function isIdentity(value: unknown): value is AwsCredentialIdentity {
   const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
+  const keys = [a, s].every((x) => x && typeof x === 'string');
   return (
-    [a, s].every((x) => x && typeof x === 'string') &&
-    (t === undefined || typeof t === 'string') &&
-    (e === undefined || (e instanceof Date && +e >= 0))
+    keys && (t === undefined || typeof t === 'string') && (e === undefined || (e instanceof Date && +e >= 0))
   );
 }
 
 /**
- * Resolves a configuration: the environment (`DSQL_ENDPOINT` then `PGHOST`, `DSQL_HOSTADDR` then
- * `PGHOSTADDR`, `PGUSER`, `PGDATABASE`, `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`), overridden by
- * the connection string, overridden by the object; the region from the host, then `AWS_REGION`,
- * `AWS_DEFAULT_REGION`; `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` pick the credential
- * source; then `DSQL_DEFAULTS`. Synchronous, no I/O.
+ * Resolves a configuration, synchronously and without I/O: the object's keys over the connection
+ * string's over the environment's (`DSQL_ENDPOINT`/`PGHOST`, `DSQL_HOSTADDR`/`PGHOSTADDR`, `PGUSER`,
+ * `PGDATABASE`, `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`) over `DSQL_DEFAULTS`.
  * @param input A {@link DsqlConfig}, a connection string, a host name or cluster ID, or nothing.
  * @param env Environment to read. Default: `process.env`.
  * @throws {@link DsqlConfigError} naming the field at fault; never anything else.
- * @example
- * resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host;
- * // 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws'
+ * @example resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host; // '….dsql.us-east-1.on.aws'
  */
 export function resolveConfig(
   input: DsqlConfig | string | undefined,
-  env: Env = process.env,
+  env: Readonly<Record<string, string | undefined>> = process.env,
 ): ResolvedDsqlConfig {
   const object = (input == null || typeof input === 'string' ? {} : input) as Record<string, unknown>;
+  const s = typeof input === 'string' ? input : object.connectionString;
   // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
   if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
     fail('config', 'must be a plain object or a string');
@@ -250,7 +221,6 @@ export function resolveConfig(
     port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
-  const s = typeof input === 'string' ? input : object.connectionString;
   for (const layer of [s == null ? {} : fromString(s), object]) {
     for (const [key, value] of Object.entries(layer)) {
       if (!Object.hasOwn(KEYS, key)) fail(key, key === 'password' ? NO_PASSWORD : 'is not a known option');
@@ -260,45 +230,33 @@ export function resolveConfig(
 
   const r: Record<string, unknown> = {};
   const pgOptions: Record<string, unknown> = {};
-  for (const [key, kind] of Object.entries(KINDS)) {
+  for (const [key, k] of Object.entries(KEYS)) {
     const value = given[key];
-    if (kind === 1) {
-      if (value !== undefined) pgOptions[key] = value;
-    } else if (kind === '') {
-      // A NUL ends a startup-message field: what follows would be read as another parameter.
-      if (value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
-        fail(key, 'must be a non-blank string without NUL');
-      r[key] = value ?? DSQL_DEFAULTS[key as 'user'];
-    } else if (kind) {
-      r[key] = int(key, value, kind) ?? DSQL_DEFAULTS[key as 'port'];
-    }
+    // A NUL ends a startup-message field: what follows would be read as another parameter.
+    if (k === '' && value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
+      fail(key, 'must be a non-blank string without NUL');
+    if (k === 1 && value !== undefined) pgOptions[key] = value;
+    else if (k !== 1 && k !== 0) r[key] = (k ? int(key, value, k) : value) ?? DSQL_DEFAULTS[key as 'port'];
   }
 
-  const host = ((r.host as string | undefined) ?? fail('host', 'is required (or set DSQL_ENDPOINT)'))
-    .trim()
-    .toLowerCase()
-    .replace(/\.$/, '');
+  const host = (r.host as string | undefined)?.trim().toLowerCase().replace(/\.$/, '') ?? '';
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
   const isClusterId = /^[a-z\d]{26}$/.test(host);
-  if (!isDnsName(host) || (!isClusterId && isNumeric(host))) fail('host', 'must be a DNS name or cluster ID');
-  // The official connectors' pattern.
+  if (!isDnsName(host) || (!isClusterId && isNumeric(host)))
+    fail('host', host ? 'must be a DNS name or cluster ID' : 'is required (or set DSQL_ENDPOINT)');
+  // From the host by the official connectors' pattern.
   const region = (r.region ??
     /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1] ??
-    (env.AWS_REGION ||
-      env.AWS_DEFAULT_REGION ||
-      fail('region', 'is required (or set AWS_REGION)'))) as string;
-  if (!/^[a-z\d-]{1,63}$/.test(region)) fail('region', 'is invalid');
-  r.host = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
-  r.region = region;
+    (env.AWS_REGION || env.AWS_DEFAULT_REGION || '')) as string;
+  if (!/^[a-z\d-]{1,63}$/.test(region))
+    fail('region', region ? 'is invalid' : 'is required (or set AWS_REGION)');
+  const fqdn = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
 
   const a = (r.hostaddr as string | undefined)?.toLowerCase();
-  if (a !== undefined) {
-    // node:net only for an address (pg loads it to connect anyway); Node < 20.16 has no
-    // getBuiltinModule and dials whatever it is given.
-    const ok =
-      isNumeric(a) || a.includes(':') ? process.getBuiltinModule?.('node:net').isIP(a) !== 0 : isDnsName(a);
-    r.hostaddr = ok ? a : fail('hostaddr', 'must be an IP or a DNS name');
-  }
+  // node:net only for an address (pg loads it to connect anyway); before Node 20.16 any goes.
+  const isIP = (x: string) => process.getBuiltinModule?.('node:net').isIP(x) !== 0;
+  if (a && !(isNumeric(a) || a.includes(':') ? isIP(a) : isDnsName(a)))
+    fail('hostaddr', 'must be an IP or a DNS name');
   if ((r.min as number) > (r.max as number)) fail('min', 'must not exceed max');
   if (!['direct', 'postgres'].includes(r.sslNegotiation as string))
     fail('sslNegotiation', "must be 'direct' or 'postgres'");
@@ -311,32 +269,26 @@ export function resolveConfig(
     ? `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`
     : suffix;
 
-  const { credentials, ssl } = given;
-  if (credentials != null && typeof credentials !== 'function' && !isIdentity(credentials))
+  const { credentials: c, ssl, retry } = given;
+  if (c != null && typeof c !== 'function' && !isIdentity(c))
     fail('credentials', 'must be an AWS identity or a provider');
-  if (credentials != null && r.profile) fail('profile', 'conflicts with credentials');
+  if (c != null && r.profile) fail('profile', 'conflicts with credentials');
   const { ca, rejectUnauthorized, ...rest } = Object(ssl);
-  if (
-    (ssl !== true && typeof (ssl ?? {}) !== 'object') ||
-    rejectUnauthorized === false ||
-    Object.keys(rest).length
-  )
+  const shape = ssl === true || typeof (ssl ?? {}) === 'object';
+  if (!shape || rejectUnauthorized === false || Object.keys(rest).length)
     fail('ssl', 'may only set ca (always verified)');
-  if (![ca ?? ''].flat().every((c) => typeof c === 'string' || Buffer.isBuffer(c)))
+  if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x)))
     fail('ssl.ca', 'must be PEM');
-  r.ca = ca;
-  r.action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
-  r.retry = given.retry;
-  r.pgOptions = pgOptions;
+  const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
+  Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.
-  Object.defineProperty(r, 'credentialSource', {
-    enumerable: credentials == null,
+  return Object.defineProperty(r, 'credentialSource', {
+    enumerable: c == null,
     value:
-      credentials != null
-        ? { kind: 'explicit', value: credentials }
+      c != null
+        ? { kind: 'explicit', value: c }
         : r.profile
           ? { kind: 'profile', profile: r.profile }
           : { kind: env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY ? 'environment' : 'default-chain' },
-  });
-  return r as unknown as ResolvedDsqlConfig;
+  }) as unknown as ResolvedDsqlConfig;
 }
