@@ -1,7 +1,6 @@
 /**
- * Configuration: an object, a connection string, a host name or cluster ID, and the environment
- * become validated settings without I/O, so a mistake fails at module scope with a
- * {@link DsqlConfigError} naming the field (never a secret value).
+ * Configuration: an object, a connection string, a host name or cluster ID, and the environment become
+ * validated settings without I/O; a mistake throws a {@link DsqlConfigError} naming the field, never a secret.
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -27,9 +26,8 @@ export interface AwsCredentialIdentity {
 export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>;
 
 /**
- * How to reach an Aurora DSQL cluster and pool connections to it; defaults are in `DSQL_DEFAULTS`.
- * Of pg's options only those picked pass through (`allowExitOnIdle`: default `true`); any other
- * key is refused, so a typo (`credential:`) cannot go unnoticed.
+ * How to reach an Aurora DSQL cluster and pool connections to it. Of pg's options only those picked pass
+ * through (`allowExitOnIdle`: default `true`); any other key is refused, so a typo (`credential:`) is seen.
  */
 export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
   /** Endpoint, another DNS name of it (give `region`) or a cluster ID. Default: `DSQL_ENDPOINT`, `PGHOST`. */
@@ -133,20 +131,18 @@ const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
 function fail(field: string, message: string): never {
   throw new DsqlConfigError(field, message);
 }
-
 /** Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. */
 const isDnsName = (s: string) => s.length < 254 && /^[a-z\d-]{1,63}(\.[a-z\d-]{1,63})*$/.test(s);
 const isNumeric = (s: string) => /^[\d.]+$/.test(s);
 /** An integer written in text (environment, query): digits only, else NaN, which no range takes. */
-const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : Number.NaN);
+const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : NaN);
 
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
-  const ok =
-    value == null || (Number.isInteger(value) && (value as number) >= min && (value as number) <= max);
-  return ok ? (value as number | undefined) : fail(field, `must be an integer from ${min} to ${max}`);
+  const n = value as number | undefined;
+  if (n == null || (Number.isInteger(n) && n >= min && n <= max)) return n;
+  return fail(field, `must be an integer from ${min} to ${max}`);
 }
-
 function decode(field: string, value: string): string {
   try {
     return decodeURIComponent(value);
@@ -162,10 +158,9 @@ function fromString(s: unknown): Record<string, unknown> {
   if (typeof s !== 'string') return bad();
   if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
   // (Not `new URL` in a try: its error would carry the whole input, password included.)
-  const url = URL.canParse(s) ? new URL(s) : bad();
-  const { username, hostname, port, pathname, search } = url;
+  const { username, password, hostname, port, pathname, search } = URL.canParse(s) ? new URL(s) : bad();
   // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
-  if (url.password || (pathname + search).includes('@')) fail('password', NO_PASSWORD);
+  if (password || (pathname + search).includes('@')) fail('password', NO_PASSWORD);
   const path = pathname.slice(1);
   if (path.includes('/')) fail('database', 'must not contain /');
   const given: Record<string, unknown> = {};
@@ -189,20 +184,21 @@ function fromString(s: unknown): Record<string, unknown> {
 /** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
 export function isIdentity(value: unknown): value is AwsCredentialIdentity {
   const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
-  const keys = [a, s].every((x) => x && typeof x === 'string');
-  return (
-    keys && (t === undefined || typeof t === 'string') && (e === undefined || (e instanceof Date && +e >= 0))
-  );
+  const keys = [a, s].every((x) => x && typeof x === 'string') && (t === undefined || typeof t === 'string');
+  return keys && (e === undefined || (e instanceof Date && +e >= 0));
 }
 
 /**
- * Resolves a configuration, synchronously and without I/O: the object's keys over the connection
- * string's over the environment's (`DSQL_ENDPOINT`/`PGHOST`, `DSQL_HOSTADDR`/`PGHOSTADDR`, `PGUSER`,
- * `PGDATABASE`, `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`) over `DSQL_DEFAULTS`.
+ * Resolves a configuration, synchronously and without I/O: the object's keys over the connection string's
+ * over the environment's (`DSQL_ENDPOINT`/`PGHOST`, `DSQL_HOSTADDR`/`PGHOSTADDR`, `PGUSER`, `PGDATABASE`,
+ * `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`) over `DSQL_DEFAULTS`; the region is `region`, the host's or
+ * `AWS_REGION`/`AWS_DEFAULT_REGION`; credentials: `credentials`, `profile`, the environment's key pair
+ * (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), the SDK's default chain.
  * @param input A {@link DsqlConfig}, a connection string, a host name or cluster ID, or nothing.
  * @param env Environment to read. Default: `process.env`.
  * @throws {@link DsqlConfigError} naming the field at fault; never anything else.
- * @example resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host; // '….dsql.us-east-1.on.aws'
+ * @example
+ * resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host; // '<id>.dsql.us-east-1.on.aws'
  */
 export function resolveConfig(
   input: DsqlConfig | string | undefined,
@@ -221,13 +217,10 @@ export function resolveConfig(
     port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
-  for (const layer of [s == null ? {} : fromString(s), object]) {
-    for (const [key, value] of Object.entries(layer)) {
-      if (!Object.hasOwn(KEYS, key)) fail(key, key === 'password' ? NO_PASSWORD : 'is not a known option');
-      if (value !== undefined) given[key] = value;
-    }
+  for (const [key, value] of [s == null ? {} : fromString(s), object].flatMap(Object.entries)) {
+    if (!Object.hasOwn(KEYS, key)) fail(key, key === 'password' ? NO_PASSWORD : 'is not a known option');
+    if (value !== undefined) given[key] = value;
   }
-
   const r: Record<string, unknown> = {};
   const pgOptions: Record<string, unknown> = {};
   for (const [key, k] of Object.entries(KEYS)) {
@@ -238,20 +231,16 @@ export function resolveConfig(
     if (k === 1 && value !== undefined) pgOptions[key] = value;
     else if (k !== 1 && k !== 0) r[key] = (k ? int(key, value, k) : value) ?? DSQL_DEFAULTS[key as 'port'];
   }
-
   const host = (r.host as string | undefined)?.trim().toLowerCase().replace(/\.$/, '') ?? '';
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
   const isClusterId = /^[a-z\d]{26}$/.test(host);
   if (!isDnsName(host) || (!isClusterId && isNumeric(host)))
     fail('host', host ? 'must be a DNS name or cluster ID' : 'is required (or set DSQL_ENDPOINT)');
-  // From the host by the official connectors' pattern.
-  const region = (r.region ??
-    /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1] ??
-    (env.AWS_REGION || env.AWS_DEFAULT_REGION || '')) as string;
+  const fromHost = /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1]; // the official connectors' pattern
+  const region = String(r.region ?? fromHost ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || ''));
   if (!/^[a-z\d-]{1,63}$/.test(region))
     fail('region', region ? 'is invalid' : 'is required (or set AWS_REGION)');
   const fqdn = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
-
   const a = (r.hostaddr as string | undefined)?.toLowerCase();
   // node:net only for an address (pg loads it to connect anyway); before Node 20.16 any goes.
   const isIP = (x: string) => process.getBuiltinModule?.('node:net').isIP(x) !== 0;
@@ -260,14 +249,11 @@ export function resolveConfig(
   if ((r.min as number) > (r.max as number)) fail('min', 'must not exceed max');
   if (!['direct', 'postgres'].includes(r.sslNegotiation as string))
     fail('sslNegotiation', "must be 'direct' or 'postgres'");
-
   if (r.applicationName && r.application_name) fail('application_name', 'conflicts with applicationName');
   const name = ((r.applicationName ?? r.application_name) as string | undefined)?.trim();
   // PostgreSQL keeps 63 bytes after turning every byte but printable ASCII into '?': keep our suffix.
-  const suffix = `dsql-lambda/${PACKAGE_VERSION}`;
-  r.applicationName = name
-    ? `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`
-    : suffix;
+  const tag = `dsql-lambda/${PACKAGE_VERSION}`;
+  r.applicationName = name ? `${name.replace(/[^ -~]/g, '?').slice(0, 62 - tag.length)}:${tag}` : tag;
 
   const { credentials: c, ssl, retry } = given;
   if (c != null && typeof c !== 'function' && !isIdentity(c))
