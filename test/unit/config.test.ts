@@ -434,6 +434,29 @@ describe('defaults and validation', () => {
     expect(resolveConfig({ connectionString: host }, NO_ENV).host).toBe(host);
     expect(configError(() => resolveConfig('not a host!', NO_ENV)).field).toBe('connectionString');
   });
+
+  it('checks connection-string parameters and environment values as it checks the object', () => {
+    const field = (input: DsqlConfig | string | undefined, env: Record<string, string> = NO_ENV) =>
+      configError(() => resolveConfig(input, env)).field;
+    expect(field(`postgres://admin@${host}?user=a%00b`)).toBe('user');
+    expect(field(`postgres://admin@${host}?hostaddr=127.1`)).toBe('hostaddr');
+    expect(field(`postgres://admin@${host}?profile=%20`)).toBe('profile');
+    expect(field(undefined, { DSQL_ENDPOINT: 'bad host!' })).toBe('host');
+    expect(field(undefined, { DSQL_ENDPOINT: host, PGDATABASE: 'postgres\0x' })).toBe('database');
+    expect(field(undefined, { DSQL_ENDPOINT: host, PGUSER: '   ' })).toBe('user');
+    // An empty variable counts as unset, as libpq has it.
+    expect(resolveConfig(undefined, { DSQL_ENDPOINT: host, PGUSER: '', PGPORT: '' })).toMatchObject({
+      user: 'admin',
+      port: 5432,
+    });
+  });
+
+  it("refuses keys that only exist on Object's prototype", () => {
+    for (const key of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
+      const input = JSON.parse(`{"host":"${host}","${key}":1}`) as DsqlConfig;
+      expect(configError(() => resolveConfig(input, NO_ENV)).field).toBe(key);
+    }
+  });
 });
 
 describe('credential source', () => {
