@@ -126,10 +126,11 @@ const KEYS = {
 type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K : never }[keyof typeof KEYS];
 /** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
 const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
-const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
+const NO_PASSWORD = 'absent: DSQL signs in with IAM tokens';
 
-function fail(field: string, message: string): never {
-  throw new DsqlConfigError(field, message);
+/** The one message template: `<field>: must be <what>`. */
+function mustBe(field: string, what: string): never {
+  throw new DsqlConfigError(field, `must be ${what}`);
 }
 /** Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. */
 const isDnsName = (s: string) => s.length < 254 && /^[a-z\d-]{1,63}(\.[a-z\d-]{1,63})*$/.test(s);
@@ -141,28 +142,28 @@ function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   const n = value as number | undefined;
   if (n == null || (Number.isInteger(n) && n >= min && n <= max)) return n;
-  return fail(field, `must be an integer from ${min} to ${max}`);
+  return mustBe(field, `an integer from ${min} to ${max}`);
 }
 function decode(field: string, value: string): string {
   try {
     return decodeURIComponent(value);
   } catch {
-    return fail(field, 'bad percent-encoding');
+    return mustBe(field, 'validly percent-encoded');
   }
 }
 
 /** A `postgres://`, `postgresql://` or `dsql://` URL (or a bare host name) as raw keys; no message repeats it. */
 function fromString(s: unknown): Record<string, unknown> {
   const F = 'connectionString';
-  const bad = () => fail(F, 'must be a postgres:// or dsql:// URL');
+  const bad = () => mustBe(F, 'a postgres:// or dsql:// URL');
   if (typeof s !== 'string') return bad();
   if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
   // (Not `new URL` in a try: its error would carry the whole input, password included.)
   const { username, password, hostname, port, pathname, search } = URL.canParse(s) ? new URL(s) : bad();
   // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
-  if (password || (pathname + search).includes('@')) fail('password', NO_PASSWORD);
+  if (password || (pathname + search).includes('@')) mustBe('password', NO_PASSWORD);
   const path = pathname.slice(1);
-  if (path.includes('/')) fail('database', 'must not contain /');
+  if (path.includes('/')) mustBe('database', 'one path segment');
   const given: Record<string, unknown> = {};
   if (port) given.port = +port;
   if (username) given.user = decode('user', username);
@@ -172,11 +173,11 @@ function fromString(s: unknown): Record<string, unknown> {
   for (const part of search.slice(1).split('&').filter(Boolean)) {
     const [rawKey, ...rest] = part.split('=') as [string, ...string[]];
     let key = decode(F, rawKey);
-    if (!QUERY.split(' ').includes(key)) fail(F, `query may only set ${QUERY}`);
+    if (!QUERY.split(' ').includes(key)) mustBe(F, `a URL whose query sets only ${QUERY}`);
     const value = decode(key, rest.join('='));
     key = { dbname: 'database', sslnegotiation: 'sslNegotiation' }[key] ?? key;
     if (key !== 'sslmode') given[key] = (KEYS as Record<string, unknown>)[key] ? num(value) : value;
-    else if (!/^(require|verify-(ca|full))$/.test(value)) fail(key, 'must be require or verify-*');
+    else if (!/^(require|verify-(ca|full))$/.test(value)) mustBe(key, 'require or verify-*');
   }
   return given;
 }
@@ -208,7 +209,7 @@ export function resolveConfig(
   const s = typeof input === 'string' ? input : object.connectionString;
   // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
   if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
-    fail('config', 'must be a plain object or a string');
+    mustBe('config', 'a plain object or a string');
   const given: Record<string, unknown> = {
     host: env.DSQL_ENDPOINT || env.PGHOST || undefined,
     hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
@@ -218,7 +219,7 @@ export function resolveConfig(
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
   for (const [key, value] of [s == null ? {} : fromString(s), object].flatMap(Object.entries)) {
-    if (!Object.hasOwn(KEYS, key)) fail(key, key === 'password' ? NO_PASSWORD : 'is not a known option');
+    if (!Object.hasOwn(KEYS, key)) mustBe(key, key === 'password' ? NO_PASSWORD : 'a known option');
     if (value !== undefined) given[key] = value;
   }
   const r: Record<string, unknown> = {};
@@ -227,7 +228,7 @@ export function resolveConfig(
     const value = given[key];
     // A NUL ends a startup-message field: what follows would be read as another parameter.
     if (k === '' && value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
-      fail(key, 'must be a non-blank string without NUL');
+      mustBe(key, 'a non-blank string without NUL');
     if (k === 1 && value !== undefined) pgOptions[key] = value;
     else if (k !== 1 && k !== 0) r[key] = (k ? int(key, value, k) : value) ?? DSQL_DEFAULTS[key as 'port'];
   }
@@ -235,21 +236,21 @@ export function resolveConfig(
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
   const isClusterId = /^[a-z\d]{26}$/.test(host);
   if (!isDnsName(host) || (!isClusterId && isNumeric(host)))
-    fail('host', host ? 'must be a DNS name or cluster ID' : 'is required (or set DSQL_ENDPOINT)');
+    mustBe('host', host ? 'a DNS name or cluster ID' : 'given (or DSQL_ENDPOINT set)');
   const fromHost = /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1]; // the official connectors' pattern
   const region = String(r.region ?? fromHost ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || ''));
   if (!/^[a-z\d-]{1,63}$/.test(region))
-    fail('region', region ? 'is invalid' : 'is required (or set AWS_REGION)');
+    mustBe('region', region ? 'a region name' : 'given (or AWS_REGION set)');
   const fqdn = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
   const a = (r.hostaddr as string | undefined)?.toLowerCase();
   // node:net only for an address (pg loads it to connect anyway); before Node 20.16 any goes.
   const isIP = (x: string) => process.getBuiltinModule?.('node:net').isIP(x) !== 0;
   if (a && !(isNumeric(a) || a.includes(':') ? isIP(a) : isDnsName(a)))
-    fail('hostaddr', 'must be an IP or a DNS name');
-  if ((r.min as number) > (r.max as number)) fail('min', 'must not exceed max');
+    mustBe('hostaddr', 'an IP or a DNS name');
+  if ((r.min as number) > (r.max as number)) mustBe('min', 'at most max');
   if (!['direct', 'postgres'].includes(r.sslNegotiation as string))
-    fail('sslNegotiation', "must be 'direct' or 'postgres'");
-  if (r.applicationName && r.application_name) fail('application_name', 'conflicts with applicationName');
+    mustBe('sslNegotiation', "'direct' or 'postgres'");
+  if (r.applicationName && r.application_name) mustBe('application_name', 'absent with applicationName');
   const name = ((r.applicationName ?? r.application_name) as string | undefined)?.trim();
   // PostgreSQL keeps 63 bytes after turning every byte but printable ASCII into '?': keep our suffix.
   const tag = `dsql-lambda/${PACKAGE_VERSION}`;
@@ -257,14 +258,13 @@ export function resolveConfig(
 
   const { credentials: c, ssl, retry } = given;
   if (c != null && typeof c !== 'function' && !isIdentity(c))
-    fail('credentials', 'must be an AWS identity or a provider');
-  if (c != null && r.profile) fail('profile', 'conflicts with credentials');
+    mustBe('credentials', 'an AWS identity or a provider');
+  if (c != null && r.profile) mustBe('profile', 'absent with credentials');
   const { ca, rejectUnauthorized, ...rest } = Object(ssl);
   const shape = ssl === true || typeof (ssl ?? {}) === 'object';
   if (!shape || rejectUnauthorized === false || Object.keys(rest).length)
-    fail('ssl', 'may only set ca (always verified)');
-  if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x)))
-    fail('ssl.ca', 'must be PEM');
+    mustBe('ssl', 'true or { ca } (TLS is always verified)');
+  if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
   const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
   Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.
