@@ -1,7 +1,6 @@
 /**
- * Configuration: turns an object, a connection string, a bare host name or cluster ID, and the
- * environment into validated settings, synchronously and without I/O, so a bad configuration
- * fails at module scope with a {@link DsqlConfigError} naming the field (never a secret value).
+ * Configuration: an object, a connection string, a host name or cluster ID, and the environment become
+ * validated settings without I/O; a mistake throws a {@link DsqlConfigError} naming the field, never a secret.
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -26,83 +25,58 @@ export interface AwsCredentialIdentity {
 /** A function returning credentials, like any provider from `@aws-sdk/credential-providers`. */
 export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>;
 
-/** pg options that pass through untouched; any other key is refused. */
-const PG_OPTIONS = [
-  ...['keepAlive', 'keepAliveInitialDelayMillis', 'statement_timeout', 'query_timeout', 'lock_timeout'],
-  ...[
-    'idle_in_transaction_session_timeout',
-    'types',
-    'options',
-    'client_encoding',
-    'maxUses',
-    'allowExitOnIdle',
-    'log',
-  ],
-] as const;
-
 /**
- * How to reach an Aurora DSQL cluster and pool connections to it. Every field is optional when
- * the environment supplies it; defaults are in `DSQL_DEFAULTS`. Of pg's own options only the
- * ones picked here pass through (`allowExitOnIdle` defaults to `true`); any other key is refused,
- * so a typo (`credential:`) cannot go unnoticed.
+ * How to reach an Aurora DSQL cluster and pool connections to it. Of pg's options only those picked pass
+ * through (`allowExitOnIdle`: default `true`); any other key is refused, so a typo (`credential:`) is seen.
  */
-export interface DsqlConfig extends Pick<pg.PoolConfig, (typeof PG_OPTIONS)[number]> {
-  /**
-   * Cluster endpoint (`<id>.dsql.<region>.on.aws`), another DNS name of it (then `region` is
-   * needed), or a bare 26-character cluster ID. Default: `DSQL_ENDPOINT`, then `PGHOST`.
-   */
+export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
+  /** Endpoint, another DNS name of it (give `region`) or a cluster ID. Default: `DSQL_ENDPOINT`, `PGHOST`. */
   host?: string | undefined;
-  /** AWS Region tokens are signed for. Default: from an `*.on.aws` host, then `AWS_REGION`, `AWS_DEFAULT_REGION`. */
+  /** Region tokens are signed for. Default: from an `*.on.aws` host, `AWS_REGION`, `AWS_DEFAULT_REGION`. */
   region?: string | undefined;
-  /** Database user; `admin` signs `DbConnectAdmin` tokens, any other `DbConnect`. Default: `PGUSER`, then `admin`. */
+  /** Database user; `admin` signs `DbConnectAdmin` tokens, others `DbConnect`. Default: `PGUSER`, `admin`. */
   user?: string | undefined;
   /** Database name. Default: `PGDATABASE`, then `postgres`. */
   database?: string | undefined;
   /** TCP port. Default: `PGPORT`, then `5432`. */
   port?: number | undefined;
-  /** Shared-config profile to take credentials from (needs `@aws-sdk/credential-providers`). */
+  /** Shared-config profile of the credentials (needs `@aws-sdk/credential-providers`). Default: none. */
   profile?: string | undefined;
-  /**
-   * Credentials or a provider. Default: `profile` if given, else `AWS_ACCESS_KEY_ID`/
-   * `AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` (what Lambda sets), else the AWS SDK's default chain.
-   */
+  /** Credentials or a provider. Default: `profile`, else `AWS_ACCESS_KEY_ID`…, else the SDK's chain. */
   credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider | undefined;
-  /** Token lifetime, seconds, 1…604800. */
+  /** Token lifetime, seconds, 1…604800. Default: `900`. */
   tokenDurationSecs?: number | undefined;
-  /** Maximum connections. Default: `AWS_LAMBDA_MAX_CONCURRENCY` when set, else `DSQL_DEFAULTS.max`. */
+  /** Maximum connections. Default: `AWS_LAMBDA_MAX_CONCURRENCY` when set, else `4`. */
   max?: number | undefined;
-  /** Minimum idle connections pg-pool keeps. */
+  /** Minimum idle connections pg-pool keeps, 0…`max`. Default: `0`. */
   min?: number | undefined;
-  /** Retire a connection this old, seconds, 1…3600 (DSQL closes connections at 60 minutes). */
+  /** Retire a connection this old, seconds, 1…3600 (DSQL closes it at 60 minutes). Default: `3300`. */
   maxLifetimeSeconds?: number | undefined;
-  /** Up to this many seconds come off each connection's lifetime at random; `0`: none. */
+  /** At most this much comes off each connection's lifetime at random, seconds. Default: `300`. */
   maxLifetimeJitterSeconds?: number | undefined;
-  /** pg-pool's idle timer, ms (`0`: off); the wall-clock check at checkout is `maxIdleMillis`. */
+  /** pg-pool's idle timer, ms (`0`: off); the wall-clock check is `maxIdleMillis`. Default: `300000`. */
   idleTimeoutMillis?: number | undefined;
-  /** Budget of one checkout: waiting for a pooled client and connecting, retries included, ms. */
+  /** Budget of one checkout: waiting for a client and connecting, retries included, ms. Default: `10000`. */
   connectionTimeoutMillis?: number | undefined;
-  /** Discard a pooled connection idle longer than this at checkout, ms. */
+  /** Discard a pooled connection idle longer than this at checkout, ms. Default: `300000`. */
   maxIdleMillis?: number | undefined;
-  /** A pause longer than this since a connection's last use counts as a freeze/thaw, ms. */
+  /** A longer pause since a connection's last use counts as a freeze/thaw, ms. Default: `5000`. */
   thawThresholdMillis?: number | undefined;
-  /** Timeout of the liveness round trip on a reused connection after a thaw, ms. */
+  /** Timeout of the liveness round trip on a reused connection after a thaw, ms. Default: `1000`. */
   validationTimeoutMillis?: number | undefined;
-  /** Your application's name, sent as `<name>:dsql-lambda/<version>` (cut to 63 bytes). Default: `dsql-lambda/<version>`. */
+  /** Sent as `<name>:dsql-lambda/<version>`, cut to 63 bytes. Default: `dsql-lambda/<version>`. */
   applicationName?: string | undefined;
-  /** pg's spelling of `applicationName`. */
+  /** pg's spelling of `applicationName` (give one of the two). Default: none. */
   application_name?: string | undefined;
-  /** `'direct'`: TLS first (one round trip fewer); `'postgres'`: SSLRequest first. */
+  /** `'direct'`: TLS first (one round trip fewer); `'postgres'`: SSLRequest first. Default: `'direct'`. */
   sslNegotiation?: 'direct' | 'postgres' | undefined;
-  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots (local endpoint, proxies). */
+  /** TLS is always on and fully verified; `{ ca }` replaces Node's trusted roots. Default: Node's. */
   ssl?: { ca?: string | Buffer | Array<string | Buffer> | undefined } | true | undefined;
-  /**
-   * Address to dial (IPv4, IPv6 or a DNS name, which needs Node ≥ 20.16) while `host` names SNI,
-   * the certificate and the token (libpq's `hostaddr`). Default: `DSQL_HOSTADDR`, then `PGHOSTADDR`.
-   */
+  /** Address to dial (an IP, or a DNS name on Node ≥ 20.16). Default: `DSQL_HOSTADDR`, `PGHOSTADDR`. */
   hostaddr?: string | undefined;
-  /** A connection string to start from; the other fields override it. */
+  /** A connection string to start from; the other fields override it. Default: none. */
   connectionString?: string | undefined;
-  /** Retry policy of this pool's retried transactions and statements (see `withRetry`). */
+  /** Policy of this pool's retried transactions and statements. Default: `DSQL_DEFAULTS.retry`. */
   retry?: RetryOptions | undefined;
 }
 
@@ -116,26 +90,12 @@ export type CredentialSource =
   | { readonly kind: 'environment' }
   | { readonly kind: 'default-chain' };
 
-/** Integer settings, their ranges; defaults in `DSQL_DEFAULTS`. */
-const INTEGERS = {
-  tokenDurationSecs: [1, 604800],
-  maxLifetimeSeconds: [1, 3600],
-  maxLifetimeJitterSeconds: [0, 3600],
-  idleTimeoutMillis: [0, 2 ** 31 - 1],
-  connectionTimeoutMillis: [1, 2 ** 31 - 1],
-  maxIdleMillis: [1, 2 ** 31 - 1],
-  thawThresholdMillis: [0, 2 ** 31 - 1],
-  validationTimeoutMillis: [1, 2 ** 31 - 1],
-} as const;
-
 /**
- * Settings after defaults, environment and validation, what the rest of the library reads: the
- * {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
- * `credentialSource` (non-enumerable when explicit, so printing it shows no secret), the CAs
- * (`ca`) and the pass-through `pgOptions`.
+ * The {@link DsqlConfig} fields resolved (`host` in full, lower case), plus the IAM `action`, the
+ * `credentialSource` (non-enumerable when explicit: printing it shows no secret) and `pgOptions`.
  */
 export interface ResolvedDsqlConfig
-  extends Readonly<Record<keyof typeof INTEGERS | 'port' | 'max' | 'min', number>>,
+  extends Readonly<Record<Exclude<KeyOf<number>, KeyOf<0 | 1>>, number>>,
     Readonly<Record<'host' | 'region' | 'user' | 'database' | 'applicationName', string>> {
   readonly hostaddr: string | undefined;
   readonly action: DsqlAction;
@@ -146,288 +106,175 @@ export interface ResolvedDsqlConfig
   readonly pgOptions: Readonly<Record<string, unknown>>;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
-const KNOWN = new Set<string>([
-  ...Object.keys(INTEGERS),
-  ...PG_OPTIONS,
-  ...'host region user database port profile credentials max min retry sslNegotiation ssl hostaddr'.split(
-    ' ',
-  ),
-  ...['applicationName', 'application_name', 'connectionString'],
-]);
-/** Query parameters a connection string may carry; any other is refused (a typo must not pass). */
-const QUERY =
-  'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode'.split(' ');
-const NO_PASSWORD = 'not allowed: DSQL uses IAM tokens';
-
-function fail(field: string, message: string): never {
-  throw new DsqlConfigError(field, message);
-}
-
+const M = 2 ** 31 - 1;
 /**
- * Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. By hand: a regular expression compiles
- * on first use, and this runs on every cold start.
+ * Every key a configuration may have, and how it is checked: `''` text, `n` an integer 1…n, `-n`
+ * one 0…n (both defaulting to `DSQL_DEFAULTS[key]`), `1` a pg option passed through, `0` own checks.
  */
-function isDnsName(name: string): boolean {
-  return (
-    name.length <= 253 &&
-    name.split('.').every((label) => {
-      for (let i = 0; i < label.length; i++) {
-        const c = label.charCodeAt(i);
-        if (!((c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 45)) return false;
-      }
-      return label.length > 0 && label.length < 64;
-    })
-  );
+// biome-ignore format: a table, one kind per row
+const KEYS = {
+  host: '', region: '', user: '', database: '', profile: '', hostaddr: '', applicationName: '',
+  application_name: '', sslNegotiation: '',
+  port: 65535, max: 1e5, min: -1e5, tokenDurationSecs: 604800, maxLifetimeSeconds: 3600,
+  maxLifetimeJitterSeconds: -3600, idleTimeoutMillis: -M, connectionTimeoutMillis: M, maxIdleMillis: M,
+  thawThresholdMillis: -M, validationTimeoutMillis: M,
+  keepAlive: 1, keepAliveInitialDelayMillis: 1, statement_timeout: 1, query_timeout: 1, lock_timeout: 1,
+  idle_in_transaction_session_timeout: 1, types: 1, options: 1, client_encoding: 1, maxUses: 1,
+  allowExitOnIdle: 1, log: 1,
+  credentials: 0, ssl: 0, retry: 0, connectionString: 0,
+} as const;
+type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K : never }[keyof typeof KEYS];
+/** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
+const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
+const NO_PASSWORD = 'absent: DSQL signs in with IAM tokens';
+
+/** The one message template: `<field>: must be <what>`. */
+function mustBe(field: string, what: string): never {
+  throw new DsqlConfigError(field, `must be ${what}`);
 }
+/** Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. */
+const isDnsName = (s: string) => s.length < 254 && /^[a-z\d-]{1,63}(\.[a-z\d-]{1,63})*$/.test(s);
+const isNumeric = (s: string) => /^[\d.]+$/.test(s);
+/** An integer written in text (environment, query): digits only, else NaN, which no range takes. */
+const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : NaN);
 
-const isDigitsAndDots = (s: string) => [...s].every((c) => c === '.' || (c >= '0' && c <= '9'));
-
-function text(field: string, value: unknown): string | undefined {
-  if (value == null) return undefined;
-  if (typeof value !== 'string' || !value) fail(field, 'must be a non-empty string');
-  // A NUL ends a startup-message field: what follows would be read as another parameter.
-  if (value.includes('\0')) fail(field, 'must not contain NUL');
-  return value;
+function int(field: string, value: unknown, bound: number): number | undefined {
+  const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
+  const n = value as number | undefined;
+  if (n == null || (Number.isInteger(n) && n >= min && n <= max)) return n;
+  return mustBe(field, `an integer from ${min} to ${max}`);
 }
-
-/** A decimal integer from text (environment, query), strictly. */
-const fromText = (value: string | undefined) =>
-  value === undefined || /^\d{1,9}$/.test(value) ? value && Number(value) : NaN;
-
-function integer(field: string, value: unknown, min: number, max: number): number | undefined {
-  if (value != null && !(Number.isInteger(value) && (value as number) >= min && (value as number) <= max)) {
-    fail(field, `must be an integer from ${min} to ${max}`);
-  }
-  return (value ?? undefined) as number | undefined;
-}
-
 function decode(field: string, value: string): string {
   try {
     return decodeURIComponent(value);
   } catch {
-    return fail(field, 'bad percent-encoding');
+    return mustBe(field, 'validly percent-encoded');
   }
 }
 
-/**
- * Parses a `postgres://`, `postgresql://` or `dsql://` URL: user, host, port and database, and
- * the query parameters `region`, `profile`, `tokenDurationSecs`, `sslnegotiation`, `hostaddr`,
- * `application_name`, `user`, `dbname`, `sslmode` (`require`, `verify-ca` or `verify-full`:
- * verification is full regardless). A password is refused; no message repeats the string.
- * @throws {@link DsqlConfigError}
- * @example
- * parseConnectionString('dsql://admin@abc.dsql.us-east-1.on.aws/postgres?tokenDurationSecs=300');
- */
-export function parseConnectionString(connectionString: string): DsqlConfig {
-  const field = 'connectionString';
-  let url: URL | undefined;
-  try {
-    if (/^(postgres|postgresql|dsql):\/\//i.test(connectionString)) url = new URL(connectionString);
-  } catch {}
-  // (The URL parser's error would carry the whole input, password included: never chained.)
-  if (!url) return fail(field, 'must be a postgres:// or dsql:// URL');
+/** A `postgres://`, `postgresql://` or `dsql://` URL (or a bare host name) as raw keys; no message repeats it. */
+function fromString(s: unknown): Record<string, unknown> {
+  const F = 'connectionString';
+  const bad = () => mustBe(F, 'a postgres:// or dsql:// URL');
+  if (typeof s !== 'string') return bad();
+  if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
+  // (Not `new URL` in a try: its error would carry the whole input, password included.)
+  const { username, password, hostname, port, pathname, search } = URL.canParse(s) ? new URL(s) : bad();
   // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
-  if (url.password || (url.pathname + url.search).includes('@')) fail('password', NO_PASSWORD);
-  if (url.hostname.startsWith('[')) fail('host', 'must be a DNS name (use hostaddr for an address)');
-  const path = url.pathname.slice(1);
-  if (path.includes('/')) fail('database', 'is invalid');
-  const config: Record<string, unknown> = {
-    user: url.username ? decode('user', url.username) : undefined,
-    host: url.hostname ? decode('host', url.hostname) : undefined,
-    port: url.port ? Number(url.port) : undefined,
-    database: path ? decode('database', path) : undefined,
-  };
+  if (password || (pathname + search).includes('@')) mustBe('password', NO_PASSWORD);
+  const path = pathname.slice(1);
+  if (path.includes('/')) mustBe('database', 'one path segment');
+  const given: Record<string, unknown> = {};
+  if (port) given.port = +port;
+  if (username) given.user = decode('user', username);
+  if (hostname) given.host = decode('host', hostname);
+  if (path) given.database = decode('database', path);
   // By hand, not URLSearchParams: that turns '+' into a space, which libpq does not.
-  for (const part of url.search.slice(1).split('&').filter(Boolean)) {
-    const [rawKey = '', ...rest] = part.split('=');
-    const key = decode(field, rawKey);
-    if (!QUERY.includes(key)) fail(field, `unknown query parameter (known: ${QUERY})`);
+  for (const part of search.slice(1).split('&').filter(Boolean)) {
+    const [rawKey, ...rest] = part.split('=') as [string, ...string[]];
+    let key = decode(F, rawKey);
+    if (!QUERY.split(' ').includes(key)) mustBe(F, `a URL whose query sets only ${QUERY}`);
     const value = decode(key, rest.join('='));
-    if (!value) fail(key, 'must not be empty');
-    if (key === 'sslmode') {
-      if (!['require', 'verify-ca', 'verify-full'].includes(value)) fail(key, 'must be verify-full');
-    } else if (key === 'sslnegotiation') {
-      if (value !== 'direct' && value !== 'postgres') fail(key, "must be 'direct' or 'postgres'");
-      config.sslNegotiation = value;
-    } else {
-      config[key === 'dbname' ? 'database' : key] =
-        key === 'tokenDurationSecs' ? integer(key, fromText(value), 1, 604800) : value;
-    }
+    key = { dbname: 'database', sslnegotiation: 'sslNegotiation' }[key] ?? key;
+    if (key !== 'sslmode') given[key] = (KEYS as Record<string, unknown>)[key] ? num(value) : value;
+    else if (!/^(require|verify-(ca|full))$/.test(value)) mustBe(key, 'require or verify-*');
   }
-  for (const key of Object.keys(config)) if (config[key] === undefined) delete config[key];
-  return config as DsqlConfig;
-}
-
-/** Region named by a `*.dsql*.<region>.on.aws` host (the official connectors' pattern, without a RegExp). */
-export function regionFromHost(host: string): string | undefined {
-  const l = host.toLowerCase().split('.');
-  const n = l.length;
-  return n > 4 && l[n - 2] === 'on' && l[n - 1] === 'aws' && l[n - 4]?.startsWith('dsql')
-    ? l[n - 3] || undefined
-    : undefined;
+  return given;
 }
 
 /** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
 export function isIdentity(value: unknown): value is AwsCredentialIdentity {
-  const c = value as Record<string, unknown> | null | undefined;
-  const e = c?.expiration;
-  return (
-    typeof c?.accessKeyId === 'string' &&
-    typeof c.secretAccessKey === 'string' &&
-    !!c.accessKeyId &&
-    !!c.secretAccessKey &&
-    ['string', 'undefined'].includes(typeof c.sessionToken) &&
-    (e === undefined || (e instanceof Date && e.getTime() >= 0))
-  );
-}
-
-function credentialsOf(value: unknown): CredentialSource | undefined {
-  if (value == null) return undefined;
-  if (typeof value !== 'function' && !isIdentity(value))
-    fail('credentials', 'must be an AWS identity or a provider');
-  return { kind: 'explicit', value: value as AwsCredentialIdentity };
-}
-
-function caOf(ssl: unknown): ResolvedDsqlConfig['ca'] {
-  if (ssl == null || ssl === true) return undefined;
-  const { ca, rejectUnauthorized, ...rest } = (typeof ssl === 'object' ? ssl : { x: 1 }) as Record<
-    string,
-    unknown
-  >;
-  if (rejectUnauthorized === false || Object.keys(rest).length)
-    fail('ssl', 'is always verified; only { ca } may be set');
-  if (![ca ?? ''].flat().every((c) => typeof c === 'string' || Buffer.isBuffer(c)))
-    fail('ssl.ca', 'must be PEM');
-  return ca as ResolvedDsqlConfig['ca'];
-}
-
-/** An IPv4 or IPv6 address pg dials as it is, or a DNS name. */
-function hostaddrOf(value: string | undefined): string | undefined {
-  const a = value?.toLowerCase();
-  if (a === undefined) return undefined;
-  const ok = a.includes(':')
-    ? // Only for an IPv6 hostaddr: net.isIP's first call costs milliseconds of cold start.
-      (process.getBuiltinModule?.('node:net').isIPv6(a) ?? true)
-    : isDigitsAndDots(a)
-      ? a.split('.').length === 4 &&
-        a.split('.').every((p) => p && Number(p) < 256 && String(Number(p)) === p)
-      : isDnsName(a);
-  return ok ? a : fail('hostaddr', 'must be an IP address or a DNS name');
+  const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
+  const keys = [a, s].every((x) => x && typeof x === 'string') && (t === undefined || typeof t === 'string');
+  return keys && (e === undefined || (e instanceof Date && +e >= 0));
 }
 
 /**
- * Resolves a configuration: connection string or object, then the environment (`DSQL_ENDPOINT`
- * then `PGHOST`, `DSQL_HOSTADDR` then `PGHOSTADDR`, `PGUSER`, `PGDATABASE`, `PGPORT`,
- * `AWS_REGION` then `AWS_DEFAULT_REGION`, `AWS_LAMBDA_MAX_CONCURRENCY`; whether
- * `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are set picks the credential source), then
- * `DSQL_DEFAULTS`. Synchronous, no I/O.
+ * Resolves a configuration, synchronously and without I/O: the object's keys over the connection string's
+ * over the environment's (`DSQL_ENDPOINT`/`PGHOST`, `DSQL_HOSTADDR`/`PGHOSTADDR`, `PGUSER`, `PGDATABASE`,
+ * `PGPORT`, `AWS_LAMBDA_MAX_CONCURRENCY`) over `DSQL_DEFAULTS`; the region is `region`, the host's or
+ * `AWS_REGION`/`AWS_DEFAULT_REGION`; credentials: `credentials`, `profile`, the environment's key pair
+ * (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), the SDK's default chain.
  * @param input A {@link DsqlConfig}, a connection string, a host name or cluster ID, or nothing.
  * @param env Environment to read. Default: `process.env`.
  * @throws {@link DsqlConfigError} naming the field at fault; never anything else.
  * @example
- * resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host;
- * // 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws'
+ * resolveConfig({ host: 'abcdefghijklmnopqrstuvwxyz', region: 'us-east-1' }).host; // '<id>.dsql.us-east-1.on.aws'
  */
 export function resolveConfig(
   input: DsqlConfig | string | undefined,
-  env: Env = process.env,
+  env: Readonly<Record<string, string | undefined>> = process.env,
 ): ResolvedDsqlConfig {
-  /** A connection string, or a bare host name or cluster ID standing where one goes. */
-  const fromString = (value: unknown): DsqlConfig =>
-    typeof value === 'string' && !value.includes('://') && isDnsName(value.toLowerCase())
-      ? { host: value }
-      : parseConnectionString(value as string);
-  const proto = input != null && typeof input === 'object' && Object.getPrototypeOf(input);
-  if (input != null && typeof input !== 'string' && proto !== Object.prototype && proto !== null) {
-    fail('config', 'must be a plain object or a string (for a URL: its href)');
-  }
-  const object = (typeof input === 'object' && input) || {};
+  const object = (input == null || typeof input === 'string' ? {} : input) as Record<string, unknown>;
+  const s = typeof input === 'string' ? input : object.connectionString;
+  // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
+  if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
+    mustBe('config', 'a plain object or a string');
   const given: Record<string, unknown> = {
-    ...(typeof input === 'string' && fromString(input)),
-    ...(object.connectionString != null && fromString(object.connectionString)),
+    host: env.DSQL_ENDPOINT || env.PGHOST || undefined,
+    hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
+    user: env.PGUSER || undefined,
+    database: env.PGDATABASE || undefined,
+    port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
+    max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
-  for (const [key, value] of Object.entries(object)) {
-    if (key === 'password') fail(key, NO_PASSWORD);
-    if (!KNOWN.has(key)) fail(key, 'is not a dsql-lambda or pg option');
-    if (value !== undefined && key !== 'connectionString') given[key] = value;
+  for (const [key, value] of [s == null ? {} : fromString(s), object].flatMap(Object.entries)) {
+    if (!Object.hasOwn(KEYS, key)) mustBe(key, key === 'password' ? NO_PASSWORD : 'a known option');
+    if (value !== undefined) given[key] = value;
   }
-
-  let host = (
-    text('host', given.host) ??
-    (env.DSQL_ENDPOINT || env.PGHOST) ??
-    fail('host', 'is required (or set DSQL_ENDPOINT)')
-  )
-    .trim()
-    .toLowerCase();
-  if (host.endsWith('.')) host = host.slice(0, -1);
+  const r: Record<string, unknown> = {};
+  const pgOptions: Record<string, unknown> = {};
+  for (const [key, k] of Object.entries(KEYS)) {
+    const value = given[key];
+    // A NUL ends a startup-message field: what follows would be read as another parameter.
+    if (k === '' && value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
+      mustBe(key, 'a non-blank string without NUL');
+    if (k === 1 && value !== undefined) pgOptions[key] = value;
+    else if (k !== 1 && k !== 0) r[key] = (k ? int(key, value, k) : value) ?? DSQL_DEFAULTS[key as 'port'];
+  }
+  const host = (r.host as string | undefined)?.trim().toLowerCase().replace(/\.$/, '') ?? '';
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
-  const isClusterId = host.length === 26 && !host.includes('.') && !host.includes('-');
-  if (!isDnsName(host) || (!isClusterId && isDigitsAndDots(host)))
-    fail('host', 'must be a DNS name or cluster ID');
-  const region =
-    text('region', given.region) ??
-    (isClusterId ? undefined : regionFromHost(host)) ??
-    (env.AWS_REGION ||
-      env.AWS_DEFAULT_REGION ||
-      fail('region', 'is required for this host (or set AWS_REGION)'));
-  if (!isDnsName(region) || region.includes('.')) fail('region', 'is invalid');
-  if (isClusterId) host = `${host}.dsql.${region}.on.aws`;
-
-  const user = text('user', given.user) ?? (env.PGUSER || DSQL_DEFAULTS.user);
-  const concurrency = Number(env.AWS_LAMBDA_MAX_CONCURRENCY);
-  const max =
-    integer('max', given.max, 1, 100_000) ??
-    (Number.isInteger(concurrency) && concurrency > 0 ? concurrency : DSQL_DEFAULTS.max);
-  const explicit = credentialsOf(given.credentials);
-  if (explicit && given.profile !== undefined) fail('profile', 'conflicts with credentials');
-  const profile = text('profile', given.profile);
-  if (given.applicationName != null && given.application_name != null)
-    fail('application_name', 'conflicts with applicationName');
-  const nameField = given.applicationName != null ? 'applicationName' : 'application_name';
-  const name = text(nameField, given[nameField])?.trim();
-  if (name === '') fail(nameField, 'must not be blank');
+  const isClusterId = /^[a-z\d]{26}$/.test(host);
+  if (!isDnsName(host) || (!isClusterId && isNumeric(host)))
+    mustBe('host', host ? 'a DNS name or cluster ID' : 'given (or DSQL_ENDPOINT set)');
+  const fromHost = /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1]; // the official connectors' pattern
+  const region = String(r.region ?? fromHost ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || ''));
+  if (!/^[a-z\d-]{1,63}$/.test(region))
+    mustBe('region', region ? 'a region name' : 'given (or AWS_REGION set)');
+  const fqdn = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
+  const a = (r.hostaddr as string | undefined)?.toLowerCase();
+  // node:net only for an address (pg loads it to connect anyway); before Node 20.16 any goes.
+  const isIP = (x: string) => process.getBuiltinModule?.('node:net').isIP(x) !== 0;
+  if (a && !(isNumeric(a) || a.includes(':') ? isIP(a) : isDnsName(a)))
+    mustBe('hostaddr', 'an IP or a DNS name');
+  if ((r.min as number) > (r.max as number)) mustBe('min', 'at most max');
+  if (!['direct', 'postgres'].includes(r.sslNegotiation as string))
+    mustBe('sslNegotiation', "'direct' or 'postgres'");
+  if (r.applicationName && r.application_name) mustBe('application_name', 'absent with applicationName');
+  const name = ((r.applicationName ?? r.application_name) as string | undefined)?.trim();
   // PostgreSQL keeps 63 bytes after turning every byte but printable ASCII into '?': keep our suffix.
-  const suffix = `dsql-lambda/${PACKAGE_VERSION}`;
-  const negotiation = given.sslNegotiation ?? DSQL_DEFAULTS.sslNegotiation;
-  if (negotiation !== 'direct' && negotiation !== 'postgres')
-    fail('sslNegotiation', "must be 'direct' or 'postgres'");
+  const tag = `dsql-lambda/${PACKAGE_VERSION}`;
+  r.applicationName = name ? `${name.replace(/[^ -~]/g, '?').slice(0, 62 - tag.length)}:${tag}` : tag;
 
-  const resolved: Record<string, unknown> = {
-    host,
-    hostaddr: hostaddrOf(
-      text('hostaddr', given.hostaddr) ?? (env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined),
-    ),
-    region,
-    user,
-    database: text('database', given.database) ?? (env.PGDATABASE || DSQL_DEFAULTS.database),
-    port:
-      integer('port', given.port, 1, 65535) ??
-      integer('PGPORT', fromText(env.PGPORT || undefined), 1, 65535) ??
-      DSQL_DEFAULTS.port,
-    action: user === 'admin' ? 'DbConnectAdmin' : 'DbConnect',
-    credentialSource: explicit ?? {
-      kind:
-        profile !== undefined
-          ? 'profile'
-          : env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
-            ? 'environment'
-            : 'default-chain',
-      ...(profile !== undefined && { profile }),
-    },
-    max,
-    min: integer('min', given.min, 0, max) ?? DSQL_DEFAULTS.min,
-    applicationName:
-      name === undefined ? suffix : `${name.replace(/[^ -~]/g, '?').slice(0, 62 - suffix.length)}:${suffix}`,
-    sslNegotiation: negotiation,
-    ca: caOf(given.ssl),
-    retry: given.retry,
-    pgOptions: Object.fromEntries(PG_OPTIONS.filter((k) => given[k] !== undefined).map((k) => [k, given[k]])),
-  };
-  for (const [key, [min, top]] of Object.entries(INTEGERS)) {
-    resolved[key] = integer(key, given[key], min, top) ?? DSQL_DEFAULTS[key as keyof typeof INTEGERS];
-  }
+  const { credentials: c, ssl, retry } = given;
+  if (c != null && typeof c !== 'function' && !isIdentity(c))
+    mustBe('credentials', 'an AWS identity or a provider');
+  if (c != null && r.profile) mustBe('profile', 'absent with credentials');
+  const { ca, rejectUnauthorized, ...rest } = Object(ssl);
+  const shape = ssl === true || typeof (ssl ?? {}) === 'object';
+  if (!shape || rejectUnauthorized === false || Object.keys(rest).length)
+    mustBe('ssl', 'true or { ca } (TLS is always verified)');
+  if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
+  const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
+  Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.
-  Object.defineProperty(resolved, 'credentialSource', { enumerable: !explicit });
-  return resolved as unknown as ResolvedDsqlConfig;
+  return Object.defineProperty(r, 'credentialSource', {
+    enumerable: c == null,
+    value:
+      c != null
+        ? { kind: 'explicit', value: c }
+        : r.profile
+          ? { kind: 'profile', profile: r.profile }
+          : { kind: env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY ? 'environment' : 'default-chain' },
+  }) as unknown as ResolvedDsqlConfig;
 }

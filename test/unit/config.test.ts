@@ -2,13 +2,7 @@ import { readFileSync } from 'node:fs';
 import { inspect } from 'node:util';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  type DsqlConfig,
-  PACKAGE_VERSION,
-  parseConnectionString,
-  regionFromHost,
-  resolveConfig,
-} from '../../src/config.js';
+import { type DsqlConfig, PACKAGE_VERSION, resolveConfig } from '../../src/config.js';
 import { DSQL_DEFAULTS } from '../../src/defaults.js';
 import { DsqlConfigError } from '../../src/errors.js';
 
@@ -100,16 +94,19 @@ describe('connection strings (the Go seed connector examples and more)', () => {
     expect(resolveConfig(url, NO_ENV)).toMatchObject(expected);
   });
 
-  it('parseConnectionString returns only what the string says', () => {
+  it('a connection string sets only what it says: the rest comes from the environment and defaults', () => {
+    const env = { PGPORT: '6543', PGUSER: 'envuser', DSQL_ENDPOINT: 'env.dsql.us-east-1.on.aws' };
     expect(
-      parseConnectionString('dsql://admin@abc.dsql.us-east-1.on.aws/postgres?tokenDurationSecs=300'),
-    ).toEqual({
+      resolveConfig('dsql://admin@abc.dsql.us-east-1.on.aws/postgres?tokenDurationSecs=300', env),
+    ).toMatchObject({
       user: 'admin',
       host: 'abc.dsql.us-east-1.on.aws',
       database: 'postgres',
       tokenDurationSecs: 300,
+      port: 6543,
+      maxLifetimeSeconds: DSQL_DEFAULTS.maxLifetimeSeconds,
     });
-    expect(parseConnectionString('postgres://')).toEqual({});
+    expect(resolveConfig('postgres://', env)).toEqual(resolveConfig(undefined, env));
   });
 
   const errors: Array<[string, string]> = [
@@ -123,7 +120,7 @@ describe('connection strings (the Go seed connector examples and more)', () => {
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=604801', 'tokenDurationSecs'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=1.5', 'tokenDurationSecs'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?tokenDurationSecs=', 'tokenDurationSecs'],
-    ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslnegotiation=tls', 'sslnegotiation'],
+    ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslnegotiation=tls', 'sslNegotiation'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?sslmode=disable', 'sslmode'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=', 'region'],
     ['postgres://admin@cluster.dsql.us-east-1.on.aws?region=US_EAST', 'region'],
@@ -162,10 +159,11 @@ describe('connection strings (the Go seed connector examples and more)', () => {
 
 describe('host and region', () => {
   it('reads the region from endpoint host names', () => {
-    expect(regionFromHost('abc.dsql.us-east-1.on.aws')).toBe('us-east-1');
-    expect(regionFromHost('abc.dsql-gamma.eu-west-3.on.aws')).toBe('eu-west-3');
-    expect(regionFromHost('abc.dsql.us-east-1.amazonaws.com')).toBeUndefined();
-    expect(regionFromHost('vpce-1.example.com')).toBeUndefined();
+    const regionOf = (host: string) => resolveConfig({ host }, { AWS_REGION: 'zz-env-1' }).region;
+    expect(regionOf('abc.dsql.us-east-1.on.aws')).toBe('us-east-1');
+    expect(regionOf('abc.dsql-gamma.eu-west-3.on.aws')).toBe('eu-west-3');
+    expect(regionOf('abc.dsql.us-east-1.amazonaws.com')).toBe('zz-env-1');
+    expect(regionOf('vpce-1.example.com')).toBe('zz-env-1');
   });
 
   it('expands a cluster ID with the explicit region, then AWS_REGION, then AWS_DEFAULT_REGION', () => {
@@ -436,6 +434,29 @@ describe('defaults and validation', () => {
     expect(resolveConfig({ connectionString: host }, NO_ENV).host).toBe(host);
     expect(configError(() => resolveConfig('not a host!', NO_ENV)).field).toBe('connectionString');
   });
+
+  it('checks connection-string parameters and environment values as it checks the object', () => {
+    const field = (input: DsqlConfig | string | undefined, env: Record<string, string> = NO_ENV) =>
+      configError(() => resolveConfig(input, env)).field;
+    expect(field(`postgres://admin@${host}?user=a%00b`)).toBe('user');
+    expect(field(`postgres://admin@${host}?hostaddr=127.1`)).toBe('hostaddr');
+    expect(field(`postgres://admin@${host}?profile=%20`)).toBe('profile');
+    expect(field(undefined, { DSQL_ENDPOINT: 'bad host!' })).toBe('host');
+    expect(field(undefined, { DSQL_ENDPOINT: host, PGDATABASE: 'postgres\0x' })).toBe('database');
+    expect(field(undefined, { DSQL_ENDPOINT: host, PGUSER: '   ' })).toBe('user');
+    // An empty variable counts as unset, as libpq has it.
+    expect(resolveConfig(undefined, { DSQL_ENDPOINT: host, PGUSER: '', PGPORT: '' })).toMatchObject({
+      user: 'admin',
+      port: 5432,
+    });
+  });
+
+  it("refuses keys that only exist on Object's prototype", () => {
+    for (const key of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
+      const input = JSON.parse(`{"host":"${host}","${key}":1}`) as DsqlConfig;
+      expect(configError(() => resolveConfig(input, NO_ENV)).field).toBe(key);
+    }
+  });
 });
 
 describe('credential source', () => {
@@ -556,23 +577,14 @@ describe('properties', () => {
     );
   });
 
-  it("regionFromHost agrees with the official connectors' pattern", () => {
+  it("the region read from a host agrees with the official connectors' pattern", () => {
     const pattern = /\.dsql[^.]*\.([^.]+)\.on\.aws$/;
-    const label = fc.constantFrom(
-      '',
-      'abc',
-      'dsql',
-      'dsqlbeta',
-      'dsql-gamma',
-      'us-east-1',
-      'on',
-      'aws',
-      'x.y',
-    );
+    const label = fc.constantFrom('abc', 'dsql', 'dsqlbeta', 'dsql-gamma', 'us-east-1', 'on', 'aws', 'x.y');
     fc.assert(
-      fc.property(fc.array(label, { maxLength: 7 }), (labels) => {
+      fc.property(fc.array(label, { minLength: 1, maxLength: 7 }), (labels) => {
         const host = labels.join('.');
-        expect(regionFromHost(host)).toBe(pattern.exec(host)?.[1]);
+        const region = resolveConfig({ host }, { AWS_REGION: 'zz-env-1' }).region;
+        expect(region).toBe(pattern.exec(host)?.[1] ?? 'zz-env-1');
       }),
       { numRuns: 3000 },
     );
