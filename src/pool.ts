@@ -33,7 +33,6 @@ export type CheckoutStats = Record<
 const COUNTERS = 'checkouts validations evictedExpired evictedIdle evictedDead evictedOnRelease idleErrors';
 /** `releasedAt` 0: brand new, handed out unchecked. `dead`: saw an `'error'`, never pooled again. */
 type Connection = { readonly expiresAt: number; releasedAt: number; dead?: boolean };
-type ConnectCallback = Parameters<pg.Pool['connect']>[0] & {};
 
 const noop = () => {};
 /** Loop turns a connection idle ≥ 10 ms waits for pending socket events; after SIGCONT a drop shows within two. */
@@ -246,8 +245,8 @@ export class DsqlPool extends pg.Pool {
   }
 
   override connect(): Promise<pg.PoolClient>;
-  override connect(callback: ConnectCallback): void;
-  override connect(callback?: ConnectCallback): Promise<pg.PoolClient> | undefined {
+  override connect(callback: Parameters<pg.Pool['connect']>[0] & {}): void;
+  override connect(callback?: Parameters<pg.Pool['connect']>[0]): Promise<pg.PoolClient> | undefined {
     const open = async () => {
       const client = await super.connect();
       const verdict = await this.#verdict(client);
