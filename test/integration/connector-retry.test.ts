@@ -8,7 +8,7 @@ import { inspect } from 'node:util';
 import type pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type DsqlConfig, resolveConfig } from '../../src/config.js';
-import { DsqlTokenError } from '../../src/errors.js';
+import { DsqlConnectionError, DsqlTokenError } from '../../src/errors.js';
 import { createPool } from '../../src/pool.js';
 import { type TokenCache, tokenCacheFor } from '../../src/token.js';
 import { testUpstream } from '../helpers/endpoint.js';
@@ -162,5 +162,32 @@ describe('the client of a pool', () => {
     expect(viaCallback).toBe('connected');
     await expect(c.connect()).rejects.toThrow(/already been connected/);
     expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+});
+
+describe('a dial that never completes', () => {
+  it('is closed by the client itself after connectionTimeoutMillis, not left open after the give-up', async () => {
+    // Accepts TCP, reads, and never answers: the TLS handshake never completes.
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.resume().on('error', () => {});
+      socket.on('close', () => sockets.delete(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+    const pool = createPool({
+      host: 'abc.dsql.us-east-1.on.aws',
+      hostaddr: '127.0.0.1',
+      port: (server.address() as net.AddressInfo).port,
+      credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' },
+      connectionTimeoutMillis: 200,
+    });
+    cleanups.push(() => pool.end());
+    const err = await pool.query('SELECT 1').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toContain('abc.dsql.us-east-1.on.aws within 200 ms');
+    // pg-pool has no timer here: pg's own (per client) destroys the socket; nothing waits for the OS.
+    while (sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
 });

@@ -224,7 +224,7 @@ describe('the checkout', () => {
     await expect(pool.connect()).rejects.toThrow(/within 50 ms \(1 attempts\): timed out/);
     // The slot frees: pg-pool opens a connection for the abandoned request, and it is pooled unused.
     held.release(true);
-    await vi.waitFor(() => expect(pool.idleCount).toBe(1));
+    await vi.waitFor(() => expect(pool.idleCount).toBe(1), { timeout: 10_000 });
     const orphan = FakeClient.created[1]!;
     advance(3_600_000); // a long freeze: past maxIdleMillis and maxLifetimeSeconds
     const next = await use(pool);
