@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { AuroraDSQLPool } from '@aws/aurora-dsql-node-postgres-connector';
 import { startLocalDsql } from '../packages/dsql-local/src/index.js';
+import { DSQL_DEFAULTS } from '../src/defaults.js';
 import { createPool } from '../src/pool.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -169,7 +170,9 @@ await writeFile(
       date: new Date().toISOString(),
       pools: POOLS,
       rateLimit: { perSecond: RATE, burst: BURST },
-      budgetMs: 10_000,
+      budgetMs: DSQL_DEFAULTS.connectionTimeoutMillis,
+      // The first backoff window after a refusal: what the handshakes per admitted sandbox depend on.
+      admissionRetryWindowMillis: DSQL_DEFAULTS.admissionRetryWindowMillis,
       results,
     },
     null,

@@ -34,7 +34,7 @@ export const DSQL_DEFAULTS = Object.freeze({
    * First backoff window after DSQL refuses a connection (53400 rate, 53300 too many), ms; it
    * doubles per attempt. A refusal means many sandboxes connect at once: retries spread wide.
    */
-  admissionRetryWindowMillis: 4_000,
+  admissionRetryWindowMillis: 6_000,
   /** First backoff window after a network error while connecting, ms; it doubles per attempt. */
   networkRetryWindowMillis: 100,
   /** A token is renewed once less than this (or a fifth of its life, if shorter) remains, ms. */

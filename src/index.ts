@@ -2,7 +2,7 @@
  * dsql-lambda: Amazon Aurora DSQL from AWS Lambda through node-postgres.
  * @packageDocumentation
  */
-export type { CheckoutOptions, CheckoutStats } from './checkout.js';
+export type { CheckoutStats } from './pool.js';
 export type { AwsCredentialIdentity, AwsCredentialIdentityProvider, DsqlConfig } from './config.js';
 export { DSQL_DEFAULTS } from './defaults.js';
 export {

@@ -1,237 +1,308 @@
 /**
- * Connections to Aurora DSQL: {@link createPool} (a real `pg.Pool`, so Kysely, Drizzle and anything
- * else that takes one works unchanged) and {@link connect} (one client). Both obtain the IAM token
- * before dialling (a token failure opens no socket), verify TLS fully against the cluster name
- * with one TLS context per pool, retry DSQL's admission refusals (53400 rate, 53300 cap) and
- * network errors on a new connection each time within `connectionTimeoutMillis`, send no `SET`,
- * and do no I/O until the first connection is needed.
+ * Connections to Aurora DSQL: {@link createPool} (a real `pg.Pool`) and {@link connect} (one
+ * client). The token comes before dialling (a token failure opens no socket), TLS is verified
+ * against the cluster name (one context per pool), refusals (53400, 53300) and network errors are
+ * retried on a new connection within `connectionTimeoutMillis`; no `SET`, no I/O before a query.
+ *
+ * The pool's `connect()` is pgxpool's `Acquire`. A frozen Lambda fires no timer and runs no socket
+ * event, so every decision is made at checkout, by the wall clock: a reused connection past its
+ * (jittered) lifetime or idle too long is destroyed; one idle a while first lets pending socket
+ * events (FIN, RST, FATAL) run, and after a thaw gets one bounded round trip; a rejected one is
+ * destroyed and the next taken. A user statement is never sent twice.
  */
-import type { Socket } from 'node:net';
-import type { SecureContext } from 'node:tls';
+import type { Duplex } from 'node:stream';
 import pg from 'pg';
-import { FreezeSafePool } from './checkout.js';
 import { type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
-import { DsqlConnectionError, refusalOf } from './errors.js';
+import { DsqlConnectionError, isConnectionLostError, refusalOf } from './errors.js';
 import type { RetryOptions } from './retry.js';
-import { type TokenCache, tokenCacheFor } from './token.js';
+import { tokenCacheFor } from './token.js';
+
+type Verdict = 'evictedExpired' | 'evictedIdle' | 'evictedDead';
+/**
+ * Counters of a pool's checkouts: `checkouts` served (`query()`'s included), `validations` of
+ * reused connections; destroyed at checkout, `evictedExpired` (past their lifetime), `evictedIdle`
+ * (idle past `maxIdleMillis`), `evictedDead` (closed, or failed or timed out validating); destroyed
+ * at release, `evictedOnRelease` (failed, or in a transaction); `idleErrors`: `'error'` events of
+ * idle connections (pg-pool had already removed them).
+ */
+export type CheckoutStats = Record<
+  Verdict | 'checkouts' | 'validations' | 'evictedOnRelease' | 'idleErrors',
+  number
+>;
+const COUNTERS = 'checkouts validations evictedExpired evictedIdle evictedDead evictedOnRelease idleErrors';
+/** `releasedAt` 0: brand new, handed out unchecked. `dead`: saw an `'error'`, never pooled again. */
+type Connection = { readonly expiresAt: number; releasedAt: number; dead?: boolean };
 
 const noop = () => {};
-type Callback = ((err: Error) => void) | ((err: null, c: pg.Client) => void);
-
-/** A `pg.Client` that obtains its IAM token before dialling; a rejected token (28000/28P01) is dropped from the cache. */
-export class DsqlClient extends pg.Client {
-  readonly #tokens: () => TokenCache;
-  readonly #secret: { value: string } = { value: '' };
-
-  constructor(config: pg.ClientConfig, tokens: () => TokenCache) {
-    super(config);
-    this.#tokens = tokens;
-    // pg keeps the password it sends in these two properties, where inspect(…, { showHidden })
-    // would print it. As accessors they print as [Getter/Setter], and hold the token only while
-    // this client authenticates. (connector.test.ts fails if pg keeps it anywhere else.)
-    const secret = this.#secret;
-    const hidden = {
-      configurable: true,
-      get: () => secret.value,
-      set: (v: string) => {
-        secret.value = v;
-      },
-    };
-    Object.defineProperty(this, 'password', hidden);
-    Object.defineProperty(
-      (this as unknown as { connectionParameters: object }).connectionParameters,
-      'password',
-      hidden,
-    );
-  }
-
-  override connect(): Promise<pg.Client>;
-  override connect(callback: Callback): void;
-  override connect(callback?: Callback): Promise<pg.Client> | undefined {
-    const connected = this.#connect();
-    if (!callback) return connected;
-    const done = callback as (err: Error | null, c?: pg.Client) => void;
-    connected.then(
-      (c) => process.nextTick(done, null, c),
-      (err: Error) => process.nextTick(done, err),
-    );
-  }
-
-  async #connect(): Promise<pg.Client> {
-    const cache = this.#tokens();
-    const token = await cache.get();
-    this.#secret.value = token;
-    try {
-      await super.connect();
-      return this;
-    } catch (err) {
-      const code = (err as { code?: unknown } | null)?.code;
-      if (code === '28000' || code === '28P01') cache.invalidate(token);
-      throw err;
-    } finally {
-      this.#secret.value = '';
-    }
-  }
-}
+/** Loop turns a connection idle ≥ 10 ms waits for pending socket events; after SIGCONT a drop shows within two. */
+const settle = () => new Promise((resolve) => setImmediate(() => setImmediate(() => setImmediate(resolve))));
 
 /**
- * pg's configuration (without a password: {@link DsqlClient} brings the token). `ssl.servername`
- * is always the cluster; an IP `hostaddr` becomes pg's `host`, a DNS-name one is dialled through
- * a `stream` factory (pg would send the dialled name as SNI); one TLS context serves every connection.
- * @example
- * const client = new DsqlClient(toPgConfig(resolved), () => tokenCacheFor(resolved));
+ * The client's socket, the one private pg field read here: pg notices a peer's FIN only at the
+ * socket's `'close'`, a turn or two after its `readableEnded`, and a dead connection must be
+ * destroyed (pg's graceful `end()` waits for a peer that may be gone).
+ * `test/unit/checkout.test.ts` fails if pg stops keeping it here.
  */
-export function toPgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
+const socketOf = (c: pg.ClientBase) => (c as { connection?: { stream?: Duplex } }).connection?.stream;
+
+/**
+ * pg's settings for a configuration, without a password: the client class brings the token.
+ * `ssl.servername` is always the cluster; an IP `hostaddr` becomes pg's `host`, a DNS-name one
+ * is dialled through a `stream` factory (pg would send a dialled name as SNI).
+ */
+function pgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
   const { host, hostaddr, ca } = config;
-  let context: SecureContext | undefined;
-  const dialName = hostaddr !== undefined && !hostaddr.includes(':') && /[a-z]/.test(hostaddr);
+  let context: unknown;
+  const dialName = hostaddr && !hostaddr.includes(':') && /[a-z]/.test(hostaddr);
   return {
     allowExitOnIdle: DSQL_DEFAULTS.allowExitOnIdle,
+    // What pg reads of it (user, database, port, max, min, idleTimeoutMillis, connectionTimeoutMillis) has pg's names.
+    ...config,
     ...config.pgOptions,
-    // Node ≥ 20.16: node:net is fetched only when a socket is made, never imported at init.
+    // Node ≥ 20.16: node:net is fetched when a socket is made, never imported at init.
     stream: dialName
       ? () => {
           const socket = new (process.getBuiltinModule('node:net').Socket)();
-          const connect = socket.connect.bind(socket) as (port: number, host: string) => Socket;
+          const connect = socket.connect.bind(socket) as (port: number, host: string) => Duplex;
           return Object.assign(socket, { connect: (port: number) => connect(port, hostaddr) });
         }
       : undefined,
     host: dialName ? host : (hostaddr ?? host),
-    port: config.port,
-    user: config.user,
-    database: config.database,
     ssl: {
       rejectUnauthorized: true,
       servername: host,
       ca,
-      // pg copies `ssl` into the tls.connect options: this getter builds the context at the first handshake.
+      // pg copies `ssl` into the tls.connect options: one context per pool, built at the first handshake.
       get secureContext() {
         context ??= process.getBuiltinModule?.('node:tls').createSecureContext({ ca });
         return context;
       },
-    },
+    } as pg.PoolConfig['ssl'],
     sslnegotiation: config.sslNegotiation,
     application_name: config.applicationName,
-    max: config.max,
-    min: config.min,
-    idleTimeoutMillis: config.idleTimeoutMillis,
-    connectionTimeoutMillis: config.connectionTimeoutMillis,
   };
 }
 
+/** A `pg.Client` class that obtains its token before dialling and drops a rejected one (28000/28P01). */
+function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
+  const tokens = tokenCacheFor(config);
+  return class extends pg.Client {
+    #token = '';
+    constructor(options: pg.ClientConfig) {
+      // pg's own timer bounds each dial (a pool gives pg-pool none).
+      super({ ...options, connectionTimeoutMillis: config.connectionTimeoutMillis });
+      // pg keeps the password it sends on the client, where inspect(…, { showHidden }) would print
+      // it: as a getter it prints as [Getter], and holds the token only while authenticating.
+      Object.defineProperty(this, 'password', { get: () => this.#token });
+    }
+
+    override connect(): Promise<pg.Client>;
+    override connect(callback: (err: Error | null) => void): void;
+    override connect(callback?: (err: Error | null) => void): Promise<pg.Client> | undefined {
+      const connected = this.#connect();
+      if (!callback) return connected;
+      connected.then(() => callback(null), callback);
+    }
+
+    async #connect(): Promise<pg.Client> {
+      this.#token = await tokens.get();
+      try {
+        return await super.connect();
+      } catch (err) {
+        const code = (err as { code?: unknown } | null)?.code;
+        if (code === '28000' || code === '28P01') tokens.invalidate(this.#token);
+        throw err;
+      } finally {
+        this.#token = '';
+      }
+    }
+  };
+}
+
+/** `promise`, or `value` if it has not settled after `ms`. */
+function within<T, V>(promise: Promise<T>, ms: number, value: V): Promise<T | V> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<V>((resolve) => {
+    timer = setTimeout(resolve, ms, value);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 /**
- * Attempts, each on a new connection, until admitted or out of budget. After a refusal the wait
- * is drawn uniformly from a window that doubles per attempt: an admission refusal (53400, 53300)
- * means many sandboxes connect at once, so its window starts wide and most get in at their next
- * attempt; a network error starts narrow.
+ * Attempts until one yields a client (`undefined`: try again at once) or the budget runs out; a
+ * client arriving late is discarded. After a refusal the wait is drawn uniformly from a window
+ * that doubles per attempt: an admission refusal means many sandboxes connect at once, so its
+ * window starts wide and most get in at their next attempt; a network error starts narrow.
  */
 async function admit<T>(
-  open: () => Promise<T>,
   config: ResolvedDsqlConfig,
-  sleep: (ms: number) => Promise<boolean>,
+  open: () => Promise<T | undefined>,
   discard: (late: T) => void,
+  signal?: AbortSignal,
 ): Promise<T> {
   const budget = config.connectionTimeoutMillis;
   const deadline = Date.now() + budget;
-  const giveUp = (n: number, why: string, cause: unknown) =>
-    new DsqlConnectionError(
-      `Could not connect to ${config.host} within ${budget} ms (${n} attempts): ${why}${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      n,
-      { cause },
-    );
   let last: unknown;
-  for (let n = 1; ; n++) {
-    let timer: NodeJS.Timeout | undefined;
+  let n = 0;
+  const giveUp = (why: string) => {
+    const cause = last instanceof Error ? `: ${last.message}` : '';
+    const message = `Could not connect to ${config.host} within ${budget} ms (${n} attempts): ${why}${cause}`;
+    return new DsqlConnectionError(message, n, { cause: last });
+  };
+  for (;;) {
+    n++;
     const attempt = open();
+    let outcome: T | undefined | null;
     try {
-      const outcome = await Promise.race([
-        attempt,
-        new Promise<typeof giveUp>((resolve) => {
-          timer = setTimeout(resolve, deadline - Date.now(), giveUp);
-        }),
-      ]);
-      if (outcome !== giveUp) return outcome as T;
+      outcome = await within(attempt, deadline - Date.now(), null);
     } catch (err) {
       const refusal = refusalOf(err);
       if (!refusal) throw err;
       last = err;
+      const left = deadline - Date.now();
+      if (left < 1) throw giveUp(refusal === 'network' ? 'unreachable' : 'refused');
       const window =
         refusal === 'network'
           ? DSQL_DEFAULTS.networkRetryWindowMillis
           : DSQL_DEFAULTS.admissionRetryWindowMillis;
-      // Within what is left, keeping a fifth of it for the attempt itself.
-      const left = deadline - Date.now();
+      // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
-      if (left < 1) throw giveUp(n, refusal === 'network' ? 'unreachable' : 'still refused', err);
-      if (!(await sleep(delay))) throw giveUp(n, 'the pool was ended', err);
+      const timers = process.getBuiltinModule('node:timers/promises');
+      if (!(await timers.setTimeout(delay, true, { signal }).catch(() => false)))
+        throw giveUp('the pool was ended');
       continue;
-    } finally {
-      clearTimeout(timer);
     }
-    attempt.then(discard, noop);
-    throw giveUp(n, last === undefined ? 'timed out' : 'timed out after a refusal', last);
+    if (outcome) return outcome;
+    if (outcome === null) {
+      attempt.then((late) => late && discard(late), noop);
+      throw giveUp('timed out');
+    }
   }
 }
 
 /**
- * The pool {@link createPool} returns: a `pg.Pool` whose `connect()` (and `query()`) does the
- * freeze-safe checkout and admits new connections past DSQL's refusals; `end()` stops retries at once.
+ * What {@link createPool} returns: a `pg.Pool` whose `connect()` (so `query()`) is the checkout
+ * above; `end()` stops retries at once. Bookkeeping comes from pg-pool's events; nothing is patched.
  */
-export class DsqlPool extends FreezeSafePool {
+export class DsqlPool extends pg.Pool {
   /** The pool-level retry policy (config key `retry`), for the retrying helpers. */
   readonly retry: RetryOptions | undefined;
   readonly #config: ResolvedDsqlConfig;
-  readonly #wake = new Set<() => void>();
-  #ending = false;
+  readonly #ended = new AbortController();
+  readonly #connections = new WeakMap<pg.ClientBase, Connection>();
+  readonly #stats = Object.fromEntries(COUNTERS.split(' ').map((k) => [k, 0])) as CheckoutStats;
+  /**
+   * Connections released before this went through the freeze or outage that killed one: replaced
+   * without a validation, which on a silently dropped path would cost `validationTimeoutMillis` each.
+   */
+  #distrustBefore = 0;
 
-  /** Prefer {@link createPool}; this takes a resolved configuration. */
-  constructor(config: ResolvedDsqlConfig) {
-    let tokens: TokenCache | undefined;
-    const cache = () => (tokens ??= tokenCacheFor(config));
-    const { connectionTimeoutMillis } = config;
-    class Client extends DsqlClient {
-      constructor(options: pg.ClientConfig) {
-        // pg's own timer bounds each dial; pg-pool has none (below).
-        super({ ...options, connectionTimeoutMillis }, cache);
-      }
-    }
-    // pg-pool gets no timers of its own: its connect timeout would hide the refusal behind
-    // "Connection terminated due to connection timeout"; lifetimes are kept, jittered, at checkout.
-    const pgConfig = { ...toPgConfig(config), connectionTimeoutMillis: 0, maxLifetimeSeconds: 0, Client };
-    super(pgConfig as unknown as pg.PoolConfig, config);
+  /**
+   * Prefer {@link createPool}. pg-pool gets no timers: its connect timeout would hide the refusal
+   * ("Connection terminated due to connection timeout"); lifetimes are kept, jittered, at checkout.
+   * @param pgOverrides @internal Replaces pg settings (tests: a scripted `Client`, plain PostgreSQL).
+   */
+  constructor(config: ResolvedDsqlConfig, pgOverrides?: pg.PoolConfig) {
+    super({
+      ...pgConfig(config),
+      connectionTimeoutMillis: 0,
+      maxLifetimeSeconds: 0,
+      Client: clientClass(config),
+      ...pgOverrides,
+    });
     this.#config = config;
     this.retry = config.retry;
-  }
-
-  protected override take(): Promise<pg.PoolClient> {
-    return admit(
-      () => super.take(),
-      this.#config,
-      (ms) => this.#sleep(ms),
-      (late) => late.release(),
-    );
-  }
-
-  /** `true` after `ms`, or `false` as soon as the pool is ended. */
-  #sleep(ms: number): Promise<boolean> {
-    return new Promise((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        this.#wake.delete(wake);
-        resolve(!this.#ending);
-      };
-      const timer = setTimeout(wake, this.#ending ? 0 : ms);
-      this.#wake.add(wake);
+    // Once per physical connection, before its first checkout; its one 'error' listener for life
+    // (pg-pool's listens only while it is idle, and an unheard 'error' crashes the process).
+    this.on('connect', (client) => {
+      const life = config.maxLifetimeSeconds - Math.random() * config.maxLifetimeJitterSeconds;
+      const info: Connection = { expiresAt: Date.now() + life * 1000, releasedAt: 0 };
+      this.#connections.set(client, info);
+      client.on('error', () => {
+        info.dead = true;
+      });
     });
+    // The one "may this connection be pooled again?" check.
+    this.on('release', (err, client) => {
+      const info = this.#connections.get(client) as Connection;
+      info.releasedAt = Date.now();
+      // 'T'/'E': an open transaction would leak its snapshot into the next caller's statements.
+      if (!err && (!this.#isOpen(client) || client.getTransactionStatus() !== 'I')) {
+        this.#stats.evictedOnRelease++;
+        if (info.dead) socketOf(client)?.destroy();
+        // Ending marks the client, so pg-pool removes it instead of pooling it.
+        client.end().catch(noop);
+      }
+    });
+    // pg-pool has already removed the idle client it reports; without a listener the emit would throw.
+    this.on('error', () => this.#stats.idleErrors++);
+  }
+
+  /** This pool's checkout counters (a copy). */
+  checkoutStats(): Readonly<CheckoutStats> {
+    return { ...this.#stats };
+  }
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: Parameters<pg.Pool['connect']>[0] & {}): void;
+  override connect(callback?: Parameters<pg.Pool['connect']>[0]): Promise<pg.PoolClient> | undefined {
+    const open = async () => {
+      const client = await super.connect();
+      const verdict = await this.#verdict(client);
+      if (!verdict) {
+        this.#stats.checkouts++;
+        return client;
+      }
+      this.#stats[verdict]++;
+      client.release(true);
+      // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
+      if (verdict === 'evictedDead') socketOf(client)?.destroy();
+    };
+    const acquired = admit(this.#config, open, (late) => late.release(), this.#ended.signal);
+    if (!callback) return acquired;
+    acquired.then(
+      (client) => callback(undefined, client, client.release),
+      (err: Error) => callback(err, undefined, noop),
+    );
   }
 
   override end(): Promise<void>;
   override end(callback: () => void): void;
   override end(callback?: () => void): Promise<void> | undefined {
-    this.#ending = true;
-    for (const wake of [...this.#wake]) wake();
+    this.#ended.abort();
     return super.end(callback as () => void) as Promise<void> | undefined;
+  }
+
+  #isOpen(client: pg.ClientBase): boolean {
+    const s = socketOf(client);
+    return !this.#connections.get(client)?.dead && !(s?.destroyed || s?.readableEnded || s?.writableEnded);
+  }
+
+  /** Why a client from pg-pool must not be handed out, if it must not. */
+  async #verdict(client: pg.PoolClient): Promise<Verdict | undefined> {
+    const info = this.#connections.get(client) as Connection;
+    const { maxIdleMillis, thawThresholdMillis, validationTimeoutMillis } = this.#config;
+    const idle = Date.now() - info.releasedAt;
+    if (!info.releasedAt) return;
+    if (Date.now() >= info.expiresAt) return 'evictedExpired';
+    if (idle >= maxIdleMillis) return 'evictedIdle';
+    // Handed straight on under load, a connection does not wait.
+    if (idle >= 10) await settle();
+    if (!this.#isOpen(client)) return 'evictedDead';
+    if (idle < thawThresholdMillis) return;
+    if (info.releasedAt < this.#distrustBefore) return 'evictedDead';
+    this.#stats.validations++;
+    try {
+      // An empty statement: one round trip, cheaper for the server than a SELECT.
+      if (await within(client.query(';'), validationTimeoutMillis, null))
+        return this.#isOpen(client) ? undefined : 'evictedDead';
+    } catch (err) {
+      if (!isConnectionLostError(err)) return 'evictedDead';
+    }
+    // No answer, or a lost connection: the others idle since the same freeze are presumed dead.
+    this.#distrustBefore = Date.now() - thawThresholdMillis;
+    return 'evictedDead';
   }
 }
 
@@ -259,8 +330,11 @@ export function createPool(config?: DsqlConfig | string): DsqlPool {
  */
 export async function connect(config?: DsqlConfig | string): Promise<pg.Client> {
   const resolved = resolveConfig(config);
-  const open = () =>
-    new DsqlClient(toPgConfig(resolved), () => tokenCacheFor(resolved)).on('error', noop).connect();
-  const sleep = (ms: number) => new Promise<boolean>((resolve) => setTimeout(resolve, ms, true));
-  return admit(open, resolved, sleep, (late) => void late.end().catch(noop));
+  const Client = clientClass(resolved);
+  const options = pgConfig(resolved);
+  return admit(
+    resolved,
+    () => new Client(options).on('error', noop).connect(),
+    (late) => void late.end().catch(noop),
+  );
 }

@@ -1,15 +1,16 @@
-// DsqlClient against a tiny server in front of the test upstream PostgreSQL (trust
-// auth): it relays, refuses, or asks for the password and then refuses or stalls. Plain TCP, so
-// the token handling of one client is tested on its own; TLS, admission retries and the pool are
-// covered by connector.test.ts against the DSQL-like endpoint.
+// The pool's client class (what pg-pool instantiates for each new connection) against a tiny
+// server in front of the test upstream PostgreSQL (trust auth): it relays, refuses, or asks for
+// the password and then refuses or stalls. Plain TCP, so the token handling of one client is
+// tested on its own; TLS, admission retries and the pool are covered by connector.test.ts
+// against the DSQL-like endpoint.
 import net from 'node:net';
 import { inspect } from 'node:util';
 import type pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { resolveConfig } from '../../src/config.js';
-import { DsqlTokenError } from '../../src/errors.js';
-import { DsqlClient } from '../../src/pool.js';
-import { tokenCacheFor } from '../../src/token.js';
+import { type DsqlConfig, resolveConfig } from '../../src/config.js';
+import { DsqlConnectionError, DsqlTokenError } from '../../src/errors.js';
+import { createPool } from '../../src/pool.js';
+import { type TokenCache, tokenCacheFor } from '../../src/token.js';
 import { testUpstream } from '../helpers/endpoint.js';
 
 const UPSTREAM = testUpstream('postgres');
@@ -93,64 +94,64 @@ const clientConfig = (port: number): pg.ClientConfig => ({
   database: 'postgres',
 });
 
-/** A token cache of its own (a provider function is its own credential source), counting provider calls. */
-function tokens(fail = false) {
+/**
+ * A client of a pool's own class, dialling `port` in plain TCP, and the token cache it uses. Each
+ * call makes a distinct configuration (token lifetime), so its own cache.
+ */
+let nextDuration = 900;
+function client(port: number, fail = false): { client: pg.Client; cache: TokenCache; calls: { n: number } } {
   const calls = { n: 0 };
-  const cache = tokenCacheFor(
-    resolveConfig(
-      {
-        host: 'abc.dsql.us-east-1.on.aws',
-        credentials: async () => {
-          calls.n++;
-          if (fail) throw new Error('no credentials here');
-          return { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' };
-        },
-      },
-      {},
-    ),
-  );
-  return Object.assign(cache, { calls });
+  const config: DsqlConfig = {
+    host: 'abc.dsql.us-east-1.on.aws',
+    tokenDurationSecs: nextDuration--,
+    credentials: async () => {
+      calls.n++;
+      if (fail) throw new Error('no credentials here');
+      return { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' };
+    },
+  };
+  const pool = createPool(config);
+  cleanups.push(() => pool.end());
+  const { Client } = pool as unknown as { Client: typeof pg.Client };
+  return { client: new Client(clientConfig(port)), cache: tokenCacheFor(resolveConfig(config)), calls };
 }
 const signatureOf = (token: string) => /X-Amz-Signature=([0-9a-f]+)/.exec(token)?.[1] as string;
 
-describe('DsqlClient', () => {
+describe('the client of a pool', () => {
   it('obtains the token before dialling: a token failure opens no socket', async () => {
     const server = await admissionServer(() => 'relay');
     cleanups.push(server.close);
-    const client = new DsqlClient(clientConfig(server.port), () => cache);
-    const cache = tokens(true);
-    await expect(client.connect()).rejects.toBeInstanceOf(DsqlTokenError);
+    const { client: c } = client(server.port, true);
+    await expect(c.connect()).rejects.toBeInstanceOf(DsqlTokenError);
     expect(server.connections).toBe(0);
   });
 
   it('sends the cached token; an authentication failure is not retried and drops that token', async () => {
     const server = await admissionServer(() => '28P01');
     cleanups.push(server.close);
-    const cache = tokens();
+    const { client: c, cache, calls } = client(server.port);
     const token = await cache.get();
-    const client = new DsqlClient(clientConfig(server.port), () => cache);
-    const err = await client.connect().catch((e) => e);
+    const err = await c.connect().catch((e) => e);
     expect(err.code).toBe('28P01');
     expect(server.connections).toBe(1);
     expect(server.passwords).toEqual([token]);
     // The rejected token was dropped: the next get() resolves credentials and signs again.
-    expect(cache.calls.n).toBe(1);
+    expect(calls.n).toBe(1);
     await cache.get();
-    expect(cache.calls.n).toBe(2);
+    expect(calls.n).toBe(2);
     // issue 8, defect 8: the rejected token does not stay on the client.
-    expect(inspect(client, { depth: 8, showHidden: true, getters: true })).not.toContain(signatureOf(token));
+    expect(inspect(c, { depth: 8, showHidden: true, getters: true })).not.toContain(signatureOf(token));
   });
 
   it('issue 8, defect 8: the token is not visible on the client while it authenticates', async () => {
     const server = await admissionServer(() => 'stall');
     cleanups.push(server.close);
-    const cache = tokens();
+    const { client: c, cache } = client(server.port);
     const token = await cache.get();
-    const client = new DsqlClient(clientConfig(server.port), () => cache);
-    const pending = client.connect().catch((e) => e);
+    const pending = c.connect().catch((e) => e);
     while (server.passwords.length === 0) await new Promise((r) => setTimeout(r, 5));
     expect(server.passwords).toEqual([token]);
-    expect(inspect(client, { depth: 8, showHidden: true })).not.toContain(signatureOf(token));
+    expect(inspect(c, { depth: 8, showHidden: true })).not.toContain(signatureOf(token));
     await server.close();
     await pending;
   });
@@ -158,14 +159,40 @@ describe('DsqlClient', () => {
   it('connects with a callback too, and a second connect() is refused as pg refuses it', async () => {
     const server = await admissionServer(() => 'relay');
     cleanups.push(server.close);
-    const cache = tokens();
-    const client = new DsqlClient(clientConfig(server.port), () => cache);
-    cleanups.push(() => client.end());
+    const { client: c } = client(server.port);
+    cleanups.push(() => c.end());
     const viaCallback = await new Promise<unknown>((resolve) =>
-      client.connect((err: Error | null) => resolve(err ?? 'connected')),
+      c.connect((err: Error | null) => resolve(err ?? 'connected')),
     );
     expect(viaCallback).toBe('connected');
-    await expect(client.connect()).rejects.toThrow(/already been connected/);
-    expect((await client.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    await expect(c.connect()).rejects.toThrow(/already been connected/);
+    expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+});
+
+describe('a dial that never completes', () => {
+  it('is closed by the client itself after connectionTimeoutMillis, not left open after the give-up', async () => {
+    // Accepts TCP, reads, and never answers: the TLS handshake never completes.
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.resume().on('error', () => {});
+      socket.on('close', () => sockets.delete(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+    const pool = createPool({
+      host: 'abc.dsql.us-east-1.on.aws',
+      hostaddr: '127.0.0.1',
+      port: (server.address() as net.AddressInfo).port,
+      credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' },
+      connectionTimeoutMillis: 200,
+    });
+    cleanups.push(() => pool.end());
+    const err = await pool.query('SELECT 1').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toContain('abc.dsql.us-east-1.on.aws within 200 ms');
+    // pg-pool has no timer here: pg's own (per client) destroys the socket; nothing waits for the OS.
+    while (sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
 });

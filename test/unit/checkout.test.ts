@@ -1,13 +1,16 @@
 /**
- * The freeze guard against a scripted in-memory pg client: wall-clock decisions at checkout
+ * The pool's freeze-safe checkout against a scripted in-memory pg client: wall-clock decisions at checkout
  * (Date.now is moved by hand, as a thaw moves it, while no timer fires), validation after a
  * thaw, eviction of failed clients, and the promise of never sending a user statement twice.
  */
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { type CheckoutOptions, FreezeSafePool, socketOf } from '../../src/checkout.js';
+import type { DsqlConfig } from '../../src/config.js';
+import type { DsqlPool } from '../../src/pool.js';
 import { testUpstream } from '../helpers/endpoint.js';
+import { plainPgPool } from '../helpers/plain-pool.js';
 
 type Behaviour = 'ok' | 'fail' | 'hang';
 
@@ -32,6 +35,9 @@ class FakeClient extends EventEmitter {
     if (FakeClient.connectDelay > 0) setTimeout(() => cb(), FakeClient.connectDelay);
     else setImmediate(() => cb());
   }
+  /** pg-pool calls these with allowExitOnIdle (the library's default). */
+  ref() {}
+  unref() {}
   /** pg-pool asks when a connection attempt times out. */
   isConnected() {
     return false;
@@ -74,24 +80,22 @@ class FakeClient extends EventEmitter {
   }
 }
 
-const defaults: CheckoutOptions = {
+const defaults: DsqlConfig = {
   maxLifetimeSeconds: 3300,
+  maxLifetimeJitterSeconds: 0,
   maxIdleMillis: 300_000,
   thawThresholdMillis: 5_000,
   validationTimeoutMillis: 1_000,
 };
 
 let now = 1_700_000_000_000;
-function makePool(options: Partial<CheckoutOptions> = {}, max = 4) {
-  return new FreezeSafePool(
-    { max, idleTimeoutMillis: 0, Client: FakeClient as never },
-    { ...defaults, ...options },
-  );
+function makePool(options: DsqlConfig = {}, max = 4) {
+  return plainPgPool({ ...defaults, ...options }, { max, idleTimeoutMillis: 0, Client: FakeClient as never });
 }
 const advance = (ms: number) => {
   now += ms;
 };
-async function use(pool: FreezeSafePool): Promise<FakeClient> {
+async function use(pool: DsqlPool): Promise<FakeClient> {
   const client = await pool.connect();
   client.release();
   return client as unknown as FakeClient;
@@ -106,7 +110,7 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-describe('FreezeSafePool', () => {
+describe('the checkout', () => {
   it('reuses a warm connection without any extra statement', async () => {
     const pool = makePool();
     const a = await use(pool);
@@ -213,26 +217,15 @@ describe('FreezeSafePool', () => {
     expect(a.sent).toEqual([]);
   });
 
-  it('checks a connection pooled by pg-pool without ever being handed out (its waiter timed out) like any reused one', async () => {
-    const pool = new FreezeSafePool(
-      { max: 1, idleTimeoutMillis: 0, connectionTimeoutMillis: 200, Client: FakeClient as never },
-      defaults,
-    );
+  it('checks a connection pooled by pg-pool without ever being handed out (its waiter gave up) like any reused one', async () => {
+    const pool = makePool({ connectionTimeoutMillis: 50 }, 1);
     const held = await pool.connect();
-    const waiting = pool.connect().then(
-      () => 'got one',
-      (e: Error) => e.message,
-    );
-    // The slot frees up late and a new connection is opened for the waiter: it opens within its
-    // own connectionTimeoutMillis but after the waiter's has passed, so pg-pool pools it itself.
-    await new Promise((resolve) => setTimeout(resolve, 150));
-    FakeClient.connectDelay = 100;
+    // The only slot is taken: the waiter gives up, its request stays queued in pg-pool.
+    await expect(pool.connect()).rejects.toThrow(/within 50 ms \(1 attempts\): timed out/);
+    // The slot frees: pg-pool opens a connection for the abandoned request, and it is pooled unused.
     held.release(true);
-    expect(await waiting).toMatch(/timeout exceeded/);
-    await new Promise((resolve) => setTimeout(resolve, 150));
-    expect(pool.idleCount).toBe(1);
+    await vi.waitFor(() => expect(pool.idleCount).toBe(1), { timeout: 10_000 });
     const orphan = FakeClient.created[1]!;
-    FakeClient.connectDelay = 0;
     advance(3_600_000); // a long freeze: past maxIdleMillis and maxLifetimeSeconds
     const next = await use(pool);
     expect(next).not.toBe(orphan);
@@ -297,7 +290,10 @@ describe('FreezeSafePool', () => {
     const draws = [0, 0.25, 0.5, 0.75];
     let i = 0;
     vi.spyOn(Math, 'random').mockImplementation(() => draws[i++ % draws.length]!);
-    const pool = makePool({ maxLifetimeSeconds: 3300, maxLifetimeJitterSeconds: 300, maxIdleMillis: 0 }, 4);
+    const pool = makePool(
+      { maxLifetimeSeconds: 3300, maxLifetimeJitterSeconds: 300, maxIdleMillis: 2 ** 31 - 1 },
+      4,
+    );
     const held = await Promise.all([pool.connect(), pool.connect(), pool.connect(), pool.connect()]);
     for (const c of held) c.release();
     // Lives of 3300, 3225, 3150 and 3075 s: 3160 s later, the last two are over.
@@ -312,7 +308,7 @@ describe('FreezeSafePool', () => {
 describe('against real pg and pg-pool (local PostgreSQL)', () => {
   it('a client released inside a transaction is ended, not pooled: pg-pool does not pool an ending client', async () => {
     vi.restoreAllMocks(); // real clock
-    const pool = new FreezeSafePool({ ...testUpstream('postgres'), max: 1 }, defaults);
+    const pool = plainPgPool(defaults, { ...testUpstream('postgres'), max: 1 });
     try {
       const a = await pool.connect();
       const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -330,7 +326,9 @@ describe('against real pg and pg-pool (local PostgreSQL)', () => {
   });
 });
 
-describe('the one pg private field the checkout reads', () => {
+describe('the one pg private field the checkout reads (socketOf in src/pool.ts)', () => {
+  const socketOf = (client: pg.Client) =>
+    (client as unknown as { connection?: { stream?: Duplex } }).connection?.stream;
   it('pg still keeps a connected client socket at client.connection.stream', async () => {
     const client = new pg.Client(testUpstream('postgres'));
     await client.connect();

@@ -2,16 +2,19 @@
 import { inspect } from 'node:util';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { PACKAGE_VERSION, resolveConfig } from '../../src/config.js';
+import { type DsqlConfig, PACKAGE_VERSION, resolveConfig } from '../../src/config.js';
 import { DsqlConfigError } from '../../src/errors.js';
-import { connect, createPool, toPgConfig } from '../../src/pool.js';
+import { connect, createPool, DsqlPool } from '../../src/pool.js';
 
 const HOST = 'abc.dsql.us-east-1.on.aws';
 const SECRET = 'PoolUnitTestSecretKey';
 
-describe('toPgConfig', () => {
+/** The settings a pool hands pg-pool, and pg-pool each new client (no environment). */
+const pgConfigOf = (config: DsqlConfig) => new DsqlPool(resolveConfig(config, {})).options;
+
+describe('the pg settings of a pool', () => {
   it('verifies TLS fully against the cluster name and dials hostaddr', () => {
-    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: '127.0.0.1', ssl: { ca: 'PEM' } }, {}));
+    const c = pgConfigOf({ host: HOST, hostaddr: '127.0.0.1', ssl: { ca: 'PEM' } });
     expect(c).toMatchObject({
       host: '127.0.0.1',
       port: 5432,
@@ -23,29 +26,31 @@ describe('toPgConfig', () => {
       max: 4,
       min: 0,
       idleTimeoutMillis: 300_000,
-      connectionTimeoutMillis: 10_000,
       allowExitOnIdle: true,
+      // pg-pool gets no timers: the checkout bounds the wait (connectionTimeoutMillis) and keeps lifetimes.
+      connectionTimeoutMillis: 0,
+      maxLifetimeSeconds: 0,
     });
     // No password: the client supplies the token it obtained before dialling.
     expect(c.password).toBeUndefined();
-    const plain = toPgConfig(resolveConfig({ host: HOST, sslNegotiation: 'postgres' }, {}));
+    const plain = pgConfigOf({ host: HOST, sslNegotiation: 'postgres' });
     expect(plain.host).toBe(HOST);
     expect(plain.sslnegotiation).toBe('postgres');
     expect(plain.ssl).toMatchObject({ rejectUnauthorized: true, servername: HOST });
   });
 
   it('dials a DNS-name hostaddr through a stream factory, keeping host for SNI', () => {
-    const c = toPgConfig(resolveConfig({ host: HOST, hostaddr: 'vpce-1.example.com' }, {}));
+    const c = pgConfigOf({ host: HOST, hostaddr: 'vpce-1.example.com' });
     expect(c.host).toBe(HOST);
     expect(typeof c.stream).toBe('function');
     expect((c.ssl as { servername: string }).servername).toBe(HOST);
-    const ipv6 = toPgConfig(resolveConfig({ host: HOST, hostaddr: '::1' }, {}));
+    const ipv6 = pgConfigOf({ host: HOST, hostaddr: '::1' });
     expect(ipv6.host).toBe('::1');
     expect(ipv6.stream).toBeUndefined();
   });
 
   it('passes other pg options through', () => {
-    const c = toPgConfig(resolveConfig({ host: HOST, query_timeout: 1234, keepAlive: true }, {}));
+    const c = pgConfigOf({ host: HOST, query_timeout: 1234, keepAlive: true });
     expect(c).toMatchObject({ query_timeout: 1234, keepAlive: true });
   });
 });
@@ -80,8 +85,8 @@ describe('createPool', () => {
   });
 
   it('one TLS context serves every connection of a pool (built on first use)', () => {
-    const ssl = toPgConfig(resolveConfig({ host: HOST, ssl: { ca: 'PEM-IS-NOT-PARSED-HERE' } }, {})).ssl;
-    const noCa = toPgConfig(resolveConfig({ host: HOST }, {})).ssl as { secureContext: unknown };
+    const ssl = pgConfigOf({ host: HOST, ssl: { ca: 'PEM-IS-NOT-PARSED-HERE' } }).ssl;
+    const noCa = pgConfigOf({ host: HOST }).ssl as { secureContext: unknown };
     // What pg does with `ssl` before tls.connect: Object.assign into the options.
     const first = Object.assign({}, noCa);
     const second = Object.assign({}, noCa);
