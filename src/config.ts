@@ -52,7 +52,7 @@ export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
   min?: number | undefined;
   /** Retire a connection this old, seconds, 1…3600 (DSQL closes it at 60 minutes). Default: `3300`. */
   maxLifetimeSeconds?: number | undefined;
-  /** At most this much comes off each connection's lifetime at random, seconds. Default: `300`. */
+  /** Up to this much (at most half the lifetime) comes off each lifetime at random, seconds. Default: `300`. */
   maxLifetimeJitterSeconds?: number | undefined;
   /** pg-pool's idle timer, ms (`0`: off); the wall-clock check is `maxIdleMillis`. Default: `300000`. */
   idleTimeoutMillis?: number | undefined;

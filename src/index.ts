@@ -2,7 +2,6 @@
  * dsql-lambda: Amazon Aurora DSQL from AWS Lambda through node-postgres.
  * @packageDocumentation
  */
-export type { CheckoutStats } from './pool.js';
 export type { AwsCredentialIdentity, AwsCredentialIdentityProvider, DsqlConfig } from './config.js';
 export { DSQL_DEFAULTS } from './defaults.js';
 export {
@@ -23,7 +22,7 @@ export {
   type LambdaContextLike,
   withDsql,
 } from './lambda.js';
-export { connect, createPool, type DsqlPool } from './pool.js';
+export { type CheckoutStats, connect, createPool, type DsqlPool } from './pool.js';
 export {
   execWithRetry,
   type RetryCode,

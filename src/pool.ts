@@ -168,9 +168,18 @@ async function admit<T>(
           : DSQL_DEFAULTS.admissionRetryWindowMillis;
       // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
-      const timers = process.getBuiltinModule('node:timers/promises');
-      if (!(await timers.setTimeout(delay, true, { signal }).catch(() => false)))
-        throw giveUp('the pool was ended');
+      const slept = await new Promise<boolean>((resolve) => {
+        const wake = (ok: boolean) => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', ended);
+          resolve(ok);
+        };
+        const ended = () => wake(false);
+        const timer = setTimeout(wake, delay, true);
+        if (signal?.aborted) ended();
+        else signal?.addEventListener('abort', ended);
+      });
+      if (!slept) throw giveUp('the pool was ended');
       continue;
     }
     if (outcome) return outcome;
@@ -216,7 +225,8 @@ export class DsqlPool extends pg.Pool {
     // Once per physical connection, before its first checkout; its one 'error' listener for life
     // (pg-pool's listens only while it is idle, and an unheard 'error' crashes the process).
     this.on('connect', (client) => {
-      const life = config.maxLifetimeSeconds - Math.random() * config.maxLifetimeJitterSeconds;
+      const { maxLifetimeSeconds: max, maxLifetimeJitterSeconds: jitter } = config;
+      const life = max - Math.random() * Math.min(jitter, max / 2);
       const info: Connection = { expiresAt: Date.now() + life * 1000, releasedAt: 0 };
       this.#connections.set(client, info);
       client.on('error', () => {

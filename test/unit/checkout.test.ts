@@ -303,6 +303,22 @@ describe('the checkout', () => {
     expect(pool.checkoutStats().evictedExpired).toBe(2);
     expect(again.filter((c) => held.includes(c))).toHaveLength(2);
   });
+
+  it('takes at most half a short lifetime as jitter: the default 300 s never makes a 60 s life negative', async () => {
+    vi.spyOn(Math, 'random').mockReturnValue(0.999);
+    const pool = makePool(
+      { maxLifetimeSeconds: 60, maxLifetimeJitterSeconds: 300, maxIdleMillis: 2 ** 31 - 1 },
+      1,
+    );
+    (await pool.connect()).release();
+    // A life of 60 − 0.999 × 30 ≈ 30 s: reused at 29 s, retired at 31 s.
+    advance(29_000);
+    (await pool.connect()).release();
+    expect(pool.checkoutStats().evictedExpired).toBe(0);
+    advance(2_000);
+    (await pool.connect()).release();
+    expect(pool.checkoutStats().evictedExpired).toBe(1);
+  });
 });
 
 describe('against real pg and pg-pool (local PostgreSQL)', () => {
