@@ -8,14 +8,8 @@ import type { DsqlConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
 import { DsqlError } from './errors.js';
 import { createPool } from './pool.js';
-import {
-  connectWithin,
-  defined,
-  execWithRetry,
-  type RetryOptions,
-  type TransactionClient,
-  withRetry,
-} from './retry.js';
+import type { RetryOptions, TransactionClient } from './retry.js';
+import { connectWithin, defined, execWithRetry, withRetry } from './retry.js';
 
 /** Where warnings go: `console`, a Powertools `Logger`, pino, anything with `warn(message)`. */
 export interface DsqlLogger {
@@ -29,13 +23,10 @@ export interface LambdaContextLike {
 }
 
 /**
- * The per-invocation handle a handler receives as `context.dsql`. Every call settles by the
- * deadline (remaining time minus `deadlineMarginMs`), the wait for a connection included: past it,
- * `DsqlConnectionError` (no connection), `OccRetryExhaustedError` (retries ran out of time) or
- * `CommitOutcomeUnknownError` (a statement or COMMIT was in flight). `query` and `transaction`
- * retry OCC conflicts and connections lost before anything was sent; a `connect` client, nothing.
- * @example
- * const { rows } = await context.dsql.query('SELECT id FROM orders WHERE owner = $1', [owner]);
+ * The per-invocation handle, `context.dsql`. Every call settles by the deadline (time left minus
+ * `deadlineMarginMs`), connection wait included: past it, `DsqlConnectionError` (no connection),
+ * `OccRetryExhaustedError` (retries ran out of time) or `CommitOutcomeUnknownError` (a statement or
+ * COMMIT in flight). `query` and `transaction` retry like `withRetry`; a `connect` client, nothing.
  */
 export interface Dsql {
   /** The pool of this handler (shared by its concurrent invocations). */
@@ -74,28 +65,19 @@ export interface DsqlLifecycleOptions {
   logger?: DsqlLogger | undefined;
 }
 
-/**
- * Options of {@link withDsql} and `dsql()`: a connection string, a `DsqlConfig` with lifecycle
- * options mixed in, or `{ pool }`. Default: the environment (`DSQL_ENDPOINT`, …).
- */
-export type DsqlHandlerOptions =
-  | string
+/** Options of {@link withDsql} and `dsql()`: a connection string, a `DsqlConfig` and lifecycle options, or `{ pool }`. */
+export type DsqlHandlerOptions = string | Options;
+type Options =
   | (DsqlConfig & DsqlLifecycleOptions & { pool?: undefined })
   | (DsqlLifecycleOptions & { pool: pg.Pool });
 
 /**
- * The core of the wrapper and the middleware: options read once, the pool created (no I/O) on the
- * first invocation; per invocation, its handle and its end, which takes back unreleased clients.
- * @internal
+ * The core of the wrapper and the middleware: the pool created (no I/O) at the first invocation; per
+ * invocation, its handle and its end (which takes back unreleased clients). @internal
  */
 export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContextLike) => [Dsql, () => void] {
-  const {
-    pool: given,
-    deadlineMarginMs: margin = DSQL_DEFAULTS.deadlineMarginMs,
-    retry,
-    logger = console,
-    ...config // without the lifecycle keys: createPool refuses unknown keys
-  } = typeof options === 'object' ? options : {};
+  const { pool: given, deadlineMarginMs: margin, retry, logger, ...config }: Options = Object(options);
+  const log = logger ?? console; // (config: the rest, without the lifecycle keys createPool refuses)
   let shared = given;
   return (context) => {
     shared ??= createPool(typeof options === 'string' ? options : (config as DsqlConfig));
@@ -103,10 +85,9 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     const held = new Set<() => void>(); // takes back each connect() client not released yet
     let ended = false;
     const remaining = context?.getRemainingTimeInMillis?.() ?? Infinity;
-    const deadline = Date.now() + remaining - margin;
+    const deadline = Date.now() + remaining - (margin ?? DSQL_DEFAULTS.deadlineMarginMs);
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
-    // A call's options win over the handler's; its deadline may shorten the invocation's, never
-    // remove or extend it.
+    // A call's options win over the handler's; its deadline may shorten the invocation's, never extend it.
     const policy = (call?: RetryOptions): RetryOptions => ({
       ...retry, // its undefined keys are dropped by withRetry
       ...defined(call),
@@ -118,17 +99,15 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
       let state = 0; // 1: released, 2: taken back
       const release = (err?: Error | boolean, next = 1) => {
-        if (state) {
-          if (state < 2) logger.warn(`dsql-lambda: release() called again${request}; ignored`);
-          return;
-        }
+        if (state === 1) log.warn(`dsql-lambda: release() called again${request}; ignored`);
+        if (state) return;
         state = next;
         held.delete(takeBack);
         client.release(err);
       };
       const takeBack = () => {
         const message = `dsql-lambda: dsql.connect() client not released by the end of the invocation${request}`;
-        logger.warn(`${message}; connection closed`, origin.stack);
+        log.warn(`${message}; connection closed`, origin.stack);
         // Destroyed, not pooled: whoever leaked it may still use it (a handler running on after
         // middy's timeoutEarly, an un-awaited promise) and would share it with the next invocation.
         release(true, 2);
@@ -138,9 +117,8 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
         get(target, key) {
           if (key === 'release') return release;
           if (key === 'query' && state)
-            return () => Promise.reject(new DsqlError('dsql-lambda: query() after release()'));
-          const value = target[key as keyof pg.PoolClient];
-          // Bound to the real client: pg's methods (and any #private field) need it as `this`.
+            return () => Promise.reject(new DsqlError('dsql-lambda: query() after release'));
+          const value = target[key as keyof pg.PoolClient]; // bound: pg's methods need the client as `this`
           return typeof value === 'function' ? value.bind(target) : value;
         },
       });
@@ -150,7 +128,7 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
       query: (text: string, values?: unknown[]) => execWithRetry(pool, text, values, policy()),
       transaction: (fn, call) => withRetry(pool, fn, policy(call)),
       async connect() {
-        const origin = new Error('checked out'); // its stack is formatted only if the client leaks
+        const origin = new Error('checkout'); // its stack is formatted only if the client leaks
         if (ended) throw late();
         const client = await connectWithin(pool, deadline);
         if (!ended) return track(client, origin);
@@ -158,13 +136,11 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
         throw late();
       },
     } as Dsql;
-    return [
-      dsql,
-      () => {
-        ended = true;
-        for (const takeBack of held) takeBack();
-      },
-    ];
+    const end = () => {
+      ended = true;
+      for (const takeBack of held) takeBack();
+    };
+    return [dsql, end];
   };
 }
 

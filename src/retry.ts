@@ -1,8 +1,6 @@
 /**
  * OCC retry: one loop and two attempt bodies, a transaction ({@link withRetry}) and an autocommit
- * statement ({@link execWithRetry}), each attempt on its own checkout. Retried: an OCC conflict, a
- * connection lost before anything that could commit was sent. Never: what may have committed
- * ({@link CommitOutcomeUnknownError}), any other error (rethrown).
+ * statement ({@link execWithRetry}), each attempt on its own checkout.
  */
 import type pg from 'pg';
 import { DSQL_DEFAULTS } from './defaults.js';
@@ -21,9 +19,8 @@ export type RetryCode = 'OC000' | 'OC001' | '40001' | 'connection-lost';
 
 /** What {@link RetryOptions.onRetry} is told before each backoff sleep. */
 export interface RetryInfo {
-  /** The attempt that just failed (1 for the first). */
+  /** The attempt that just failed (1 for the first), and the sleep before the next, ms. */
   attempt: number;
-  /** The sleep before the next attempt, ms. */
   delayMs: number;
   /** The error that failed the attempt, and its classification. */
   error: unknown;
@@ -63,35 +60,28 @@ export interface TransactionClient {
 }
 
 /**
- * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT), again on a new checkout after an OCC
- * conflict or a connection lost before COMMIT was sent. **`fn` must be safe to run again**: only
- * its work through `tx` is rolled back (send emails after withRetry returns). If `fn` catches a
- * failed statement (COMMIT is then answered ROLLBACK), a conflict is retried, any other error fails
- * the call (a `DsqlError`, `cause`: it). Out of attempts, past the deadline or aborted:
+ * Runs `fn` in a transaction (BEGIN, `fn(tx)`, COMMIT) on a checkout of `pool`, again on a new one
+ * after an OCC conflict or a connection lost before COMMIT was sent; never after anything else
+ * (rolled back, rethrown) or what may have committed ({@link CommitOutcomeUnknownError}). **`fn`
+ * must be safe to run again**: only its work through `tx` is rolled back. If `fn` catches a failed
+ * statement (COMMIT is answered ROLLBACK), a conflict is retried, anything else fails the call (a
+ * `DsqlError`, `cause`: it). Out of attempts, past the deadline or aborted:
  * {@link OccRetryExhaustedError}; no connection by the deadline: `DsqlConnectionError`. A
  * connection in an unknown state (ROLLBACK failed, lost, abandoned) is destroyed.
- * @param pool Where each attempt checks out its connection.
- * @param options See {@link RetryOptions}.
+ * @param opts See {@link RetryOptions}.
  * @returns What `fn` returned, once COMMIT succeeded.
  * @example
- * const id = randomUUID(); // decided once, outside the retried callback
  * await withRetry(pool, (tx) => tx.query('INSERT INTO transfer (id, amount) VALUES ($1, $2)', [id, 5]));
  */
-export function withRetry<T>(
-  pool: pg.Pool,
-  fn: (tx: TransactionClient) => Promise<T>,
-  options?: RetryOptions,
-) {
-  return retry<T>(pool, options, fn);
+export function withRetry<T>(pool: pg.Pool, fn: (tx: TransactionClient) => Promise<T>, opts?: RetryOptions) {
+  return retry<T>(pool, opts, fn);
 }
 
 /**
  * Runs one statement (`sql`: text or a pg query config; `params`: default none) in autocommit,
  * retried like {@link withRetry}: refused with an OCC conflict, it cannot have committed and is
  * sent again (single writes; DDL such as `CREATE INDEX ASYNC`, which can fail with `OC001`); once
- * it may have committed, never ({@link CommitOutcomeUnknownError}). Send one statement: several in
- * a string could commit a part and run it twice.
- * @param pool Where each attempt checks out its connection.
+ * it may have committed, never. Send one statement: several could commit a part and run it twice.
  * @param options See {@link RetryOptions}.
  * @returns The statement's result.
  * @example
@@ -138,8 +128,8 @@ async function checkout(pool: pg.Pool, stop: Promise<never>, started: number, la
     // Name the host (the cluster's name when an address is dialled) and what was waited for.
     const { host, max = Infinity, ssl } = (pool as { options?: pg.PoolConfig }).options ?? {};
     const name = (ssl as { servername?: string } | undefined)?.servername ?? host;
-    const busy = pool.totalCount >= max && !pool.idleCount;
-    const why = busy ? `all ${max} pool connections in use` : 'still connecting';
+    const why =
+      pool.totalCount >= max && !pool.idleCount ? `all ${max} pool connections in use` : 'still connecting';
     const to = name ? ` to ${name}` : '';
     const message = `Could not connect${to} within ${now() - started} ms (deadline reached): ${why}`;
     throw new DsqlConnectionError(message, 0, { cause: last });
@@ -160,8 +150,8 @@ async function retry<T>(
   sql?: string | pg.QueryConfig,
   params?: unknown[],
 ): Promise<T> {
-  const p = pool as unknown as Partial<pg.PoolClient> | null; // a client has release or escapeIdentifier
-  if (!p?.connect || 'release' in p || 'escapeIdentifier' in p)
+  const t = pool as unknown as Partial<pg.PoolClient> | null; // a client has release or escapeIdentifier
+  if (!t?.connect || 'release' in t || 'escapeIdentifier' in t)
     throw new TypeError('withRetry needs a pg.Pool');
   const policy = (pool as { retry?: RetryOptions }).retry; // createPool({ retry }), or any pg.Pool's
   const o = { ...DSQL_DEFAULTS.retry, ...defined(policy), ...defined(options) };
@@ -173,7 +163,6 @@ async function retry<T>(
   check('baseDelayMs', base >= 0 && base < Infinity);
   check('maxDelayMs', cap >= 0 && cap < Infinity);
   check('deadline', !Number.isNaN(deadline));
-
   const [late, clear] = timeout(deadline);
   let onAbort = noop;
   let nap: ReturnType<typeof setTimeout> | undefined;
@@ -188,13 +177,9 @@ async function retry<T>(
     p.catch(noop); // when a Stop wins, p's later rejection is nobody's
     return Promise.race([p, stop]);
   };
-  const stopped = (ms: number) =>
-    signal?.aborted
-      ? new Stop('aborted', { cause: signal.reason })
-      : now() + ms >= deadline && new Stop('deadline');
   const halt = (ms: number) => {
-    const stop = stopped(ms);
-    if (stop) throw stop;
+    if (signal?.aborted) throw new Stop('aborted', { cause: signal.reason });
+    if (now() + ms >= deadline) throw new Stop('deadline');
   };
   const started = now();
   let attempts = 0;
@@ -203,11 +188,9 @@ async function retry<T>(
   let delay = 0;
   let longest = 0; // the next attempt's estimate: overrunning a deadline costs more than a retry
   const giveUp = (reason: Reason, cause = last) => {
-    const after = attempts
-      ? `after ${attempts} attempt${attempts > 1 ? 's' : ''}`
-      : 'before the first attempt';
+    const ran = attempts ? `after ${attempts} attempt${attempts > 1 ? 's' : ''}` : 'before the first attempt';
     const why = { attempts: 'out of attempts', deadline: 'deadline reached' }[reason as 'deadline'] ?? reason;
-    const message = `OCC retry gave up ${after} (${why})${cause instanceof Error ? `: ${cause.message}` : ''}`;
+    const message = `OCC retry gave up ${ran} (${why})${cause instanceof Error ? `: ${cause.message}` : ''}`;
     return new OccRetryExhaustedError(message, { attempts, elapsedMs: now() - started, reason }, { cause });
   };
 
@@ -220,20 +203,16 @@ async function retry<T>(
       let lost: Error | undefined; // set by 'error' (pg emits it at any unexpected end)
       let broken = false; // destroy, do not pool again
       let unsent = false; // failed before anything that could commit was sent: worth another connection
-      const onError = (err: Error) => {
-        lost ??= err;
+      const onError = (err: unknown) => {
+        lost ??= err as Error;
       };
       client.on('error', onError);
-      // ROLLBACK unless none is open ('I': a failed COMMIT ended it), or destroy; not abortable: an
-      // aborted caller still wants a clean connection back in the pool.
+      // ROLLBACK unless none is open ('I'); failing, destroy. Not abortable: a clean connection is worth it.
       const rollback = async () => {
         if (!broken && !lost && client.getTransactionStatus() !== 'I')
-          await guard(client.query('ROLLBACK'), late).catch(() => {
-            broken = true;
-          });
+          await guard(client.query('ROLLBACK'), late).catch(onError);
       };
-      // Awaits what may commit: the signal does not cut it short (the outcome is then known); the
-      // deadline or a lost connection leaves it unknown.
+      // What may commit: the signal lets it finish; the deadline or a lost connection leaves it unknown.
       const sent = async <R>(p: Promise<R>, what: string): Promise<R> => {
         try {
           return await guard(p, late);
@@ -251,7 +230,7 @@ async function retry<T>(
       };
       // The transaction body: BEGIN, fn(tx), COMMIT.
       const transaction = async (body: (tx: TransactionClient) => Promise<unknown>) => {
-        const fromDatabase = new WeakSet<object>();
+        const fromDb = new WeakSet<object>();
         let first: unknown; // the first statement error and the first conflict: fn may have caught them
         let occ: unknown;
         let closed = false;
@@ -262,7 +241,7 @@ async function retry<T>(
           const result = (client as unknown as { query(...a: unknown[]): Promise<unknown> }).query(...args);
           if (!result?.then) return result; // a cursor or stream (a thenable: pg may use another Promise)
           const noted = result.then(undefined, (err) => {
-            if (err === Object(err)) fromDatabase.add(err);
+            if (err === Object(err)) fromDb.add(err);
             first ??= err;
             occ ??= occCode(err) ? err : undefined;
             throw err;
@@ -276,32 +255,26 @@ async function retry<T>(
           value = await guard((async () => body({ query } as TransactionClient))());
         } catch (err) {
           closed = true;
-          // Interrupted: fn may still be running, with queries queued; closing the connection is the
-          // only prompt rollback that cannot race with them. A lost connection is worth another when
-          // the error came from the database (not from, say, an HTTP call in fn: ECONNRESET).
+          // Interrupted, fn may still be running: only closing the connection cannot race its queries.
+          // A lost connection is retried if the error came from it (not from, say, fn's HTTP call).
           if (err instanceof Stop) broken = true;
-          else if ((lost || fromDatabase.has(err as object)) && isConnectionLostError(err))
-            broken = unsent = true;
+          else if ((lost || fromDb.has(err as object)) && isConnectionLostError(err)) broken = unsent = true;
           else await rollback();
           throw err;
         }
         closed = true;
-        // Past the deadline a COMMIT could only end as "outcome unknown": closing the connection rolls
-        // back at once. A connection that died while fn swallowed its error: COMMIT is not sent.
-        const stop = stopped(0);
-        if (stop || lost) {
-          broken = true;
-          unsent = !stop;
-          throw stop || lost;
-        }
+        // A dead connection fn ignored, or past the deadline (COMMIT would be outcome unknown): close it.
+        broken = true;
+        unsent = !!lost;
+        if (lost) throw lost;
+        halt(0);
+        broken = false;
         if ((await sent(client.query('COMMIT'), 'COMMIT')).command !== 'ROLLBACK') return value;
         // COMMIT of a failed transaction is answered ROLLBACK: fn caught a failed statement.
         throw occ ?? new DsqlError('COMMIT rolled back: fn caught an error', { cause: first });
       };
       try {
-        return (await (fn
-          ? transaction(fn)
-          : sent(client.query(sql as string, params), 'The statement'))) as T;
+        return (await (fn ? transaction(fn) : sent(client.query(sql as string, params), 'A statement'))) as T;
       } catch (err) {
         const occ = !(err instanceof Stop) && occCode(err);
         if (!unsent && !occ) throw err;
