@@ -218,19 +218,16 @@ async function retry<T>(
           return await guard(p, late);
         } catch (err) {
           unsent = /is not queryable/.test(`${(err as Error | null)?.message}`); // pg sent nothing
-          if (!unsent && !(err instanceof Stop) && !lost && !isConnectionLostError(err)) {
-            await rollback(); // e.g. execWithRetry('BEGIN') left a transaction open
-            throw err;
-          }
-          broken = true;
-          if (unsent) throw err;
-          const message = `${what} may or may not have committed (connection lost or deadline passed)`;
-          throw new CommitOutcomeUnknownError(message, attempts, { cause: err });
+          if (unsent || err instanceof Stop || lost || isConnectionLostError(err)) broken = true;
+          else await rollback(); // e.g. execWithRetry('BEGIN') left a transaction open
+          if (unsent || !broken) throw err;
+          const why = `The connection was lost or the deadline passed while ${what} was in flight`;
+          const cause = { cause: err };
+          throw new CommitOutcomeUnknownError(`${why}: it may or may not have committed`, attempts, cause);
         }
       };
-      // The transaction body: BEGIN, fn(tx), COMMIT.
       const transaction = async (body: (tx: TransactionClient) => Promise<unknown>) => {
-        const fromDb = new WeakSet<object>();
+        const fromDb = new WeakSet<object>(); // errors that came from the database
         let first: unknown; // the first statement error and the first conflict: fn may have caught them
         let occ: unknown;
         let closed = false;
@@ -274,7 +271,9 @@ async function retry<T>(
         throw occ ?? new DsqlError('COMMIT rolled back: fn caught an error', { cause: first });
       };
       try {
-        return (await (fn ? transaction(fn) : sent(client.query(sql as string, params), 'A statement'))) as T;
+        return (await (fn
+          ? transaction(fn)
+          : sent(client.query(sql as string, params), 'the statement'))) as T;
       } catch (err) {
         const occ = !(err instanceof Stop) && occCode(err);
         if (!unsent && !occ) throw err;
