@@ -13,8 +13,9 @@
  * policies and the two other jitter schemes), so that a policy tuned for heavy contention is also
  * seen where conflicts are occasional.
  *
- * Policies, all run by the same `withRetry` so only the policy differs (the other jitter schemes
- * through the internal `backoff` seam: the library ships one, decorrelated):
+ * Policies, all run by the same `withRetry` attempt so only the policy differs: the library's own
+ * scheme (decorrelated jitter) by its loop, the other jitter schemes by a loop in this file around
+ * single-attempt `withRetry` calls (the library ships one scheme and no seam for others):
  * - dsql-lambda defaults (`DSQL_DEFAULTS.retry`, decorrelated jitter);
  * - the official node-postgres connector: 3 retries, 1 ms base, 100 ms cap, +0–25 % jitter;
  * - the official Go connector: 3 retries, 100 ms initial, ×2, 5 s cap, +0–25 % jitter;
@@ -45,7 +46,7 @@ import pg from 'pg';
 import type { LocalDsqlStats } from '../packages/dsql-local/src/index.js';
 import { DSQL_DEFAULTS } from '../src/defaults.js';
 import { CommitOutcomeUnknownError, OccRetryExhaustedError } from '../src/errors.js';
-import { backoffDelay, type RetryOptions, type RetrySeams, withRetry } from '../src/retry.js';
+import { type RetryOptions, type TransactionClient, withRetry } from '../src/retry.js';
 
 const ROUNDS = Number(process.env.OCC_ROUNDS ?? 2);
 const ROUND_MS = process.env.OCC_ROUND_MS ? Number(process.env.OCC_ROUND_MS) : undefined;
@@ -54,22 +55,44 @@ const DIRECT = process.env.OCC_DIRECT === '1';
 const LOCK_TIMEOUT_MS = process.env.OCC_LOCK_TIMEOUT_MS ? Number(process.env.OCC_LOCK_TIMEOUT_MS) : undefined;
 const INITIAL_BALANCE = 1_000_000;
 
-type Backoff = NonNullable<RetrySeams['backoff']>;
-const exponential = (failures: number, p: { baseDelayMs: number; maxDelayMs: number }) =>
+type Delays = { baseDelayMs: number; maxDelayMs: number };
+const exponential = (failures: number, p: Delays) =>
   Math.min(p.maxDelayMs, p.baseDelayMs * 2 ** Math.min(failures - 1, 30));
-/** The jitter schemes compared; the library's own is `decorrelated`. */
-const JITTER: Record<'decorrelated' | 'full' | 'equal' | 'proportional', Backoff> = {
-  /** min(cap, base + U × (3 × previous − base)): the library's `backoffDelay`. */
-  decorrelated: backoffDelay,
+/**
+ * The jitter schemes compared with the library's (decorrelated: min(cap, base + U × (3 × previous
+ * − base)), in src/retry.ts): the sleep after the n-th failed attempt.
+ */
+const JITTER = {
   /** U × d, d = min(cap, base × 2^(n−1)). */
-  full: (n, _previous, p, random) => random() * exponential(n, p),
+  full: (n: number, p: Delays) => Math.random() * exponential(n, p),
   /** d/2 + U × d/2. */
-  equal: (n, _previous, p, random) => exponential(n, p) * (0.5 + random() / 2),
+  equal: (n: number, p: Delays) => exponential(n, p) * (0.5 + Math.random() / 2),
   /** d × (1 + U × 0.25): the official connectors'. */
-  proportional: (n, _previous, p, random) => exponential(n, p) * (1 + random() * 0.25),
+  proportional: (n: number, p: Delays) => exponential(n, p) * (1 + Math.random() * 0.25),
 };
-const jitter = (scheme: keyof typeof JITTER, options: RetryOptions = {}): RetryOptions =>
-  ({ ...options, backoff: JITTER[scheme] }) as RetryOptions & RetrySeams;
+type Scheme = keyof typeof JITTER;
+const jitter = (scheme: Scheme, options: RetryOptions = {}) => ({ ...options, scheme });
+
+/**
+ * A transfer under a policy: withRetry itself for the library's scheme; for another, a loop of
+ * single-attempt withRetry calls (same checkout, classification and rollback) sleeping its delays.
+ */
+async function retried(
+  pool: pg.Pool,
+  fn: (tx: TransactionClient) => Promise<void>,
+  { scheme, ...options }: RetryOptions & { scheme?: Scheme },
+): Promise<void> {
+  if (!scheme) return withRetry(pool, fn, options);
+  const { maxAttempts, ...delays } = { ...DSQL_DEFAULTS.retry, ...options };
+  for (let n = 1; ; n++) {
+    try {
+      return await withRetry(pool, fn, { maxAttempts: 1 });
+    } catch (err) {
+      if (!(err instanceof OccRetryExhaustedError) || n >= maxAttempts) throw err;
+      await new Promise((resolve) => setTimeout(resolve, JITTER[scheme](n, delays)));
+    }
+  }
+}
 
 const RETRY_DEFAULTS = { ...DSQL_DEFAULTS.retry, jitter: 'decorrelated' };
 
@@ -77,7 +100,7 @@ interface Policy {
   name: string;
   /** Shown in the table and the JSON: what the policy is. */
   summary: string;
-  options: RetryOptions;
+  options: RetryOptions & { scheme?: Scheme };
   /** Part of the comparison the brief asks for, or one of the candidates for our defaults. */
   role: 'compared' | 'candidate';
 }
@@ -286,7 +309,7 @@ async function runWorkload(
       const t0 = performance.now();
       let attempts = 0;
       try {
-        await withRetry(
+        await retried(
           pool,
           async (tx) => {
             attempts++;
@@ -383,7 +406,7 @@ async function runScenario(target: Target, pool: pg.Pool, scenario: Scenario) {
         policy: p.name,
         role: p.role,
         summary: p.summary,
-        options: { ...p.options, backoff: undefined },
+        options: { ...p.options, jitter: p.options.scheme ?? 'decorrelated', scheme: undefined },
         committed: t.committed,
         goodputPerSec: Math.round((t.committed / t.elapsedMs) * 1000 * 10) / 10,
         p50Ms: Math.round(percentile(sorted, 50) * 10) / 10,

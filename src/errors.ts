@@ -1,10 +1,10 @@
 /**
- * Every error dsql-lambda throws, and the one place that classifies errors coming from the
- * server or the network (OCC conflicts, retryable connection refusals, lost connections).
- *
- * Errors carry `cause` (the original error) and never contain a token, a secret access key or a
- * session token: messages name the field and the rule, not the value, when the value is secret.
+ * Every error dsql-lambda throws (with `cause`: the original error; messages name the field and the
+ * rule, never a secret), and the one walk over `cause` chains that classifies server and network
+ * errors: OCC conflicts, connection refusals, lost connections.
  */
+type Cause = { cause?: unknown };
+type GiveUp = 'attempts' | 'elapsedMs' | 'reason';
 
 /**
  * Base class of every error this library throws. Each class names itself in a string: a
@@ -14,12 +14,12 @@ export class DsqlError extends Error {
   override name = 'DsqlError';
 }
 
-/** Invalid configuration or connection string; thrown synchronously, before any I/O. */
+/** Invalid configuration or connection string (`field`: the one at fault); thrown before any I/O. */
 export class DsqlConfigError extends DsqlError {
   override name = 'DsqlConfigError';
   /** The configuration field at fault, e.g. `"host"`, `"tokenDurationSecs"`. */
-  readonly field: string;
-  constructor(field: string, message: string, options?: { cause?: unknown }) {
+  declare readonly field: string;
+  constructor(field: string, message: string, options?: Cause) {
     super(`Invalid dsql-lambda configuration: ${field}: ${message}`, options);
     this.field = field;
   }
@@ -30,168 +30,96 @@ export class DsqlTokenError extends DsqlError {
   override name = 'DsqlTokenError';
 }
 
-/**
- * Opening a connection failed for good: refusals outlasted `connectionTimeoutMillis`, the host
- * was unreachable, or the pool was ended meanwhile. The message names the host and the budget;
- * `cause` is the last refusal or network error.
- */
-export class DsqlConnectionError extends DsqlError {
-  override name = 'DsqlConnectionError';
-  /** Number of connection attempts made. */
-  readonly attempts: number;
-  constructor(message: string, attempts: number, options?: { cause?: unknown }) {
+/** An error counting `attempts`: connections tried, or transaction attempts made. */
+class Attempted extends DsqlError {
+  declare readonly attempts: number;
+  constructor(message: string, attempts: number, options?: Cause) {
     super(message, options);
     this.attempts = attempts;
   }
 }
 
 /**
- * The OCC retry wrapper gave up: attempts exhausted, deadline reached or aborted.
- * `cause` is the last error seen (usually an OCC conflict).
+ * No connection (refusals outlasted `connectionTimeoutMillis`, host unreachable, pool ended, deadline
+ * passed): the message names the host and what was waited for; `cause`: the last refusal or error.
+ */
+export class DsqlConnectionError extends Attempted {
+  override name = 'DsqlConnectionError';
+}
+
+/**
+ * The OCC retry gave up (`reason`): out of `attempts`, deadline reached, or aborted, `elapsedMs`
+ * after the call; `cause` is the last error seen (usually an OCC conflict).
  */
 export class OccRetryExhaustedError extends DsqlError {
   override name = 'OccRetryExhaustedError';
-  /** Number of transaction attempts made. */
-  readonly attempts: number;
-  /** Milliseconds between the first attempt's start and giving up. */
-  readonly elapsedMs: number;
-  /** Why retrying stopped. */
-  readonly reason: 'attempts' | 'deadline' | 'aborted';
-  constructor(
-    message: string,
-    info: { attempts: number; elapsedMs: number; reason: 'attempts' | 'deadline' | 'aborted' },
-    options?: { cause?: unknown },
-  ) {
+  declare readonly attempts: number;
+  declare readonly elapsedMs: number;
+  declare readonly reason: 'attempts' | 'deadline' | 'aborted';
+  constructor(message: string, info: Pick<OccRetryExhaustedError, GiveUp>, options?: Cause) {
     super(message, options);
-    this.attempts = info.attempts;
-    this.elapsedMs = info.elapsedMs;
-    this.reason = info.reason;
+    Object.assign(this, info);
   }
 }
 
 /**
- * The connection was lost while COMMIT was in flight: the transaction may or may not have been
- * committed. Never retried automatically; the caller must check (idempotency key, read-back).
+ * The connection was lost or the deadline passed with COMMIT (or an autocommit statement) in flight:
+ * it may or may not have committed. Never retried: check (idempotency key, read-back).
  */
-export class CommitOutcomeUnknownError extends DsqlError {
+export class CommitOutcomeUnknownError extends Attempted {
   override name = 'CommitOutcomeUnknownError';
-  /** Transaction attempts made, including the one whose outcome is unknown. */
-  readonly attempts: number;
-  constructor(message: string, attempts: number, options?: { cause?: unknown }) {
-    super(message, options);
-    this.attempts = attempts;
+}
+
+/** The first truthy `test` over `err`, its `cause`s and `AggregateError.errors`: breadth first, ≤ 16, cycle-safe. */
+function walk<T>(err: unknown, test: (code: string, message: string) => T): T | undefined {
+  const seen = new Set([err]); // a Set's iterator also visits what is added while iterating
+  for (const e of seen) {
+    const { code, message, cause, errors } = (e ?? {}) as { [k: string]: unknown };
+    const found = test(String(code), typeof e === 'string' ? e : typeof message === 'string' ? message : '');
+    if (found) return found;
+    for (const next of [cause, ...(Array.isArray(errors) ? errors : [])])
+      if (next !== undefined && seen.size < 16) seen.add(next);
   }
-}
-
-const SQLSTATE_SERIALIZATION_FAILURE = '40001';
-
-const OCC_CODE = /\bOC00[01]\b/;
-
-/** Walks an error, its `cause` chain and `AggregateError.errors`, at most 16 deep, cycle-safe. */
-function* errorChain(err: unknown): Generator<unknown> {
-  const seen = new Set<unknown>();
-  const stack: unknown[] = [err];
-  while (stack.length > 0 && seen.size < 16) {
-    const e = stack.shift();
-    if (e == null || seen.has(e)) continue;
-    seen.add(e);
-    yield e;
-    if (typeof e === 'object') {
-      const cause = (e as { cause?: unknown }).cause;
-      if (cause !== undefined) stack.push(cause);
-      const inner = (e as { errors?: unknown }).errors;
-      if (Array.isArray(inner)) stack.push(...inner);
-    }
-  }
-}
-
-function codeOf(e: unknown): string | undefined {
-  if (typeof e !== 'object' || e === null) return undefined;
-  const code = (e as { code?: unknown }).code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-function messageOf(e: unknown): string {
-  if (typeof e === 'string') return e;
-  if (typeof e !== 'object' || e === null) return '';
-  const message = (e as { message?: unknown }).message;
-  return typeof message === 'string' ? message : '';
 }
 
 /**
- * True when `err` (or anything in its `cause` chain) is an Aurora DSQL optimistic-concurrency
- * conflict: SQLSTATE `40001`, or `OC000` (data conflict) / `OC001` (schema changed) as the
- * error's `code` or in its message. Deadlocks (`40P01`) are not OCC conflicts: DSQL takes no locks, so a 40P01 means
- * something else is wrong and is not retried.
+ * The first OCC conflict's code in `err`'s chain: `OC000`/`OC001` as `code` or in the message (how
+ * DSQL sends it, with SQLSTATE 40001), else `'40001'`; `undefined` if none.
+ * @internal
+ */
+export const occCode = (err: unknown): 'OC000' | 'OC001' | '40001' | undefined =>
+  (walk(err, (code, message) =>
+    /^OC00[01]$/.test(code) ? code : (/\bOC00[01]\b/.exec(message)?.[0] ?? (code === '40001' && code)),
+  ) as 'OC000') || undefined;
+
+/**
+ * True when `err` (or anything in its `cause` chain) is an OCC conflict: SQLSTATE `40001`, or `OC000`
+ * (data) / `OC001` (schema) as `code` or in the message. Not `40P01`: DSQL takes no locks.
  * @example
  * try { await tx.query('COMMIT'); } catch (err) { if (isOccError(err)) retry(); else throw err; }
  */
-export function isOccError(err: unknown): boolean {
-  for (const e of errorChain(err))
-    if (codeOf(e) === SQLSTATE_SERIALIZATION_FAILURE || occCodeOf(e)) return true;
-  return false;
-}
+export const isOccError = (err: unknown): boolean => !!occCode(err);
 
 /**
- * The OCC code (`'OC000'` or `'OC001'`) in `err`'s chain, if any: as `code` (how the official
- * connectors' errors carry it) or in the message (how DSQL sends it, with SQLSTATE 40001).
- * @example
- * occCode(err) === 'OC001' // schema changed: the statement's catalog was stale
+ * True when `err` says the connection itself is gone (socket error, closed by the server, admin
+ * shutdown `57P0x`, read timeout), not an error the server returned for a statement.
+ * @internal
  */
-export function occCode(err: unknown): 'OC000' | 'OC001' | undefined {
-  for (const e of errorChain(err)) {
-    const code = occCodeOf(e);
-    if (code) return code;
-  }
-  return undefined;
-}
-
-function occCodeOf(e: unknown): 'OC000' | 'OC001' | undefined {
-  const code = codeOf(e);
-  if (code === 'OC000' || code === 'OC001') return code;
-  return OCC_CODE.exec(messageOf(e))?.[0] as 'OC000' | 'OC001' | undefined;
-}
-
-const TRANSIENT_NETWORK_CODES = new Set(
-  'ECONNRESET ECONNREFUSED ETIMEDOUT EPIPE EHOSTUNREACH ENETUNREACH EAI_AGAIN ECONNABORTED'.split(' '),
-);
-
-const LOST_CONNECTION_MESSAGES = [
-  'Connection terminated',
-  'Client has encountered a connection error and is not queryable',
-  'Client was closed and is not queryable',
-  'connection timeout',
-  'Query read timeout',
-];
+export const isConnectionLostError = (err: unknown): boolean =>
+  !!walk(err, (code, message) => LOST_CODE.test(code) || LOST_MESSAGE.test(message));
+const LOST_CODE =
+  /^(E(CONNRESET|CONNREFUSED|CONNABORTED|TIMEDOUT|PIPE|HOSTUNREACH|NETUNREACH|AI_AGAIN)|57P0[123]|0800[36])$/;
+const LOST_MESSAGE = /Connection terminated|is not queryable|connection timeout|Query read timeout/;
 
 /**
- * True when `err` says the connection itself is gone or unusable (socket reset, closed by the
- * server, admin shutdown `57P01`/`57P02`/`57P03`, read timeout) as opposed to an error the
- * server returned for a statement on a healthy connection.
- */
-export function isConnectionLostError(err: unknown): boolean {
-  for (const e of errorChain(err)) {
-    const code = codeOf(e);
-    if (code !== undefined && TRANSIENT_NETWORK_CODES.has(code)) return true;
-    if (code === '57P01' || code === '57P02' || code === '57P03' || code === '08006' || code === '08003')
-      return true;
-    const message = messageOf(e);
-    if (LOST_CONNECTION_MESSAGES.some((m) => message.includes(m))) return true;
-  }
-  return false;
-}
-
-/**
- * Why opening a connection is worth another attempt: DSQL's admission refusals (`53400` rate
- * exceeded, `53300` too many connections) or a transient network failure; `undefined` when it is
- * not (token errors and authentication failures `28000`/`28P01` never are).
+ * Why opening a connection is worth another attempt: DSQL's admission refusals (`53400` rate,
+ * `53300` too many connections) or a transient network failure; `undefined` when it is not (token
+ * errors and authentication failures `28000`/`28P01` never are).
+ * @internal
  */
 export function refusalOf(err: unknown): '53400' | '53300' | 'network' | undefined {
-  if (err instanceof DsqlTokenError) return undefined;
-  for (const e of errorChain(err)) {
-    const code = codeOf(e);
-    if (code === '28000' || code === '28P01') return undefined;
-    if (code === '53400' || code === '53300') return code;
-  }
-  return isConnectionLostError(err) ? 'network' : undefined;
+  // An authentication failure stops the walk (`true`): a refusal further down does not count.
+  const found =
+    err instanceof DsqlTokenError || walk(err, (c) => /^28(000|P01)$/.test(c) || (/^53[34]00$/.test(c) && c));
+  if (found !== true) return (found as '53400') || (isConnectionLostError(err) ? 'network' : undefined);
 }

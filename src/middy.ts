@@ -1,12 +1,10 @@
 /**
  * `dsql-lambda/middy`: `context.dsql` as a middy middleware (middy 4–7), over the core `withDsql`
- * uses. `@middy/core` is an optional peer dependency: only its types are imported.
- *
- * The invocation's end must run on every path: middy runs `after` on success and `onError` on
- * failure, but an early response (a later `before` or `after` returning a value) skips ours. Such a
- * middleware can call {@link cleanupDsql}; otherwise the leftover is swept when the next invocation
- * starts (in a standard Lambda, one invocation at a time, always before any new work), or as soon
- * as the request is visibly finished (middy ≥ 6 marks it `earlyResponse`).
+ * uses; only `@middy/core`'s types are imported. middy runs `after` on success and `onError` on
+ * failure, but an early response from another middleware skips ours: that middleware can call
+ * {@link cleanupDsql}; otherwise the request is ended when the next invocation starts (in a
+ * standard Lambda, one invocation at a time) or once it is visibly over (middy ≥ 6 marks it
+ * `earlyResponse`; no time left).
  */
 import type { MiddlewareObj, Request } from '@middy/core';
 import type { Context } from 'aws-lambda';
@@ -16,16 +14,10 @@ export type { Dsql, DsqlContext, DsqlHandlerOptions, DsqlLifecycleOptions, DsqlL
 
 // The end of each request, per request object: `request.internal` is not always per request (middy
 // 5 shares one between requests when the plugin option `internal` is set).
-const cleanups = new WeakMap<object, () => void>();
+const ends = new WeakMap<object, () => unknown>();
 
-/**
- * The middleware `dsql()` returns: `.use()` adds `context.dsql` to the handler's context type.
- * @example
- * const middleware: DsqlMiddleware = dsql();
- */
+/** The middleware `dsql()` returns: `.use()` adds `context.dsql` to the handler's context type. */
 export type DsqlMiddleware = MiddlewareObj<unknown, unknown, Error, Context & DsqlContext>;
-
-type AnyRequest = Pick<Request, 'context' | 'internal'> & { earlyResponse?: unknown };
 
 /**
  * Middleware giving the handler `context.dsql`, exactly as `withDsql` does (same options, pool made
@@ -38,43 +30,23 @@ type AnyRequest = Pick<Request, 'context' | 'internal'> & { earlyResponse?: unkn
  */
 export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
   const begin = lifecycle(options);
-  const open = new Set<AnyRequest>();
-  const end = (request: AnyRequest) => cleanups.get(request)?.();
-
-  const sweep = (current: AnyRequest) => {
-    // In a standard Lambda (no AWS_LAMBDA_MAX_CONCURRENCY) invocations never overlap, so a request
-    // still open when the next one starts has finished. Elsewhere (Managed Instances, tests running
-    // invocations side by side) only a request visibly finished is swept.
-    const env = process.env;
-    const oneAtATime =
-      env.AWS_LAMBDA_FUNCTION_NAME !== undefined && Number(env.AWS_LAMBDA_MAX_CONCURRENCY ?? '1') <= 1;
-    for (const request of open) {
-      const finished =
-        oneAtATime || 'earlyResponse' in request || (request.context.getRemainingTimeInMillis?.() ?? 1) <= 0;
-      if (request !== current && finished) end(request);
-    }
-  };
-
+  const open = new Set<Request<unknown, unknown, Error, Context & DsqlContext>>(); // not ended yet
   return {
     name: 'dsql-lambda',
-    before: function dsqlMiddlewareBefore(request) {
-      const req = request as unknown as AnyRequest;
-      if (open.size > 0) sweep(req);
-      const invocation = begin(request.context);
-      (request.context as Context & DsqlContext).dsql = invocation.dsql;
-      cleanups.set(req, () => {
-        open.delete(req);
-        cleanups.delete(req);
-        invocation.end();
-      });
-      open.add(req); // until its end runs: in flight, or cut short by an early response
+    before(request) {
+      // In a standard Lambda invocations never overlap: a request still open has finished. Elsewhere
+      // (Managed Instances, tests running invocations side by side) only one visibly over is ended.
+      const { AWS_LAMBDA_FUNCTION_NAME: fn, AWS_LAMBDA_MAX_CONCURRENCY: most = 1 } = process.env;
+      for (const r of open)
+        if ((fn && +most <= 1) || 'earlyResponse' in r || (r.context.getRemainingTimeInMillis?.() ?? 1) <= 0)
+          cleanupDsql(r);
+      const [handle, end] = begin(request.context);
+      request.context.dsql = handle;
+      open.add(request);
+      ends.set(request, () => ends.delete(request) && open.delete(request) && end());
     },
-    after: function dsqlMiddlewareAfter(request) {
-      end(request as unknown as AnyRequest);
-    },
-    onError: function dsqlMiddlewareOnError(request) {
-      end(request as unknown as AnyRequest);
-    },
+    after: cleanupDsql,
+    onError: cleanupDsql,
   };
 }
 
@@ -86,5 +58,5 @@ export function dsql(options?: DsqlHandlerOptions): DsqlMiddleware {
  * before: (request) => { if (!authorised(request)) { cleanupDsql(request); return { statusCode: 401 }; } }
  */
 export function cleanupDsql(request: { internal: object }): void {
-  cleanups.get(request)?.();
+  ends.get(request)?.();
 }

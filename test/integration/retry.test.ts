@@ -409,7 +409,7 @@ describe('deadline and abort', () => {
     const pending = withRetry(pool, async () => void calls++, { deadline: Date.now() + 50 });
     const err = await rejectionOf(pending);
     expect(err).toBeInstanceOf(DsqlConnectionError);
-    expect((err as Error).message).toMatch(/all 1 connections of the pool were in use/);
+    expect((err as Error).message).toMatch(/all 1 pool connections in use/);
     expect(calls).toBe(0);
     holder.release();
     // The checkout withRetry abandoned is handed back as soon as it is granted.

@@ -1,12 +1,12 @@
 /**
  * withRetry / execWithRetry against fake clients and pools: classification paths, release
- * bookkeeping, backoff arithmetic, deadline and abort. No timed assertions: fake clocks and
- * injected sleeps make every run take the same path.
+ * bookkeeping, backoff arithmetic, deadline and abort. No timed assertions: vitest's fake clock
+ * and a fixed Math.random make every run take the same path.
  */
 import { EventEmitter } from 'node:events';
 import fc from 'fast-check';
 import type pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DSQL_DEFAULTS } from '../../src/defaults.js';
 import {
   CommitOutcomeUnknownError,
@@ -18,16 +18,14 @@ import {
   occCode,
 } from '../../src/errors.js';
 import {
-  backoffDelay,
   execWithRetry as execWithRetryOn,
   type RetryInfo,
   type RetryOptions,
-  type RetrySeams,
   withRetry as withRetryOn,
 } from '../../src/retry.js';
 
-/** The fakes stand in for pg.Pool; the seams ride along in the options object. */
-type Options = RetryOptions & RetrySeams;
+/** The fakes stand in for pg.Pool. */
+type Options = RetryOptions;
 const withRetry = <T>(pool: unknown, fn: Parameters<typeof withRetryOn<T>>[1], options?: Options) =>
   withRetryOn<T>(pool as pg.Pool, fn, options);
 const execWithRetry = (pool: unknown, sql: string, params?: unknown[], options?: Options) =>
@@ -146,34 +144,29 @@ class FakePool {
   }
 }
 
-/** Deterministic time: sleeps advance the clock instead of waiting. */
-function fakeTime(start = 1_000_000) {
-  const t = { now: start, sleeps: [] as number[] };
-  return {
-    t,
-    options: {
-      now: () => t.now,
-      sleep: async (ms: number, signal?: AbortSignal) => {
-        if (signal?.aborted) throw signal.reason;
-        t.sleeps.push(ms);
-        t.now += ms;
-      },
-      random: () => 0.5,
-    } satisfies Options,
-  };
-}
-
 /**
- * A deadline `ms` ahead on a clock that stands still: the deadline timer still fires after `ms`
- * real milliseconds, but no check made before it can find the deadline passed, however slowly the
- * machine runs the test.
+ * vitest's fake clock (setTimeout and Date; setImmediate stays real for the tests that flush with
+ * it): time passes only when a test says so, however slowly the machine runs the test.
  */
-function frozenClock(ms: number): Options {
-  const now = Date.now();
-  return { now: () => now, deadline: now + ms };
+function fakeClock(): void {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+}
+/** `ms` of fake time pass (inside a statement or fn: the attempt takes that long). */
+const elapse = (ms: number) => vi.advanceTimersByTime(ms);
+afterEach(() => {
+  vi.useRealTimers();
+  vi.restoreAllMocks();
+});
+
+/** Runs a call to its end on the fake clock: each timer fires once nothing else is pending. */
+async function settle<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  await vi.runAllTimersAsync();
+  return p;
 }
 
-const fast: Options = { sleep: async () => {}, random: () => 0.5 };
+/** Backoff sleeps of no time; Math.random() as given (the default policy's jitter draws from it). */
+const fast: Options = { baseDelayMs: 0, maxDelayMs: 0 };
 
 async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
   try {
@@ -188,49 +181,57 @@ async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
 // Backoff arithmetic
 // ------------------------------------------------------------------------------------------------
 
-describe('backoffDelay', () => {
+describe('backoff (decorrelated jitter)', () => {
+  /** The sleeps withRetry takes against a pool that always conflicts, with Math.random() fixed at u. */
+  async function sleeps(u: number, policy: Options): Promise<number[]> {
+    fakeClock();
+    vi.spyOn(Math, 'random').mockReturnValue(u);
+    const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? occ() : undefined));
+    const told: number[] = [];
+    const err = await rejectionOf(
+      settle(withRetry(pool, async () => 1, { ...policy, onRetry: (i) => told.push(i.delayMs) })),
+    );
+    expect(err).toMatchObject({ reason: 'attempts' });
+    return told;
+  }
   const policy = { baseDelayMs: 10, maxDelayMs: 1000 };
 
-  it('decorrelated jitter: uniform in [base, 3 × previous] (3 × base the first time), capped', () => {
-    expect(backoffDelay(1, 0, policy, () => 0)).toBe(10);
-    expect(backoffDelay(1, 0, policy, () => 1)).toBe(30);
-    expect(backoffDelay(2, 30, policy, () => 1)).toBe(90);
-    expect(backoffDelay(2, 30, policy, () => 0.5)).toBe(50);
-    expect(backoffDelay(9, 900, policy, () => 1)).toBe(1000);
+  it('uniform in [base, 3 × previous] (3 × base the first time), capped', async () => {
+    expect(await sleeps(0, { ...policy, maxAttempts: 3 })).toEqual([10, 10]);
+    expect(await sleeps(1, { ...policy, maxAttempts: 4 })).toEqual([30, 90, 270]);
+    expect(await sleeps(0.5, { ...policy, maxAttempts: 3 })).toEqual([20, 35]);
+    expect(await sleeps(1, { ...policy, maxDelayMs: 100, maxAttempts: 4 })).toEqual([30, 90, 100]);
   });
 
-  it('a cap below the base wins', () => {
-    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20 }, () => 0)).toBe(20);
-    expect(backoffDelay(1, 0, { baseDelayMs: 50, maxDelayMs: 20 }, () => 1)).toBe(20);
+  it('a cap below the base wins', async () => {
+    expect(await sleeps(0, { baseDelayMs: 50, maxDelayMs: 20, maxAttempts: 3 })).toEqual([20, 20]);
+    expect(await sleeps(1, { baseDelayMs: 50, maxDelayMs: 20, maxAttempts: 3 })).toEqual([20, 20]);
   });
 
-  it('stays within [min(base, cap), cap] for any policy, previous delay and random value (property)', () => {
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 200 }),
-        fc.double({ min: 0, max: 5000, noNaN: true }),
+  it('stays within [min(base, cap), cap] for any policy and random value (property)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 2, max: 6 }),
         fc.double({ min: 0, max: 100, noNaN: true }),
         fc.double({ min: 0, max: 10_000, noNaN: true }),
         fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
-        (failures, previous, base, cap, u) => {
-          const d = backoffDelay(failures, previous, { baseDelayMs: base, maxDelayMs: cap }, () => u);
-          expect(d).toBeGreaterThanOrEqual(Math.min(base, cap));
-          expect(d).toBeLessThanOrEqual(cap);
+        async (maxAttempts, base, cap, u) => {
+          const delays = await sleeps(u, { baseDelayMs: base, maxDelayMs: cap, maxAttempts });
+          expect(delays).toHaveLength(maxAttempts - 1);
+          for (const d of delays) {
+            expect(d).toBeGreaterThanOrEqual(Math.min(base, cap));
+            expect(d).toBeLessThanOrEqual(cap);
+          }
         },
       ),
+      { numRuns: 50 },
     );
   });
 
-  it('has the documented defaults and schedule (0.35–5.6 s of sleep over 8 attempts)', () => {
+  it('has the documented defaults and schedule (0.35–5.6 s of sleep over 8 attempts)', async () => {
     expect(DSQL_DEFAULTS.retry).toEqual({ maxAttempts: 8, baseDelayMs: 50, maxDelayMs: 1000 });
-    const schedule = (u: number) => {
-      const delays: number[] = [];
-      for (let i = 1; i < DSQL_DEFAULTS.retry.maxAttempts; i++)
-        delays.push(backoffDelay(i, delays.at(-1) ?? 0, DSQL_DEFAULTS.retry, () => u));
-      return delays;
-    };
-    expect(schedule(0)).toEqual([50, 50, 50, 50, 50, 50, 50]);
-    expect(schedule(0.999_999).map(Math.round)).toEqual([150, 450, 1000, 1000, 1000, 1000, 1000]);
+    expect(await sleeps(0, {})).toEqual([50, 50, 50, 50, 50, 50, 50]);
+    expect((await sleeps(0.999_999, {})).map(Math.round)).toEqual([150, 450, 1000, 1000, 1000, 1000, 1000]);
   });
 });
 
@@ -387,18 +388,21 @@ describe('withRetry', () => {
   });
 
   it('sleeps the backoff delays between attempts, and reports them to onRetry', async () => {
-    const { t, options } = fakeTime();
+    fakeClock();
+    vi.spyOn(Math, 'random').mockReturnValue(0.5);
     const pool = new FakePool((attempt) => (sql) => (sql === 'COMMIT' && attempt <= 3 ? occ() : undefined));
     const told: number[] = [];
-    await withRetry(pool, async () => 1, {
-      ...options,
-      baseDelayMs: 10,
-      maxDelayMs: 25,
-      onRetry: (i) => told.push(i.delayMs),
-    });
+    const started = Date.now();
+    await settle(
+      withRetry(pool, async () => 1, {
+        baseDelayMs: 10,
+        maxDelayMs: 25,
+        onRetry: (i) => told.push(i.delayMs),
+      }),
+    );
     // random 0.5: 10 + 0.5 × (30 − 10) = 20, then 10 + 0.5 × (60 − 10) = 35 → capped at 25.
-    expect(t.sleeps).toEqual([20, 25, 25]);
-    expect(told).toEqual(t.sleeps);
+    expect(told).toEqual([20, 25, 25]);
+    expect(Date.now() - started).toBe(70); // and slept them (attempts take no fake time)
   });
 
   it('a throwing onRetry rejects withRetry with its error, holding no connection', async () => {
@@ -612,61 +616,73 @@ describe('withRetry', () => {
 
 describe('deadline', () => {
   it('does not start an attempt that cannot finish before the deadline', async () => {
-    const { t, options } = fakeTime();
-    // Every attempt takes 100 ms of (fake) time; backoff is 10, 20, 40 ms.
+    fakeClock();
+    vi.spyOn(Math, 'random').mockReturnValue(0.5);
+    // Every attempt takes 100 ms of (fake) time; backoff is 20, 35, 57.5 ms.
     const pool = new FakePool(() => (sql) => {
-      if (sql === 'BEGIN') t.now += 100;
+      if (sql === 'BEGIN') elapse(100);
       return sql === 'COMMIT' ? occ() : undefined;
     });
-    const deadline = t.now + 350;
+    const started = Date.now();
+    const deadline = started + 400;
+    const told: number[] = [];
     const err = await rejectionOf(
-      withRetry(pool, async () => 1, {
-        ...options,
-        deadline,
-        backoff: (failures) => 10 * 2 ** (failures - 1),
-      }),
+      settle(
+        withRetry(pool, async () => 1, { baseDelayMs: 10, deadline, onRetry: (i) => told.push(i.delayMs) }),
+      ),
     );
-    // 100 + 10 + 100 + 20 + 100 = 330; a third retry would need 40 + 100 more: not started.
+    // 100 + 20 + 100 + 35 + 100 = 355; a third retry would need 57.5 + 100 more: not started.
     expect(err).toBeInstanceOf(OccRetryExhaustedError);
     expect((err as OccRetryExhaustedError).reason).toBe('deadline');
     expect((err as OccRetryExhaustedError).attempts).toBe(3);
-    expect((err as OccRetryExhaustedError).elapsedMs).toBe(330);
+    expect((err as OccRetryExhaustedError).elapsedMs).toBe(355);
     expect((err as Error).cause).toMatchObject({ code: '40001' });
-    expect(t.sleeps).toEqual([10, 20]);
-    expect(t.now).toBeLessThan(deadline);
+    expect(told).toEqual([20, 35]);
+    expect(Date.now()).toBe(started + 355);
   });
 
   it('does not sleep when sleep plus the estimated attempt would overrun', async () => {
-    const { t, options } = fakeTime();
+    fakeClock();
     const pool = new FakePool(() => (sql) => {
-      if (sql === 'BEGIN') t.now += 100;
+      if (sql === 'BEGIN') elapse(100);
       return sql === 'COMMIT' ? occ() : undefined;
     });
+    const started = Date.now();
+    const told: number[] = [];
     const err = await rejectionOf(
-      withRetry(pool, async () => 1, { ...options, deadline: t.now + 150, backoff: () => 60 }),
+      settle(
+        withRetry(pool, async () => 1, {
+          deadline: started + 150,
+          baseDelayMs: 60,
+          maxDelayMs: 60,
+          onRetry: (i) => told.push(i.delayMs),
+        }),
+      ),
     );
     expect((err as OccRetryExhaustedError).attempts).toBe(1);
-    expect(t.sleeps).toEqual([]);
+    expect(told).toEqual([]);
+    expect(Date.now()).toBe(started + 100);
   });
 
   it('a deadline already passed: no attempt at all', async () => {
-    const { t, options } = fakeTime();
     const pool = new FakePool(() => () => undefined);
-    const err = await rejectionOf(withRetry(pool, async () => 1, { ...options, deadline: t.now }));
+    const err = await rejectionOf(withRetry(pool, async () => 1, { deadline: Date.now() }));
     expect(err).toMatchObject({ reason: 'deadline', attempts: 0 });
     expect(pool.clients).toHaveLength(0);
   });
 
   it('fn finishing after the deadline: COMMIT never sent, connection closed (no time for ROLLBACK)', async () => {
-    const { t, options } = fakeTime();
+    fakeClock();
     const pool = new FakePool(() => () => undefined);
     const err = await rejectionOf(
-      withRetry(
-        pool,
-        async () => {
-          t.now += 1000;
-        },
-        { ...options, deadline: t.now + 500 },
+      settle(
+        withRetry(
+          pool,
+          async () => {
+            elapse(1000);
+          },
+          { deadline: Date.now() + 500 },
+        ),
       ),
     );
     expect(err).toMatchObject({ reason: 'deadline', attempts: 1 });
@@ -675,19 +691,23 @@ describe('deadline', () => {
   });
 
   it('a statement hanging past the deadline: attempt abandoned, connection destroyed', async () => {
+    fakeClock();
     const pool = new FakePool(() => (sql) => (sql.startsWith('SELECT pg_sleep') ? 'hang' : undefined));
     const err = await rejectionOf(
-      withRetry(pool, async (tx) => void (await tx.query('SELECT pg_sleep(3600)')), {
-        ...frozenClock(30),
-      }),
+      settle(
+        withRetry(pool, async (tx) => void (await tx.query('SELECT pg_sleep(3600)')), {
+          deadline: Date.now() + 30,
+        }),
+      ),
     );
     expect(err).toMatchObject({ reason: 'deadline', attempts: 1 });
     expect(pool.destroyed()).toEqual([true]);
   });
 
   it('a COMMIT hanging past the deadline: CommitOutcomeUnknownError, connection destroyed', async () => {
+    fakeClock();
     const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? 'hang' : undefined));
-    const err = await rejectionOf(withRetry(pool, async () => 1, frozenClock(30)));
+    const err = await rejectionOf(settle(withRetry(pool, async () => 1, { deadline: Date.now() + 30 })));
     expect(err).toBeInstanceOf(CommitOutcomeUnknownError);
     expect(pool.destroyed()).toEqual([true]);
   });
@@ -719,10 +739,11 @@ describe('waiting for a pool client', () => {
   });
 
   it('deadline while waiting: a connection error saying so, not "gave up after 0 attempts"', async () => {
+    fakeClock();
     const { pool, client, grant } = exhaustedPool();
-    const err = await rejectionOf(withRetry(pool, async () => 1, frozenClock(20)));
+    const err = await rejectionOf(settle(withRetry(pool, async () => 1, { deadline: Date.now() + 20 })));
     expect(err).toBeInstanceOf(DsqlConnectionError);
-    expect((err as Error).message).toMatch(/Could not get a connection within \d+ ms \(deadline reached\)/);
+    expect((err as Error).message).toMatch(/Could not connect within \d+ ms \(deadline reached\)/);
     grant();
     await new Promise((r) => setImmediate(r));
     expect(client.releases).toEqual([undefined]);
