@@ -159,9 +159,9 @@ function fromString(s: unknown): Record<string, unknown> {
   if (typeof s !== 'string') return bad();
   if (!/^(postgres(ql)?|dsql):\/\//i.test(s)) return isDnsName(s.toLowerCase()) ? { host: s } : bad();
   // (Not `new URL` in a try: its error would carry the whole input, password included.)
-  const { username, password, hostname, port, pathname, search } = URL.canParse(s) ? new URL(s) : bad();
-  // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host`.
-  if (password || (pathname + search).includes('@')) mustBe('password', NO_PASSWORD);
+  const { username, password, hostname, port, pathname, search, hash } = URL.canParse(s) ? new URL(s) : bad();
+  // `postgres://admin:1234/s3cr3t@host` parses as host admin, port 1234, path `/s3cr3t@host` (or `#s3cr3t@host`).
+  if (password || (pathname + search + hash).includes('@')) mustBe('password', NO_PASSWORD);
   const path = pathname.slice(1);
   if (path.includes('/')) mustBe('database', 'one path segment');
   const given: Record<string, unknown> = {};

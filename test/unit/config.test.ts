@@ -418,6 +418,15 @@ describe('defaults and validation', () => {
     expect(err.message).not.toContain('1234');
   });
 
+  it('refuses a password whose # moved the rest of it into the fragment', () => {
+    // `12#34`: host admin, port 12, fragment `#34@…`: the password would vanish into a host "admin".
+    const err = configError(() =>
+      resolveConfig('postgres://admin:12#34@cluster.dsql.us-east-1.on.aws', { AWS_REGION: 'us-east-1' }),
+    );
+    expect(err.field).toBe('password');
+    expect(err.message).not.toMatch(/12|34/);
+  });
+
   it('takes a 26-character all-digit cluster ID (issue 8, defect 10)', () => {
     const digits = '01234567890123456789012345';
     expect(resolveConfig({ host: digits, region: 'us-east-1' }, NO_ENV).host).toBe(
