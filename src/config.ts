@@ -29,7 +29,7 @@ export type AwsCredentialIdentityProvider = () => Promise<AwsCredentialIdentity>
  * How to reach an Aurora DSQL cluster and pool connections to it. Of pg's options only those picked pass
  * through (`allowExitOnIdle`: default `true`); any other key is refused, so a typo (`credential:`) is seen.
  */
-export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<1>> {
+export interface DsqlConfig extends Pick<pg.PoolConfig, KeyOf<PgKind>> {
   /** Endpoint, another DNS name of it (give `region`) or a cluster ID. Default: `DSQL_ENDPOINT`, `PGHOST`. */
   host?: string | undefined;
   /** Region tokens are signed for. Default: from an `*.on.aws` host, `AWS_REGION`, `AWS_DEFAULT_REGION`. */
@@ -95,7 +95,7 @@ export type CredentialSource =
  * `credentialSource` (non-enumerable when explicit: printing it shows no secret) and `pgOptions`.
  */
 export interface ResolvedDsqlConfig
-  extends Readonly<Record<Exclude<KeyOf<number>, KeyOf<0 | 1>>, number>>,
+  extends Readonly<Record<Exclude<KeyOf<number>, KeyOf<0>>, number>>,
     Readonly<Record<'host' | 'region' | 'user' | 'database' | 'applicationName', string>> {
   readonly hostaddr: string | undefined;
   readonly action: DsqlAction;
@@ -109,7 +109,7 @@ export interface ResolvedDsqlConfig
 const M = 2 ** 31 - 1;
 /**
  * Every key a configuration may have, and how it is checked: `''` text, `n` an integer 1…n, `-n`
- * one 0…n (both defaulting to `DSQL_DEFAULTS[key]`), `1` a pg option passed through, `0` own checks.
+ * one 0…n (both defaulting to `DSQL_DEFAULTS[key]`), a `typeof` a pg option passed through, `0` own checks.
  */
 // biome-ignore format: a table, one kind per row
 const KEYS = {
@@ -118,11 +118,12 @@ const KEYS = {
   port: 65535, max: 1e5, min: -1e5, tokenDurationSecs: 604800, maxLifetimeSeconds: 3600,
   maxLifetimeJitterSeconds: -3600, idleTimeoutMillis: -M, connectionTimeoutMillis: M, maxIdleMillis: M,
   thawThresholdMillis: -M, validationTimeoutMillis: M,
-  keepAlive: 1, keepAliveInitialDelayMillis: 1, statement_timeout: 1, query_timeout: 1, lock_timeout: 1,
-  idle_in_transaction_session_timeout: 1, types: 1, options: 1, client_encoding: 1, maxUses: 1,
-  allowExitOnIdle: 1, log: 1,
+  keepAlive: 'boolean', keepAliveInitialDelayMillis: 'number', statement_timeout: 'number', query_timeout: 'number',
+  lock_timeout: 'number', idle_in_transaction_session_timeout: 'number', types: 'object', options: 'string',
+  client_encoding: 'string', maxUses: 'number', allowExitOnIdle: 'boolean', log: 'function',
   credentials: 0, ssl: 0, retry: 0, connectionString: 0,
 } as const;
+type PgKind = 'boolean' | 'number' | 'string' | 'object' | 'function';
 type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K : never }[keyof typeof KEYS];
 /** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
 const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
@@ -229,8 +230,16 @@ export function resolveConfig(
     // A NUL ends a startup-message field: what follows would be read as another parameter.
     if (k === '' && value != null && (typeof value !== 'string' || !value.trim() || value.includes('\0')))
       mustBe(key, 'a non-blank string without NUL');
-    if (k === 1 && value !== undefined) pgOptions[key] = value;
-    else if (k !== 1 && k !== 0) r[key] = (k ? int(key, value, k) : value) ?? DSQL_DEFAULTS[key as 'port'];
+    if (typeof k === 'string' && k) {
+      // pg's type (a wrong one fails later, inside pg); a NUL would inject a startup parameter; `false`: none.
+      if (k === 'number') int(key, value === false ? 0 : value, -M);
+      else if (
+        value !== undefined &&
+        (typeof value !== k || (k === 'string' && (value as string).includes('\0')))
+      )
+        mustBe(key, `a ${k}${k === 'string' ? ' without NUL' : ''}`);
+      if (value !== undefined) pgOptions[key] = value;
+    } else if (k !== 0) r[key] = (k ? int(key, value, k as number) : value) ?? DSQL_DEFAULTS[key as 'port'];
   }
   const host = (r.host as string | undefined)?.trim().toLowerCase().replace(/\.$/, '') ?? '';
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.

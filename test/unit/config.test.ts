@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { inspect } from 'node:util';
 import fc from 'fast-check';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { type DsqlConfig, PACKAGE_VERSION, resolveConfig } from '../../src/config.js';
 import { DSQL_DEFAULTS } from '../../src/defaults.js';
@@ -425,6 +426,27 @@ describe('defaults and validation', () => {
     );
     expect(err.field).toBe('password');
     expect(err.message).not.toMatch(/12|34/);
+  });
+
+  it("checks the pg options it passes through: pg's types, integers 0…2³¹−1, no NUL", () => {
+    const bad: DsqlConfig[] = [
+      { log: 'verbose' as never }, // pg-pool would call it: TypeError at the first query and at end()
+      { keepAlive: 'false' as never }, // truthy: keep-alive on
+      { statement_timeout: Number.POSITIVE_INFINITY }, // sent as 'NaN': the server refuses every connection
+      { query_timeout: -1 },
+      { maxUses: Number.NaN },
+      { types: 'text' as never },
+      { options: '-c x=1\0application_name\0evil' }, // a NUL injects a startup parameter
+      { client_encoding: 'UTF8\0x' },
+      { allowExitOnIdle: 1 as never },
+    ];
+    for (const extra of bad) {
+      const key = Object.keys(extra)[0];
+      const err = configError(() => resolveConfig({ host, ...extra }, NO_ENV));
+      expect(err.field, key).toBe(key);
+    }
+    const good: DsqlConfig = { statement_timeout: false, query_timeout: 0, options: '-c x', types: pg.types };
+    expect(resolveConfig({ host, ...good }, NO_ENV).pgOptions).toEqual(good);
   });
 
   it('takes a 26-character all-digit cluster ID (issue 8, defect 10)', () => {
