@@ -120,13 +120,20 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
   };
 }
 
-/** `promise`, or `value` if it has not settled after `ms`. */
-function within<T, V>(promise: Promise<T>, ms: number, value: V): Promise<T | V> {
-  let timer: NodeJS.Timeout | undefined;
+/** `promise`, or `value` if it has not settled after `ms` or when `signal` aborts (the pool ended). */
+function within<T, V>(promise: Promise<T>, ms: number, value: V, signal?: AbortSignal): Promise<T | V> {
+  let stop = noop;
   const late = new Promise<V>((resolve) => {
-    timer = setTimeout(resolve, ms, value);
+    const timer = setTimeout(resolve, ms, value);
+    const ended = () => resolve(value);
+    signal?.addEventListener('abort', ended);
+    if (signal?.aborted) ended();
+    stop = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', ended);
+    };
   });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, late]).finally(stop);
 }
 
 /**
@@ -155,7 +162,7 @@ async function admit<T>(
     const attempt = open();
     let outcome: T | undefined | null;
     try {
-      outcome = await within(attempt, deadline - Date.now(), null);
+      outcome = await within(attempt, deadline - Date.now(), null, signal);
     } catch (err) {
       const refusal = refusalOf(err);
       if (!refusal) throw err;
@@ -168,24 +175,14 @@ async function admit<T>(
           : DSQL_DEFAULTS.admissionRetryWindowMillis;
       // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
-      const slept = await new Promise<boolean>((resolve) => {
-        const wake = (ok: boolean) => {
-          clearTimeout(timer);
-          signal?.removeEventListener('abort', ended);
-          resolve(ok);
-        };
-        const ended = () => wake(false);
-        const timer = setTimeout(wake, delay, true);
-        if (signal?.aborted) ended();
-        else signal?.addEventListener('abort', ended);
-      });
-      if (!slept) throw giveUp('the pool was ended');
+      await within(new Promise(noop), delay, null, signal);
+      if (signal?.aborted) throw giveUp('the pool was ended');
       continue;
     }
     if (outcome) return outcome;
     if (outcome === null) {
       attempt.then((late) => late && discard(late), noop);
-      throw giveUp('timed out');
+      throw giveUp(signal?.aborted ? 'the pool was ended' : 'timed out');
     }
   }
 }

@@ -195,4 +195,27 @@ describe('a dial that never completes', () => {
     // pg-pool has no timer here: pg's own (per client) destroys the socket; nothing waits for the OS.
     while (sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
+
+  it('is given up at once by end(), which says the pool was ended, not that it timed out', async () => {
+    const sockets: net.Socket[] = [];
+    const server = net.createServer((socket) => sockets.push(socket.resume().on('error', () => {})));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+    const pool = createPool({
+      host: 'abc.dsql.us-east-1.on.aws',
+      hostaddr: '127.0.0.1',
+      port: (server.address() as net.AddressInfo).port,
+      credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' },
+      connectionTimeoutMillis: 600_000, // no test outlives it: only end() can settle the query
+    });
+    const query = pool.query('SELECT 1').catch((e: unknown) => e);
+    while (sockets.length === 0) await new Promise((r) => setTimeout(r, 5));
+    const ended = pool.end();
+    const err = await query;
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toMatch(/\(1 attempts\): the pool was ended$/);
+    // pg-pool's end() waits for the dial, which pg's timer would end after connectionTimeoutMillis.
+    for (const socket of sockets) socket.destroy();
+    await ended;
+  });
 });

@@ -233,6 +233,18 @@ describe('the checkout', () => {
     expect(orphan.sent).toEqual([]);
   });
 
+  it('end() settles a checkout waiting for a busy pool at once, saying the pool was ended', async () => {
+    // A budget no test outlives: only end() can settle the waiter.
+    const pool = makePool({ connectionTimeoutMillis: 2 ** 31 - 1 }, 1);
+    const held = await pool.connect();
+    const waiting = pool.connect().catch((e: Error) => e);
+    await vi.waitFor(() => expect(pool.waitingCount).toBe(1));
+    const ended = pool.end();
+    expect(String(await waiting)).toMatch(/\(1 attempts\): the pool was ended$/);
+    held.release();
+    await ended;
+  });
+
   it('keeps an errored checked-out client alive as an object (no crash) and destroys it on release', async () => {
     const pool = makePool();
     const client = await pool.connect();
