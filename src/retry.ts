@@ -217,7 +217,8 @@ async function retry<T>(
         try {
           return await guard(p, late);
         } catch (err) {
-          unsent = /is not queryable/.test(`${(err as Error | null)?.message}`); // pg sent nothing
+          const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+          unsent = !code && /is not queryable/.test(`${message}`); // pg sent nothing (a server error has a code)
           if (unsent || err instanceof Stop || lost || isConnectionLostError(err)) broken = true;
           else await rollback(); // e.g. execWithRetry('BEGIN') left a transaction open
           if (unsent || !broken) throw err;
