@@ -571,6 +571,70 @@ describe('withRetry', () => {
     expect(pool.clients).toHaveLength(0);
   });
 
+  it('rejects options of the wrong type, a non-AbortSignal signal included, before any checkout', async () => {
+    const pool = new FakePool(() => () => undefined);
+    for (const [field, bad] of [
+      ['baseDelayMs', { baseDelayMs: '50' }], // concatenated into the backoff before
+      ['maxDelayMs', { maxDelayMs: '1000' }],
+      ['maxAttempts', { maxAttempts: '3' }],
+      ['maxAttempts', { maxAttempts: Number.POSITIVE_INFINITY }],
+      ['deadline', { deadline: 'tomorrow' }], // silently no deadline before
+      ['signal', { signal: {} }], // threw only once a client was checked out, and stranded it
+      ['onRetry', { onRetry: 'log' }],
+    ] as const) {
+      const err = await rejectionOf(withRetry(pool, async () => 1, bad as unknown as Options));
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe(field);
+    }
+    expect(pool.clients).toHaveLength(0);
+  });
+
+  it('an async onRetry that rejects: the call rejects with its error, nothing unhandled, the client released', async () => {
+    const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? occ() : undefined));
+    const unhandled: unknown[] = [];
+    const note = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', note);
+    const oops = new Error('metrics down');
+    const err = await rejectionOf(
+      withRetry(pool, async () => 1, {
+        ...fast,
+        onRetry: async () => {
+          throw oops;
+        },
+      }),
+    );
+    await new Promise((r) => setImmediate(r));
+    process.off('unhandledRejection', note);
+    expect(err).toBe(oops);
+    expect(unhandled).toEqual([]);
+    expect(pool.destroyed()).toEqual([false]);
+  });
+
+  it('rethrows unchanged what fn throws even if reading it throws (a getter, a Proxy trap)', async () => {
+    const pool = new FakePool(() => () => undefined);
+    const getter = {
+      get code(): string {
+        throw new Error('getter');
+      },
+    };
+    // A trap on every key but `then` (which resolving any promise with it reads).
+    const trap = new Proxy(new Error('x'), {
+      get: (_target, key) => {
+        if (key === 'then') return undefined;
+        throw new Error(`trap ${String(key)}`);
+      },
+    });
+    for (const thrown of [getter, trap]) {
+      const err = await rejectionOf(
+        withRetry(pool, async () => {
+          throw thrown;
+        }),
+      );
+      expect(err === thrown).toBe(true);
+    }
+    expect(pool.destroyed()).toEqual([false, false]);
+  });
+
   it('rejects a target that is not a pool, a client included (each attempt needs its own checkout)', async () => {
     expect(await rejectionOf(withRetry({}, async () => 1))).toBeInstanceOf(TypeError);
     const client = new FakeClient(() => undefined);
