@@ -286,7 +286,8 @@ async function retry<T>(
         [last, code] = [err, occ || 'connection-lost'];
       } finally {
         client.off('error', onError);
-        client.release(broken || lost);
+        // Left in a transaction (execWithRetry('BEGIN')): any pg.Pool would hand it on so, uncommitted.
+        client.release(broken || lost || client.getTransactionStatus() !== 'I');
         longest = Math.max(longest, now() - t0);
       }
       if (attempts >= maxAttempts) throw giveUp('attempts');

@@ -466,6 +466,20 @@ describe('execWithRetry', () => {
   });
 });
 
+describe('execWithRetry leaving a transaction open', () => {
+  it("'BEGIN' on a plain pg.Pool: the connection is not pooled inside that transaction", async () => {
+    const pool = newPool({ max: 1 });
+    const id = randomUUID();
+    await execWithRetry(pool, 'BEGIN');
+    // Pooled inside it, this insert would never commit and vanish with the connection.
+    await execWithRetry(pool, `INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+    expect(await rowCount(id)).toBe(1);
+    const client = await pool.connect();
+    expect(client.getTransactionStatus()).toBe('I');
+    client.release();
+  });
+});
+
 describe('execWithRetry under real contention', () => {
   it("a statement that meets a concurrent writer's row lock gets OC000 and is retried to success", async () => {
     const pool = newPool();
