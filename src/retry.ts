@@ -237,11 +237,13 @@ async function retry<T>(
         let first: unknown; // the first statement error and the first conflict: fn may have caught them
         let occ: unknown;
         let closed = false;
-        // tx.query: pg's, noting errors from the database, refused once the attempt is over.
+        // tx.query: pg's, noting errors from the database, refused once the attempt is over (as pg
+        // fails: a rejection or the callback; a throw from a late callback-style call crashed the process).
         const query = (...args: unknown[]) => {
-          if (closed) throw new DsqlError('tx.query() after its attempt ended');
           const callback = typeof args.at(-1) === 'function' ? (args.pop() as (...a: unknown[]) => void) : 0;
-          const result = (client as unknown as { query(...a: unknown[]): Promise<unknown> }).query(...args);
+          const result = closed
+            ? Promise.reject(new DsqlError('tx.query() after its attempt ended'))
+            : (client as unknown as { query(...a: unknown[]): Promise<unknown> }).query(...args);
           if (!result?.then) return result; // a cursor or stream (a thenable: pg may use another Promise)
           const noted = result.then(undefined, (err) => {
             if (err === Object(err)) fromDb.add(err);

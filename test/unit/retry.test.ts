@@ -21,6 +21,7 @@ import {
   execWithRetry as execWithRetryOn,
   type RetryInfo,
   type RetryOptions,
+  type TransactionClient,
   withRetry as withRetryOn,
 } from '../../src/retry.js';
 
@@ -540,7 +541,24 @@ describe('withRetry', () => {
       },
       fast,
     );
-    expect(() => leaked?.query('SELECT 1')).toThrow(DsqlError);
+    await expect(leaked?.query('SELECT 1')).rejects.toThrow(DsqlError);
+    expect(pool.clients[0]?.log).toEqual(['BEGIN', 'COMMIT']);
+  });
+
+  it('a late callback-style tx.query calls back with the error instead of throwing (a throw in a timer crashes)', async () => {
+    const pool = new FakePool(() => () => undefined);
+    let leaked: TransactionClient | undefined;
+    await withRetry(
+      pool,
+      async (tx) => {
+        leaked = tx;
+      },
+      fast,
+    );
+    const err = await new Promise((resolve) => {
+      expect(() => leaked?.query('SELECT 1', [], resolve)).not.toThrow();
+    });
+    expect(err).toBeInstanceOf(DsqlError);
     expect(pool.clients[0]?.log).toEqual(['BEGIN', 'COMMIT']);
   });
 
