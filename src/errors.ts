@@ -70,26 +70,34 @@ export class CommitOutcomeUnknownError extends Attempted {
   override name = 'CommitOutcomeUnknownError';
 }
 
-/** The first truthy `test` over `err`, its `cause`s and `AggregateError.errors`: breadth first, ≤ 16, cycle-safe. */
+/**
+ * The first truthy `test` over `err`, its `cause`s and `AggregateError.errors`: breadth first, ≤ 16,
+ * cycle-safe; `code` is `''` when absent, and an object whose getters throw counts as neither.
+ */
 function walk<T>(err: unknown, test: (code: string, message: string) => T): T | undefined {
   const seen = new Set([err]); // a Set's iterator also visits what is added while iterating
   for (const e of seen) {
-    const { code, message, cause, errors } = (e ?? {}) as { [k: string]: unknown };
-    const found = test(String(code), typeof e === 'string' ? e : typeof message === 'string' ? message : '');
-    if (found) return found;
-    for (const next of [cause, ...(Array.isArray(errors) ? errors : [])])
-      if (next !== undefined && seen.size < 16) seen.add(next);
+    try {
+      const { code = '', message = e, cause, errors } = (e ?? {}) as { [k: string]: unknown }; // e: a string
+      const found = test(String(code), typeof message === 'string' ? message : '');
+      if (found) return found;
+      for (const next of [cause, ...(Array.isArray(errors) ? errors : [])])
+        if (next !== undefined && seen.size < 16) seen.add(next);
+    } catch {
+      // A getter or Proxy trap that throws: classifying must not replace the error being classified.
+    }
   }
 }
 
 /**
- * The first OCC conflict's code in `err`'s chain: `OC000`/`OC001` as `code` or in the message (how
- * DSQL sends it, with SQLSTATE 40001), else `'40001'`; `undefined` if none.
+ * The first OCC conflict's code in `err`'s chain: `OC000`/`OC001` as `code` or in the message of a
+ * `40001` (how DSQL sends it), else `'40001'`; `undefined` if none. Another error's message may
+ * quote anything (`invalid input syntax for type integer: "OC000"`): it is never read.
  * @internal
  */
 export const occCode = (err: unknown): 'OC000' | 'OC001' | '40001' | undefined =>
   (walk(err, (code, message) =>
-    /^OC00[01]$/.test(code) ? code : (/\bOC00[01]\b/.exec(message)?.[0] ?? (code === '40001' && code)),
+    /^OC00[01]$/.test(code) ? code : code === '40001' && (/\bOC00[01]\b/.exec(message)?.[0] ?? code),
   ) as 'OC000') || undefined;
 
 /**
@@ -102,11 +110,12 @@ export const isOccError = (err: unknown): boolean => !!occCode(err);
 
 /**
  * True when `err` says the connection itself is gone (socket error, closed by the server, admin
- * shutdown `57P0x`, read timeout), not an error the server returned for a statement.
+ * shutdown `57P0x`, read timeout), not an error the server returned for a statement (whose
+ * message, having a code, is not read: it may quote the statement's data).
  * @internal
  */
 export const isConnectionLostError = (err: unknown): boolean =>
-  !!walk(err, (code, message) => LOST_CODE.test(code) || LOST_MESSAGE.test(message));
+  !!walk(err, (code, message) => LOST_CODE.test(code) || (!code && LOST_MESSAGE.test(message)));
 const LOST_CODE =
   /^(E(CONNRESET|CONNREFUSED|CONNABORTED|TIMEDOUT|PIPE|HOSTUNREACH|NETUNREACH|AI_AGAIN)|57P0[123]|0800[36])$/;
 const LOST_MESSAGE = /Connection terminated|is not queryable|connection timeout|Query read timeout/;

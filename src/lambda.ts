@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import type { DsqlConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
-import { DsqlError } from './errors.js';
+import { DsqlConfigError, DsqlError } from './errors.js';
 import { createPool } from './pool.js';
 import type { RetryOptions, TransactionClient } from './retry.js';
 import { connectWithin, defined, execWithRetry, withRetry } from './retry.js';
@@ -78,8 +78,18 @@ type Options =
 export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContextLike) => [Dsql, () => void] {
   const { pool: given, deadlineMarginMs: margin, retry, logger, ...config }: Options = Object(options);
   const log = logger ?? console; // (config: the rest, without the lifecycle keys createPool refuses)
+  // A logger that throws must neither keep a connection nor replace the handler's result.
+  const warn = (message: string, ...details: unknown[]) => {
+    try {
+      log.warn(message, ...details);
+    } catch {}
+  };
   let shared = given;
   return (context) => {
+    // Checked with the configuration, at the first invocation: a NaN margin left connect() unbounded.
+    if (margin !== undefined && !(typeof margin === 'number' && margin >= 0 && margin < Infinity))
+      throw new DsqlConfigError('deadlineMarginMs', 'must be a number >= 0');
+    if (typeof log?.warn !== 'function') throw new DsqlConfigError('logger', 'must have a warn method');
     shared ??= createPool(typeof options === 'string' ? options : (config as DsqlConfig));
     const pool = shared;
     const held = new Set<() => void>(); // takes back each connect() client not released yet
@@ -99,7 +109,7 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
       let state = 0; // 1: released, 2: taken back
       const release = (err?: Error | boolean, next = 1) => {
-        if (state === 1) log.warn(`dsql-lambda: release() called again${request}; ignored`);
+        if (state === 1) warn(`dsql-lambda: release() called again${request}; ignored`);
         if (state) return;
         state = next;
         held.delete(takeBack);
@@ -107,7 +117,7 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
       };
       const takeBack = () => {
         const message = `dsql-lambda: dsql.connect() client not released by the end of the invocation${request}`;
-        log.warn(`${message}; connection closed`, origin.stack);
+        warn(`${message}; connection closed`, origin.stack);
         // Destroyed, not pooled: whoever leaked it may still use it (a handler running on after
         // middy's timeoutEarly, an un-awaited promise) and would share it with the next invocation.
         release(true, 2);
@@ -117,7 +127,12 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
         get(target, key) {
           if (key === 'release') return release;
           if (key === 'query' && state)
-            return () => Promise.reject(new DsqlError('dsql-lambda: query() after release'));
+            return (...args: unknown[]) => {
+              const err = new DsqlError('dsql-lambda: query() after release');
+              const callback = args.at(-1); // pg's callback style: the error goes there, not unhandled
+              if (typeof callback !== 'function') return Promise.reject(err);
+              queueMicrotask(() => callback(err));
+            };
           const value = target[key as keyof pg.PoolClient]; // bound: pg's methods need the client as `this`
           return typeof value === 'function' ? value.bind(target) : value;
         },

@@ -47,7 +47,7 @@ export interface RetryOptions {
   deadline?: number | undefined;
   /** Aborting stops a sleep or wait at once, an attempt by closing its connection; COMMIT in flight ends. Default: none. */
   signal?: AbortSignal | undefined;
-  /** Called before each backoff sleep, holding no connection; if it throws, the call rejects with that. */
+  /** Called (and awaited) before each backoff sleep, holding no connection; if it throws or rejects, so does the call. */
   onRetry?: ((info: RetryInfo) => void) | undefined;
 }
 
@@ -159,10 +159,15 @@ async function retry<T>(
   const check = (field: string, ok: boolean, rule = 'must be a number >= 0') => {
     if (!ok) throw new DsqlConfigError(field, rule);
   };
-  check('maxAttempts', maxAttempts > 0 && maxAttempts % 1 === 0, 'must be an integer > 0');
-  check('baseDelayMs', base >= 0 && base < Infinity);
-  check('maxDelayMs', cap >= 0 && cap < Infinity);
-  check('deadline', !Number.isNaN(deadline));
+  // Typed checks: a string ('50', as read from the environment) would concatenate in the backoff.
+  const ms = (v: unknown) => typeof v === 'number' && v >= 0 && v < Infinity;
+  check('maxAttempts', Number.isInteger(maxAttempts) && maxAttempts > 0, 'must be an integer > 0');
+  check('baseDelayMs', ms(base));
+  check('maxDelayMs', ms(cap));
+  check('deadline', typeof deadline === 'number' && !Number.isNaN(deadline), 'must be epoch ms');
+  // Checked before anything is checked out: a failing listener call would strand the checkout.
+  check('signal', !signal || typeof signal.addEventListener === 'function', 'must be an AbortSignal');
+  check('onRetry', !o.onRetry || typeof o.onRetry === 'function', 'must be a function');
   const [late, clear] = timeout(deadline);
   let onAbort = noop;
   let nap: ReturnType<typeof setTimeout> | undefined;
@@ -217,7 +222,8 @@ async function retry<T>(
         try {
           return await guard(p, late);
         } catch (err) {
-          unsent = /is not queryable/.test(`${(err as Error | null)?.message}`); // pg sent nothing
+          const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+          unsent = !code && /is not queryable/.test(`${message}`); // pg sent nothing (a server error has a code)
           if (unsent || err instanceof Stop || lost || isConnectionLostError(err)) broken = true;
           else await rollback(); // e.g. execWithRetry('BEGIN') left a transaction open
           if (unsent || !broken) throw err;
@@ -231,11 +237,13 @@ async function retry<T>(
         let first: unknown; // the first statement error and the first conflict: fn may have caught them
         let occ: unknown;
         let closed = false;
-        // tx.query: pg's, noting errors from the database, refused once the attempt is over.
+        // tx.query: pg's, noting errors from the database, refused once the attempt is over (as pg
+        // fails: a rejection or the callback; a throw from a late callback-style call crashed the process).
         const query = (...args: unknown[]) => {
-          if (closed) throw new DsqlError('tx.query() after its attempt ended');
           const callback = typeof args.at(-1) === 'function' ? (args.pop() as (...a: unknown[]) => void) : 0;
-          const result = (client as unknown as { query(...a: unknown[]): Promise<unknown> }).query(...args);
+          const result = closed
+            ? Promise.reject(new DsqlError('tx.query() after its attempt ended'))
+            : (client as unknown as { query(...a: unknown[]): Promise<unknown> }).query(...args);
           if (!result?.then) return result; // a cursor or stream (a thenable: pg may use another Promise)
           const noted = result.then(undefined, (err) => {
             if (err === Object(err)) fromDb.add(err);
@@ -280,13 +288,15 @@ async function retry<T>(
         [last, code] = [err, occ || 'connection-lost'];
       } finally {
         client.off('error', onError);
-        client.release(broken || lost);
+        // Left in a transaction (execWithRetry('BEGIN')): any pg.Pool would hand it on so, uncommitted.
+        client.release(broken || lost || client.getTransactionStatus() !== 'I');
         longest = Math.max(longest, now() - t0);
       }
       if (attempts >= maxAttempts) throw giveUp('attempts');
       delay = Math.min(cap, base + Math.random() * (Math.max(base, 3 * (delay || base)) - base));
       halt(delay + longest);
-      o.onRetry?.({ attempt: attempts, delayMs: delay, error: last, code });
+      // Awaited (within the deadline and signal): an async onRetry's rejection is this call's, not unhandled.
+      await guard(Promise.resolve(o.onRetry?.({ attempt: attempts, delayMs: delay, error: last, code })));
       await guard(new Promise((done) => (nap = setTimeout(done, delay))));
     }
   } catch (err) {

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vites
 import type { DsqlConfig } from '../../src/config.js';
 import {
   CommitOutcomeUnknownError,
+  DsqlConfigError,
   DsqlConnectionError,
   DsqlError,
   OccRetryExhaustedError,
@@ -274,6 +275,74 @@ describe.each(adapters)('$type', ({ make }) => {
     await expect(leaked!.query('SELECT 1')).rejects.toThrow();
     expect(() => leaked!.release()).not.toThrow(); // a late release is harmless
     expect(logger.warn).toHaveBeenCalledOnce(); // and not warned about twice
+  });
+
+  it('a logger that throws: leaked clients are still taken back and the handler’s result still returned', async () => {
+    let pool: pg.Pool | undefined;
+    const failing = {
+      warn: vi.fn(() => {
+        throw new Error('log stream closed');
+      }),
+    };
+    const handler = make(
+      async (event: { twice?: boolean }, context) => {
+        pool = context.dsql.pool;
+        const a = await context.dsql.connect();
+        await context.dsql.connect();
+        if (event.twice) {
+          a.release();
+          a.release(); // warned about: the logger throws into this finally-style call
+        }
+        return 'result';
+      },
+      { ...configFor({ max: 2 }), logger: failing },
+    );
+    expect(await handler({}, lambdaContext())).toBe('result');
+    expect(await handler({ twice: true }, lambdaContext())).toBe('result');
+    expect(failing.warn).toHaveBeenCalledTimes(4); // two leaks, a second release, a leak
+    // Every leaked client was taken back (closed): none holds a pool slot.
+    expect(pool!.totalCount - pool!.idleCount).toBe(0);
+  });
+
+  it('a callback-style query on a released connect() client: the callback gets the error, nothing unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const note = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', note);
+    const handler = make(
+      async (_e: unknown, context) => {
+        const client = await context.dsql.connect();
+        client.release();
+        return new Promise((resolve) => client.query('SELECT 1', (err: Error) => resolve(err)));
+      },
+      { ...configFor(), logger },
+    );
+    const err = await handler({}, lambdaContext());
+    await new Promise((r) => setImmediate(r));
+    process.off('unhandledRejection', note);
+    expect(err).toBeInstanceOf(DsqlError);
+    expect((err as Error).message).toMatch(/query\(\) after release/);
+    expect(unhandled).toEqual([]);
+  });
+
+  it('lifecycle options of the wrong type are refused at the first invocation, naming the field', async () => {
+    for (const [field, bad] of [
+      ['deadlineMarginMs', { deadlineMarginMs: Number.NaN }], // connect() was unbounded, query() blamed "deadline"
+      ['deadlineMarginMs', { deadlineMarginMs: -5_000 }], // calls would outlive the invocation
+      ['deadlineMarginMs', { deadlineMarginMs: '500' }],
+      ['logger', { logger: {} }],
+    ] as const) {
+      let ran = false;
+      const handler = make(
+        async () => {
+          ran = true;
+        },
+        { ...configFor(), ...(bad as object) } as DsqlHandlerOptions,
+      );
+      const err = await handler({}, lambdaContext()).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe(field);
+      expect(ran).toBe(false);
+    }
   });
 
   it('cleans up on the error path, and the error reaches the caller', async () => {

@@ -175,6 +175,36 @@ describe('errors that are not retried', () => {
   });
 });
 
+describe('a statement error whose message quotes what a classifier looks for', () => {
+  it.each(['OC000', 'Connection terminated', 'is not queryable', 'Query read timeout'])(
+    'the value %s in a 22P02: rethrown unchanged after one attempt, the connection kept',
+    async (quoted) => {
+      const pool = newPool({ max: 1 });
+      const retries: RetryInfo[] = [];
+      const options = { ...quick, onRetry: (i: RetryInfo) => retries.push(i) };
+      // PostgreSQL quotes the value in its message: invalid input syntax for type integer: "…".
+      const single = await rejectionOf(execWithRetry(pool, 'SELECT $1::int', [quoted], options));
+      expect(single).toBeInstanceOf(pg.DatabaseError);
+      expect(single).toMatchObject({ code: '22P02', message: expect.stringContaining(quoted) });
+      let calls = 0;
+      const inTx = await rejectionOf(
+        withRetry(
+          pool,
+          async (tx) => {
+            calls++;
+            await tx.query('SELECT $1::int', [quoted]);
+          },
+          options,
+        ),
+      );
+      expect(inTx).toMatchObject({ code: '22P02' });
+      expect([calls, retries.length]).toEqual([1, 0]);
+      // Neither call took it for a lost connection: the one connection went back to the pool.
+      expect([pool.totalCount, pool.idleCount]).toEqual([1, 1]);
+    },
+  );
+});
+
 describe('fn that swallows a failed statement', () => {
   it('COMMIT answered with ROLLBACK is reported, not returned as success', async () => {
     const pool = newPool();
@@ -433,6 +463,20 @@ describe('execWithRetry', () => {
     const pool = newPool();
     const err = await rejectionOf(execWithRetry(pool, 'SELECT * FROM no_such_table_anywhere', [], quick));
     expect(err).toMatchObject({ code: '42P01' });
+  });
+});
+
+describe('execWithRetry leaving a transaction open', () => {
+  it("'BEGIN' on a plain pg.Pool: the connection is not pooled inside that transaction", async () => {
+    const pool = newPool({ max: 1 });
+    const id = randomUUID();
+    await execWithRetry(pool, 'BEGIN');
+    // Pooled inside it, this insert would never commit and vanish with the connection.
+    await execWithRetry(pool, `INSERT INTO ${table} (id) VALUES ($1)`, [id]);
+    expect(await rowCount(id)).toBe(1);
+    const client = await pool.connect();
+    expect(client.getTransactionStatus()).toBe('I');
+    client.release();
   });
 });
 

@@ -21,6 +21,7 @@ import {
   execWithRetry as execWithRetryOn,
   type RetryInfo,
   type RetryOptions,
+  type TransactionClient,
   withRetry as withRetryOn,
 } from '../../src/retry.js';
 
@@ -540,7 +541,24 @@ describe('withRetry', () => {
       },
       fast,
     );
-    expect(() => leaked?.query('SELECT 1')).toThrow(DsqlError);
+    await expect(leaked?.query('SELECT 1')).rejects.toThrow(DsqlError);
+    expect(pool.clients[0]?.log).toEqual(['BEGIN', 'COMMIT']);
+  });
+
+  it('a late callback-style tx.query calls back with the error instead of throwing (a throw in a timer crashes)', async () => {
+    const pool = new FakePool(() => () => undefined);
+    let leaked: TransactionClient | undefined;
+    await withRetry(
+      pool,
+      async (tx) => {
+        leaked = tx;
+      },
+      fast,
+    );
+    const err = await new Promise((resolve) => {
+      expect(() => leaked?.query('SELECT 1', [], resolve)).not.toThrow();
+    });
+    expect(err).toBeInstanceOf(DsqlError);
     expect(pool.clients[0]?.log).toEqual(['BEGIN', 'COMMIT']);
   });
 
@@ -569,6 +587,70 @@ describe('withRetry', () => {
       expect(await rejectionOf(withRetry(pool, async () => 1, bad))).toBeInstanceOf(DsqlConfigError);
     }
     expect(pool.clients).toHaveLength(0);
+  });
+
+  it('rejects options of the wrong type, a non-AbortSignal signal included, before any checkout', async () => {
+    const pool = new FakePool(() => () => undefined);
+    for (const [field, bad] of [
+      ['baseDelayMs', { baseDelayMs: '50' }], // concatenated into the backoff before
+      ['maxDelayMs', { maxDelayMs: '1000' }],
+      ['maxAttempts', { maxAttempts: '3' }],
+      ['maxAttempts', { maxAttempts: Number.POSITIVE_INFINITY }],
+      ['deadline', { deadline: 'tomorrow' }], // silently no deadline before
+      ['signal', { signal: {} }], // threw only once a client was checked out, and stranded it
+      ['onRetry', { onRetry: 'log' }],
+    ] as const) {
+      const err = await rejectionOf(withRetry(pool, async () => 1, bad as unknown as Options));
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe(field);
+    }
+    expect(pool.clients).toHaveLength(0);
+  });
+
+  it('an async onRetry that rejects: the call rejects with its error, nothing unhandled, the client released', async () => {
+    const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? occ() : undefined));
+    const unhandled: unknown[] = [];
+    const note = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', note);
+    const oops = new Error('metrics down');
+    const err = await rejectionOf(
+      withRetry(pool, async () => 1, {
+        ...fast,
+        onRetry: async () => {
+          throw oops;
+        },
+      }),
+    );
+    await new Promise((r) => setImmediate(r));
+    process.off('unhandledRejection', note);
+    expect(err).toBe(oops);
+    expect(unhandled).toEqual([]);
+    expect(pool.destroyed()).toEqual([false]);
+  });
+
+  it('rethrows unchanged what fn throws even if reading it throws (a getter, a Proxy trap)', async () => {
+    const pool = new FakePool(() => () => undefined);
+    const getter = {
+      get code(): string {
+        throw new Error('getter');
+      },
+    };
+    // A trap on every key but `then` (which resolving any promise with it reads).
+    const trap = new Proxy(new Error('x'), {
+      get: (_target, key) => {
+        if (key === 'then') return undefined;
+        throw new Error(`trap ${String(key)}`);
+      },
+    });
+    for (const thrown of [getter, trap]) {
+      const err = await rejectionOf(
+        withRetry(pool, async () => {
+          throw thrown;
+        }),
+      );
+      expect(err === thrown).toBe(true);
+    }
+    expect(pool.destroyed()).toEqual([false, false]);
   });
 
   it('rejects a target that is not a pool, a client included (each attempt needs its own checkout)', async () => {
