@@ -401,9 +401,13 @@ export async function createRole(upstream: UpstreamTarget, role: string): Promis
   const found = await adminQuery(upstream, upstream.database, 'SELECT 1 FROM pg_roles WHERE rolname = $1', [
     role,
   ]);
-  if (found.rowCount) return;
+  const password = upstream.password === undefined ? '' : ` PASSWORD ${quoteLiteral(upstream.password)}`;
+  // An embedded server makes a new password at each start: a role from an earlier start gets it too.
+  if (found.rowCount) {
+    if (password) await adminQuery(upstream, upstream.database, `ALTER ROLE ${quoteIdent(role)}${password}`);
+    return;
+  }
   try {
-    const password = upstream.password === undefined ? '' : ` PASSWORD ${quoteLiteral(upstream.password)}`;
     await adminQuery(upstream, upstream.database, `CREATE ROLE ${quoteIdent(role)} LOGIN${password}`);
   } catch (err) {
     const code = (err as { code?: string }).code;
