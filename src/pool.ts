@@ -10,6 +10,7 @@
  * events (FIN, RST, FATAL) run, and after a thaw gets one bounded round trip; a rejected one is
  * destroyed and the next taken. A user statement is never sent twice.
  */
+import { setMaxListeners } from 'node:events';
 import type { Duplex } from 'node:stream';
 import pg from 'pg';
 import { type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
@@ -218,6 +219,8 @@ export class DsqlPool extends pg.Pool {
       ...pgOverrides,
     });
     this.#config = config;
+    // One listener per pending checkout: past 10, Node would warn of a leak.
+    setMaxListeners(Infinity, this.#ended.signal);
     this.retry = config.retry;
     // Once per physical connection, before its first checkout; its one 'error' listener for life
     // (pg-pool's listens only while it is idle, and an unheard 'error' crashes the process).

@@ -289,6 +289,24 @@ describe('createPool against the local endpoint', () => {
     expect(refused()).toBeLessThanOrEqual(atEnd + 1);
   });
 
+  it('keeps 20 checkouts in admission backoff without a MaxListenersExceededWarning', async () => {
+    endpoint.faults.setMaxConnections(0);
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    cleanups.push(() => process.off('warning', onWarning));
+    const p = createPool(config({ connectionTimeoutMillis: 600_000, max: 20 }));
+    endpoint.resetStats();
+    const queries = Array.from({ length: 20 }, () => p.query('SELECT 1').catch((e: Error) => e));
+    // Each has an end() listener on the pool (Node warns past 10 on one AbortSignal).
+    while ((endpoint.stats().admissionRefused['53300'] ?? 0) < 20 || p.totalCount > 0)
+      await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 20)); // process.emitWarning emits on a later tick
+    expect(warnings).not.toContain('MaxListenersExceededWarning');
+    await p.end();
+    for (const err of await Promise.all(queries)) expect(String(err)).toMatch(/the pool was ended/);
+  });
+
   it('issue 8, defect 8: the token is not visible on the pool while a connection authenticates', async () => {
     const p = pool();
     let seen: string | undefined;
