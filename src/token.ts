@@ -104,21 +104,23 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       }
       return t;
     } catch (err) {
-      // Renewing early: a failing (or hung) provider must not fail connections a valid token can open.
-      if (g === generation && token !== undefined && Date.now() < expiresAt) return token;
       throw err instanceof DsqlTokenError ? err : fail('', err);
     }
   };
 
   return {
     get: async () => {
-      if (token !== undefined && Date.now() < renewAt) return token;
+      const now = Date.now();
+      if (token !== undefined && now < renewAt) return token;
       const g = generation;
       // Concurrent callers share one renewal; one overtaken by invalidate() caches nothing.
       inflight ??= renew(g).finally(() => {
         if (g === generation) inflight = undefined;
       });
-      return inflight;
+      // Renewing early: the valid token goes out now; a slow or failing provider delays no connection.
+      if (token === undefined || now >= expiresAt) return inflight;
+      inflight.catch(() => {});
+      return token;
     },
     invalidate: (t) => {
       if (t === undefined || t === token) {
@@ -145,7 +147,8 @@ let lastId = 0;
  * - Credentials are resolved once, and again within `DSQL_DEFAULTS.credentialsRefreshMarginMillis`
  *   of their `expiration`; a call not settled within `DSQL_DEFAULTS.credentialsTimeoutMillis`
  *   fails that renewal, and the next `get()` starts afresh.
- * - A renewal that fails while the cached token is still valid hands out that token.
+ * - While the cached token is valid, `get()` hands it out at once, renewing in the background; a
+ *   failed renewal is retried by the next `get()`. Without a valid token, `get()` awaits the renewal.
  * - Sources: explicit credentials or provider; a `profile` or the AWS SDK's default chain (both
  *   need the optional peer `@aws-sdk/credential-providers`, loaded on first use); the environment
  *   (`AWS_ACCESS_KEY_ID`, …, read at each resolution, else the default chain).

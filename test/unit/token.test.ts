@@ -37,6 +37,8 @@ afterEach(() => {
   vi.useRealTimers();
 });
 const advance = (ms: number) => vi.setSystemTime(Date.now() + ms);
+/** Until every promise that can settle without a timer has (setImmediate is never faked here). */
+const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function countingProvider(make: (call: number) => AwsCredentialIdentity) {
   let calls = 0;
@@ -140,8 +142,11 @@ describe('the token cache', () => {
     const creds = countingProvider(make);
     const tokens = cache(creds.provider, { tokenDurationSecs: 3600 });
     const first = await tokens.get();
-    // Credentials expiring within 5 minutes are resolved again before the next signing.
+    // Credentials expiring within 5 minutes are resolved again before the next signing, while
+    // the still-valid token is handed out.
     advance(9 * 60_000);
+    expect(await tokens.get()).toBe(first);
+    await settle();
     const second = await tokens.get();
     expect(second).not.toBe(first);
     expect(creds.calls).toBe(2);
@@ -160,8 +165,10 @@ describe('the token cache', () => {
     await tokens.get();
     expect(creds.calls).toBe(1);
     advance(14 * 60_000); // 2 minutes of credentials left: inside the 5-minute window
-    const token = await tokens.get();
+    await tokens.get();
     expect(creds.calls).toBe(2);
+    await settle();
+    const token = await tokens.get();
     expect(token).toContain('AKID2');
   });
 
@@ -328,6 +335,98 @@ describe('the token cache under a misbehaving provider (issue 8)', () => {
     // Once the token itself has expired, the failure surfaces.
     advance(60_000);
     await expect(tokens.get()).rejects.toBeInstanceOf(DsqlTokenError);
+  });
+});
+
+describe('the token cache in its renewal window (renewAt ≤ now < expiresAt)', () => {
+  // Timers are fake (the renewal's timeout only fires when the test says so); setImmediate is
+  // real: every promise that can settle without a timer has settled before it runs.
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    vi.setSystemTime(T0);
+  });
+  const settledNow = <T>(p: Promise<T>) => Promise.race([p, settle().then(() => 'pending' as const)]);
+  // The first credentials expire in 4 min (inside the 5 min margin: every renewal asks the
+  // provider again), so the token does too, its renewal window opening at 3 min. Later calls hang
+  // until released.
+  const WINDOW = T0 + 210_000;
+  const hangingAfterFirst = () => {
+    let calls = 0;
+    const releases: Array<() => void> = [];
+    const provider = () =>
+      new Promise<AwsCredentialIdentity>((resolve) => {
+        const call = ++calls;
+        if (call === 1) resolve({ ...staticCreds(call), expiration: new Date(T0 + 240_000) });
+        else releases.push(() => resolve(staticCreds(call)));
+      });
+    return {
+      provider,
+      releases,
+      get calls() {
+        return calls;
+      },
+    };
+  };
+
+  it('hands out the still-valid token at once while one renewal runs in the background', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
+    const first = await tokens.get();
+    vi.setSystemTime(WINDOW); // 30 s left
+    expect(await settledNow(tokens.get())).toBe(first);
+    expect(await settledNow(tokens.get())).toBe(first);
+    expect(creds.calls).toBe(2); // one renewal, shared
+    creds.releases[0]!();
+    await settle();
+    expect(await tokens.get()).toContain('AKID2');
+    expect(creds.calls).toBe(2);
+  });
+
+  it('a background renewal that times out is swallowed; the next get() starts another', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
+    const first = await tokens.get();
+    vi.setSystemTime(WINDOW);
+    expect(await settledNow(tokens.get())).toBe(first);
+    await vi.advanceTimersByTimeAsync(5_000); // DSQL_DEFAULTS.credentialsTimeoutMillis
+    expect(await settledNow(tokens.get())).toBe(first);
+    expect(creds.calls).toBe(3);
+    creds.releases[1]!();
+    await settle();
+    expect(await tokens.get()).toContain('AKID3');
+  });
+
+  it('a background renewal outliving the token rejects unobserved; without a valid token get() waits', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider, { tokenDurationSecs: 5 }); // renewal window: the last 1 s
+    const first = await tokens.get();
+    vi.setSystemTime(T0 + 4_500);
+    expect(await settledNow(tokens.get())).toBe(first);
+    // The token expires while the provider hangs; the renewal's failure reaches no one.
+    await vi.advanceTimersByTimeAsync(5_000);
+    const next = tokens.get();
+    expect(await settledNow(next)).toBe('pending');
+    expect(creds.calls).toBe(3);
+    creds.releases[1]!();
+    expect(await next).toContain('AKID3');
+  });
+
+  it('invalidate() during a background renewal: the stale renewal is not cached', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
+    const first = await tokens.get();
+    vi.setSystemTime(WINDOW);
+    expect(await settledNow(tokens.get())).toBe(first);
+    tokens.invalidate(first);
+    const fresh = tokens.get(); // no valid token: waits for a renewal of its own
+    expect(await settledNow(fresh)).toBe('pending');
+    expect(creds.calls).toBe(3);
+    creds.releases[1]!(); // the fresh one first
+    expect(await fresh).toContain('AKID3');
+    creds.releases[0]!(); // the stale one last
+    await settle();
+    expect(await tokens.get()).toBe(await fresh);
+    expect(creds.calls).toBe(3);
   });
 });
 
