@@ -207,10 +207,18 @@ export function resolveConfig(
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): ResolvedDsqlConfig {
   const object = (input == null || typeof input === 'string' ? {} : input) as Record<string, unknown>;
-  const s = typeof input === 'string' ? input : object.connectionString;
-  // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
-  if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
-    mustBe('config', 'a plain object or a string');
+  let field = 'config';
+  const entries: Array<[string, unknown]> = [];
+  try {
+    // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
+    if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
+      mustBe('config', 'a plain object or a string');
+    // Each key read once; a getter or Proxy trap that throws is named, its message (a secret?) not kept.
+    for (field of Object.keys(object)) entries.push([field, object[field]]);
+  } catch (err) {
+    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, 'must be readable');
+  }
+  const s = typeof input === 'string' ? input : Object.fromEntries(entries).connectionString;
   const given: Record<string, unknown> = {
     host: env.DSQL_ENDPOINT || env.PGHOST || undefined,
     hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
@@ -219,7 +227,7 @@ export function resolveConfig(
     port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
-  for (const [key, value] of [s == null ? {} : fromString(s), object].flatMap(Object.entries)) {
+  for (const [key, value] of [...Object.entries(s == null ? {} : fromString(s)), ...entries]) {
     if (!Object.hasOwn(KEYS, key)) mustBe(key, key === 'password' ? NO_PASSWORD : 'a known option');
     if (value !== undefined) given[key] = value;
   }

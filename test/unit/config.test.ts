@@ -608,6 +608,46 @@ describe('properties', () => {
     );
   });
 
+  it('a getter or Proxy trap that throws: DsqlConfigError naming the field, not the foreign message', () => {
+    const leak = 'boom AKIDSECRETINMESSAGE';
+    const boom = () => {
+      throw new Error(leak);
+    };
+    const base = { host: 'abc.dsql.us-east-1.on.aws' };
+    const trap = (name: keyof ProxyHandler<object>, target: object = base) =>
+      new Proxy(target, { [name]: boom });
+    const cases: Array<[unknown, string]> = [
+      [Object.defineProperty({ ...base }, 'region', { enumerable: true, get: boom }), 'region'],
+      [
+        {
+          get host(): string {
+            return boom();
+          },
+        },
+        'host',
+      ],
+      [
+        {
+          ...base,
+          get connectionString(): string {
+            return boom();
+          },
+        },
+        'connectionString',
+      ],
+      [trap('get'), 'host'],
+      [trap('ownKeys'), 'config'],
+      [trap('getOwnPropertyDescriptor'), 'config'],
+      [trap('getPrototypeOf'), 'config'],
+    ];
+    for (const [input, field] of cases) {
+      const err = configError(() => resolveConfig(input as DsqlConfig, NO_ENV));
+      expect(err.field).toBe(field);
+      expect(err.message).toBe(`Invalid dsql-lambda configuration: ${field}: must be readable`);
+      expect(inspect(err, { depth: 10, showHidden: true })).not.toContain('AKIDSECRET');
+    }
+  });
+
   it("the region read from a host agrees with the official connectors' pattern", () => {
     const pattern = /\.dsql[^.]*\.([^.]+)\.on\.aws$/;
     const label = fc.constantFrom('abc', 'dsql', 'dsqlbeta', 'dsql-gamma', 'us-east-1', 'on', 'aws', 'x.y');
