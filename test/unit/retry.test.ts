@@ -1045,3 +1045,71 @@ describe('withRetry bookkeeping (property)', () => {
     );
   });
 });
+
+describe('one physical connection across attempts: its error listeners', () => {
+  /** A pool handing out one client every time; it keeps a permanent 'error' listener, like createPool's. */
+  function samePool(script: Script, connect?: (n: number) => Promise<void> | void) {
+    const client = new FakeClient(script).on('error', () => {});
+    let most = 0;
+    client.on('newListener', () =>
+      queueMicrotask(() => (most = Math.max(most, client.listenerCount('error')))),
+    );
+    let n = 0;
+    const pool = {
+      connect: async () => {
+        await connect?.(++n);
+        return client as unknown as pg.PoolClient;
+      },
+    };
+    return { pool, client, most: () => most };
+  }
+  const conflicts = (times: number): Script => {
+    let n = 0;
+    return (sql) => ((sql === 'COMMIT' || sql === 'UPDATE t') && ++n <= times ? occ() : undefined);
+  };
+
+  it('retried conflicts: one listener of its own per attempt, none left after', async () => {
+    const a = samePool(conflicts(3));
+    expect(await withRetry(a.pool, async (tx) => tx.query('SELECT 1').then(() => 'ok'), fast)).toBe('ok');
+    const b = samePool(conflicts(2));
+    await execWithRetry(b.pool, 'UPDATE t', [], fast);
+    for (const { client, most } of [a, b]) {
+      expect(client.releases.length).toBeGreaterThan(2);
+      expect(most()).toBe(2);
+      expect(client.listenerCount('error')).toBe(1);
+    }
+  });
+
+  it('none left by a deadline, an abort, a failed checkout, a throwing onRetry or a late checkout', async () => {
+    fakeClock();
+    const hangsAfter = conflicts(1);
+    const a = samePool((sql, c) => hangsAfter(sql, c) ?? (sql === 'COMMIT' ? 'hang' : undefined));
+    await rejectionOf(settle(withRetry(a.pool, async () => 1, { ...fast, deadline: Date.now() + 50 })));
+    const controller = new AbortController();
+    const b = samePool(conflicts(1));
+    const fn = async () => {
+      if (b.client.releases.length) {
+        controller.abort();
+        await new Promise(() => {});
+      }
+    };
+    await rejectionOf(settle(withRetry(b.pool, fn, { ...fast, signal: controller.signal })));
+    const c = samePool(conflicts(9), (n) => {
+      if (n === 2) throw new Error('no connection');
+    });
+    await rejectionOf(settle(withRetry(c.pool, async () => 1, fast)));
+    const onRetry = () => {
+      throw new Error('onRetry failed');
+    };
+    const d = samePool(conflicts(9));
+    await rejectionOf(settle(withRetry(d.pool, async () => 1, { ...fast, onRetry })));
+    let grant = () => {};
+    const e = samePool(conflicts(9), (n) => (n === 2 ? new Promise<void>((r) => (grant = r)) : undefined));
+    await rejectionOf(settle(withRetry(e.pool, async () => 1, { ...fast, deadline: Date.now() + 50 })));
+    grant();
+    await new Promise((r) => setImmediate(r));
+    expect(e.client.releases).toHaveLength(2);
+    a.client.emit('error', new Error('after the call'));
+    for (const { client } of [a, b, c, d, e]) expect(client.listenerCount('error')).toBe(1);
+  });
+});
