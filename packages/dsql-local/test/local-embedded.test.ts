@@ -25,6 +25,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pgConfig, signTestToken, startTestEndpoint } from '../../../test/helpers/endpoint.js';
 import { cacheDir, type EmbeddedPostgres, startEmbeddedPostgres } from '../src/embedded.js';
+import { adminQuery, createRole, parseUpstream } from '../src/upstream.js';
 
 const running: EmbeddedPostgres[] = [];
 afterAll(async () => {
@@ -288,6 +289,18 @@ describe('a SCRAM-SHA-256-only upstream', () => {
     } finally {
       await endpoint.stop();
     }
+  });
+
+  it('createRole on a login role that exists with another password gives it the upstream URL password', async () => {
+    const upstream = parseUpstream(scram.url);
+    const role = 'dsql_local_repassword_user';
+    await createRole(upstream, role);
+    await adminQuery(upstream, upstream.database, `ALTER ROLE ${role} PASSWORD 'an earlier start'`);
+    const login = new URL(scram.url);
+    login.username = role;
+    await expect(query(login.toString(), 'SELECT 1')).rejects.toThrow(/password authentication failed/);
+    await createRole(upstream, role);
+    expect(await query(login.toString(), 'SELECT current_user AS u')).toEqual([{ u: role }]);
   });
 });
 
