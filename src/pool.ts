@@ -10,14 +10,13 @@
  * events (FIN, RST, FATAL) run, and after a thaw gets one bounded round trip; a rejected one is
  * destroyed and the next taken. A user statement is never sent twice.
  */
-import { setMaxListeners } from 'node:events';
 import type { Duplex } from 'node:stream';
 import pg from 'pg';
 import { type DsqlConfig, type ResolvedDsqlConfig, resolveConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
 import { DsqlConnectionError, isConnectionLostError, refusalOf } from './errors.js';
 import type { RetryOptions } from './retry.js';
-import { tokenCacheFor } from './token.js';
+import { type TokenCache, tokenCacheFor } from './token.js';
 
 type Verdict = 'evictedExpired' | 'evictedIdle' | 'evictedDead';
 /**
@@ -34,6 +33,8 @@ export type CheckoutStats = Record<
 const COUNTERS = 'checkouts validations evictedExpired evictedIdle evictedDead evictedOnRelease idleErrors';
 /** `releasedAt` 0: brand new, handed out unchecked. `dead`: saw an `'error'`, never pooled again. */
 type Connection = { readonly expiresAt: number; releasedAt: number; dead?: boolean };
+/** What `end()` wakes: every wait of a checkout; `ended` once it has run. */
+type Ending = { ended?: boolean; waits: Set<() => void> };
 
 const noop = () => {};
 /** Loop turns a connection idle ≥ 10 ms waits for pending socket events; after SIGCONT a drop shows within two. */
@@ -87,7 +88,7 @@ function pgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
 
 /** A `pg.Client` class that obtains its token before dialling and drops a rejected one (28000/28P01). */
 function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
-  const tokens = tokenCacheFor(config);
+  let tokens: TokenCache | undefined; // at the first dial: nothing but validation at init
   return class extends pg.Client {
     #token = '';
     constructor(options: pg.ClientConfig) {
@@ -107,12 +108,14 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
     }
 
     async #connect(): Promise<pg.Client> {
-      this.#token = await tokens.get();
+      tokens ??= tokenCacheFor(config);
+      const cache = tokens;
+      this.#token = await cache.get();
       try {
         return await super.connect();
       } catch (err) {
         const code = (err as { code?: unknown } | null)?.code;
-        if (code === '28000' || code === '28P01') tokens.invalidate(this.#token);
+        if (code === '28000' || code === '28P01') cache.invalidate(this.#token);
         throw err;
       } finally {
         this.#token = '';
@@ -121,17 +124,17 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
   };
 }
 
-/** `promise`, or `value` if it has not settled after `ms` or when `signal` aborts (the pool ended). */
-function within<T, V>(promise: Promise<T>, ms: number, value: V, signal?: AbortSignal): Promise<T | V> {
+/** `promise`, or `value` if it has not settled after `ms` or once the pool has ended. */
+function within<T, V>(promise: Promise<T>, ms: number, value: V, ending?: Ending): Promise<T | V> {
   let stop = noop;
   const late = new Promise<V>((resolve) => {
     const timer = setTimeout(resolve, ms, value);
-    const ended = () => resolve(value);
-    signal?.addEventListener('abort', ended);
-    if (signal?.aborted) ended();
+    const wake = () => resolve(value);
+    if (ending?.ended) wake();
+    ending?.waits.add(wake);
     stop = () => {
       clearTimeout(timer);
-      signal?.removeEventListener('abort', ended);
+      ending?.waits.delete(wake);
     };
   });
   return Promise.race([promise, late]).finally(stop);
@@ -147,7 +150,7 @@ async function admit<T>(
   config: ResolvedDsqlConfig,
   open: () => Promise<T | undefined>,
   discard: (late: T) => void,
-  signal?: AbortSignal,
+  ending?: Ending,
 ): Promise<T> {
   const budget = config.connectionTimeoutMillis;
   const deadline = Date.now() + budget;
@@ -163,7 +166,7 @@ async function admit<T>(
     const attempt = open();
     let outcome: T | undefined | null;
     try {
-      outcome = await within(attempt, deadline - Date.now(), null, signal);
+      outcome = await within(attempt, deadline - Date.now(), null, ending);
     } catch (err) {
       const refusal = refusalOf(err);
       if (!refusal) throw err;
@@ -176,14 +179,14 @@ async function admit<T>(
           : DSQL_DEFAULTS.admissionRetryWindowMillis;
       // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
-      await within(new Promise(noop), delay, null, signal);
-      if (signal?.aborted) throw giveUp('the pool was ended');
+      await within(new Promise(noop), delay, null, ending);
+      if (ending?.ended) throw giveUp('the pool was ended');
       continue;
     }
     if (outcome) return outcome;
     if (outcome === null) {
       attempt.then((late) => late && discard(late), noop);
-      throw giveUp(signal?.aborted ? 'the pool was ended' : 'timed out');
+      throw giveUp(ending?.ended ? 'the pool was ended' : 'timed out');
     }
   }
 }
@@ -196,7 +199,7 @@ export class DsqlPool extends pg.Pool {
   /** The pool-level retry policy (config key `retry`), for the retrying helpers. */
   readonly retry: RetryOptions | undefined;
   readonly #config: ResolvedDsqlConfig;
-  readonly #ended = new AbortController();
+  readonly #ending: Ending = { waits: new Set() };
   readonly #connections = new WeakMap<pg.ClientBase, Connection>();
   readonly #stats = Object.fromEntries(COUNTERS.split(' ').map((k) => [k, 0])) as CheckoutStats;
   /**
@@ -219,8 +222,6 @@ export class DsqlPool extends pg.Pool {
       ...pgOverrides,
     });
     this.#config = config;
-    // One listener per pending checkout: past 10, Node would warn of a leak.
-    setMaxListeners(Infinity, this.#ended.signal);
     this.retry = config.retry;
     // Once per physical connection, before its first checkout; its one 'error' listener for life
     // (pg-pool's listens only while it is idle, and an unheard 'error' crashes the process).
@@ -269,7 +270,7 @@ export class DsqlPool extends pg.Pool {
       // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
       if (verdict === 'evictedDead') socketOf(client)?.destroy();
     };
-    const acquired = admit(this.#config, open, (late) => late.release(), this.#ended.signal);
+    const acquired = admit(this.#config, open, (late) => late.release(), this.#ending);
     if (!callback) return acquired;
     acquired.then(
       (client) => callback(undefined, client, client.release),
@@ -280,7 +281,8 @@ export class DsqlPool extends pg.Pool {
   override end(): Promise<void>;
   override end(callback: () => void): void;
   override end(callback?: () => void): Promise<void> | undefined {
-    this.#ended.abort();
+    this.#ending.ended = true;
+    for (const wake of this.#ending.waits) wake();
     return super.end(callback as () => void) as Promise<void> | undefined;
   }
 
