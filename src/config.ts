@@ -139,6 +139,14 @@ const isNumeric = (s: string) => /^[\d.]+$/.test(s);
 /** An integer written in text (environment, query): digits only, else NaN, which no range takes. */
 const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : NaN);
 
+/** `read()`, or a {@link DsqlConfigError} naming `field` when reading the user's object throws (a getter, a Proxy trap): never its message, which may hold a secret. */
+function readable<T>(field: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, 'must be readable');
+  }
+}
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   const n = value as number | undefined;
@@ -185,9 +193,14 @@ function fromString(s: unknown): Record<string, unknown> {
 
 /** True for a usable AWS identity: a key pair, a string session token if any, a valid `expiration` if any. */
 export function isIdentity(value: unknown): value is AwsCredentialIdentity {
-  const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
-  const keys = [a, s].every((x) => x && typeof x === 'string') && (t === undefined || typeof t === 'string');
-  return keys && (e === undefined || (e instanceof Date && +e >= 0));
+  try {
+    const { accessKeyId: a, secretAccessKey: s, sessionToken: t, expiration: e } = Object(value);
+    const keys =
+      [a, s].every((x) => x && typeof x === 'string') && (t === undefined || typeof t === 'string');
+    return keys && (e === undefined || (e instanceof Date && +e >= 0));
+  } catch {
+    return false; // a getter or Proxy trap that throws
+  }
 }
 
 /**
@@ -207,17 +220,12 @@ export function resolveConfig(
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): ResolvedDsqlConfig {
   const object = (input == null || typeof input === 'string' ? {} : input) as Record<string, unknown>;
-  let field = 'config';
-  const entries: Array<[string, unknown]> = [];
-  try {
+  const entries = readable('config', () => {
     // A URL or a Map has no own keys: taken as `{}`, it would silently mean "DSQL_ENDPOINT".
     if (![Object.prototype, null].includes(Object.getPrototypeOf(object)))
       mustBe('config', 'a plain object or a string');
-    // Each key read once; a getter or Proxy trap that throws is named, its message (a secret?) not kept.
-    for (field of Object.keys(object)) entries.push([field, object[field]]);
-  } catch (err) {
-    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, 'must be readable');
-  }
+    return Object.keys(object).map((key) => [key, readable(key, () => object[key])] as const);
+  });
   const s = typeof input === 'string' ? input : Object.fromEntries(entries).connectionString;
   const given: Record<string, unknown> = {
     host: env.DSQL_ENDPOINT || env.PGHOST || undefined,
@@ -277,11 +285,14 @@ export function resolveConfig(
   if (c != null && typeof c !== 'function' && !isIdentity(c))
     mustBe('credentials', 'an AWS identity or a provider');
   if (c != null && r.profile) mustBe('profile', 'absent with credentials');
-  const { ca, rejectUnauthorized, ...rest } = Object(ssl);
-  const shape = ssl === true || typeof (ssl ?? {}) === 'object';
-  if (!shape || rejectUnauthorized === false || Object.keys(rest).length)
-    mustBe('ssl', 'true or { ca } (TLS is always verified)');
-  if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
+  const ca = readable('ssl', () => {
+    const { ca, rejectUnauthorized, ...rest } = Object(ssl);
+    const shape = ssl === true || typeof (ssl ?? {}) === 'object';
+    if (!shape || rejectUnauthorized === false || Object.keys(rest).length)
+      mustBe('ssl', 'true or { ca } (TLS is always verified)');
+    if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
+    return ca;
+  });
   const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
   Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.

@@ -648,6 +648,52 @@ describe('properties', () => {
     }
   });
 
+  it('a throwing getter inside credentials or ssl: DsqlConfigError naming the field, not the foreign message', () => {
+    const boom = (): never => {
+      throw new Error('boom AKIDSECRET');
+    };
+    const base = { host: 'abc.dsql.us-east-1.on.aws' };
+    const cases: Array<[unknown, string, string]> = [
+      [
+        {
+          ...base,
+          credentials: {
+            secretAccessKey: 's',
+            get accessKeyId(): string {
+              return boom();
+            },
+          },
+        },
+        'credentials',
+        'must be an AWS identity or a provider',
+      ],
+      [
+        {
+          ...base,
+          ssl: {
+            get ca(): string {
+              return boom();
+            },
+          },
+        },
+        'ssl',
+        'must be readable',
+      ],
+      [
+        { ...base, ssl: { ca: Object.defineProperty([], 0, { get: boom, enumerable: true }) } },
+        'ssl',
+        'must be readable',
+      ],
+      [{ ...base, ssl: new Proxy({}, { ownKeys: boom }) }, 'ssl', 'must be readable'],
+    ];
+    for (const [input, field, rule] of cases) {
+      const err = configError(() => resolveConfig(input as DsqlConfig, NO_ENV));
+      expect(err.field).toBe(field);
+      expect(err.message).toBe(`Invalid dsql-lambda configuration: ${field}: ${rule}`);
+      expect(inspect(err, { depth: 10, showHidden: true })).not.toContain('AKIDSECRET');
+    }
+  });
+
   it("the region read from a host agrees with the official connectors' pattern", () => {
     const pattern = /\.dsql[^.]*\.([^.]+)\.on\.aws$/;
     const label = fc.constantFrom('abc', 'dsql', 'dsqlbeta', 'dsql-gamma', 'us-east-1', 'on', 'aws', 'x.y');
