@@ -133,11 +133,15 @@ const NO_PASSWORD = 'absent: DSQL signs in with IAM tokens';
 function mustBe(field: string, what: string): never {
   throw new DsqlConfigError(field, `must be ${what}`);
 }
+// (Character scans, not regular expressions: V8 compiles each expression at its first use, at init.)
+const LDH = 'abcdefghijklmnopqrstuvwxyz0123456789-';
+const all = (s: string, chars: string) => [...s].every((c) => chars.includes(c));
 /** Labels of 1…63 of `[a-z0-9-]`, 253 characters at most. */
-const isDnsName = (s: string) => s.length < 254 && /^[a-z\d-]{1,63}(\.[a-z\d-]{1,63})*$/.test(s);
-const isNumeric = (s: string) => /^[\d.]+$/.test(s);
-/** An integer written in text (environment, query): digits only, else NaN, which no range takes. */
-const num = (s = '') => (/^\d{1,9}$/.test(s) ? +s : NaN);
+const isDnsName = (s: string) =>
+  s.length < 254 && s.split('.').every((l) => l && l.length < 64 && all(l, LDH));
+const isNumeric = (s: string) => all(s, '0123456789.');
+/** An integer written in text (environment, query) as JavaScript writes it, else NaN, which no range takes. */
+const num = (s = '') => (String(+s) === s ? +s : NaN);
 
 /** `read()`, or a {@link DsqlConfigError} naming `field` when reading the user's object throws (a getter, a Proxy trap): never its message, which may hold a secret. */
 function readable<T>(field: string, read: () => T): T {
@@ -257,14 +261,17 @@ export function resolveConfig(
       if (value !== undefined) pgOptions[key] = value;
     } else if (k !== 0) r[key] = (k ? int(key, value, k as number) : value) ?? DSQL_DEFAULTS[key as 'port'];
   }
-  const host = (r.host as string | undefined)?.trim().toLowerCase().replace(/\.$/, '') ?? '';
+  const dotted = (r.host as string | undefined)?.trim().toLowerCase() ?? '';
+  const host = dotted.endsWith('.') ? dotted.slice(0, -1) : dotted;
   // A cluster ID is 26 of [a-z0-9], possibly all digits; any other all-digit name is an address.
-  const isClusterId = /^[a-z\d]{26}$/.test(host);
+  const isClusterId = host.length === 26 && all(host, LDH.slice(0, 36));
   if (!isDnsName(host) || (!isClusterId && isNumeric(host)))
     mustBe('host', host ? 'a DNS name or cluster ID' : 'given (or DSQL_ENDPOINT set)');
-  const fromHost = /\.dsql[^.]*\.([^.]+)\.on\.aws$/.exec(host)?.[1]; // the official connectors' pattern
-  const region = String(r.region ?? fromHost ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || ''));
-  if (!/^[a-z\d-]{1,63}$/.test(region))
+  // The official connectors' pattern: <id>.dsql<suffix>.<region>.on.aws.
+  const [, dsql = '', fromHost, on, aws] = host.split('.').slice(-5);
+  const detected = aws && dsql.startsWith('dsql') && `${on}.${aws}` === 'on.aws' ? fromHost : undefined;
+  const region = String(r.region ?? detected ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || ''));
+  if (!isDnsName(region) || region.includes('.'))
     mustBe('region', region ? 'a region name' : 'given (or AWS_REGION set)');
   const fqdn = isClusterId ? `${host}.dsql.${region}.on.aws` : host;
   const a = (r.hostaddr as string | undefined)?.toLowerCase();
