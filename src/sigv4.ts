@@ -15,6 +15,8 @@ const encode = (value: string) =>
   encodeURIComponent(value).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 
 const hmac = (key: string | Buffer, data: string) => createHmac('sha256', key).update(data).digest();
+const two = (n: number) => String(n).padStart(2, '0');
+const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 const hash = (data: string) => createHash('sha256').update(data).digest('hex');
 
 /**
@@ -36,8 +38,11 @@ export function signAuthToken(
 ): string {
   const { host, region } = config;
   const session = credentials.sessionToken;
-  const time = new Date(signingTime).toISOString().replace(/[-:]|\.\d+/g, ''); // 20240102T030405Z
-  const date = time.slice(0, 8);
+  // getUTC*, not toISOString(): its first call in a process costs ≈ 0.2 ms.
+  const d = new Date(signingTime);
+  if (Number.isNaN(+d)) throw new RangeError('Invalid time value');
+  const date = `${d.getUTCFullYear()}${two(d.getUTCMonth() + 1)}${two(d.getUTCDate())}`;
+  const time = `${date}T${two(d.getUTCHours())}${two(d.getUTCMinutes())}${two(d.getUTCSeconds())}Z`;
   const scope = `${date}/${region}/dsql/aws4_request`;
   // Written in SigV4's sorted key order (no sort needed); X-Amz-SignedHeaders, last, is appended
   // below, after X-Amz-Signature in the token, where sorting would put it.
@@ -47,8 +52,8 @@ export function signAuthToken(
     session ? `&X-Amz-Security-Token=${encode(session)}` : ''
   }`;
   // (SigV4 would trim and collapse whitespace in the host header: a resolved host has none.) A
-  // GET's payload is empty.
-  const request = `GET\n/\n${query}&X-Amz-SignedHeaders=host\nhost:${host}\n\nhost\n${hash('')}`;
+  // GET's payload is empty: its hash is SHA-256 of nothing.
+  const request = `GET\n/\n${query}&X-Amz-SignedHeaders=host\nhost:${host}\n\nhost\n${EMPTY_SHA256}`;
   let key: string | Buffer = `AWS4${credentials.secretAccessKey}`;
   for (const part of [date, region, 'dsql', 'aws4_request']) key = hmac(key, part);
   const signature = createHmac('sha256', key)
