@@ -16,7 +16,6 @@ const encode = (value: string) =>
 
 const hmac = (key: string | Buffer, data: string) => createHmac('sha256', key).update(data).digest();
 const two = (n: number) => String(n).padStart(2, '0');
-const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 const hash = (data: string) => createHash('sha256').update(data).digest('hex');
 
 /**
@@ -52,8 +51,8 @@ export function signAuthToken(
     session ? `&X-Amz-Security-Token=${encode(session)}` : ''
   }`;
   // (SigV4 would trim and collapse whitespace in the host header: a resolved host has none.) A
-  // GET's payload is empty: its hash is SHA-256 of nothing.
-  const request = `GET\n/\n${query}&X-Amz-SignedHeaders=host\nhost:${host}\n\nhost\n${EMPTY_SHA256}`;
+  // GET's payload is empty.
+  const request = `GET\n/\n${query}&X-Amz-SignedHeaders=host\nhost:${host}\n\nhost\n${hash('')}`;
   let key: string | Buffer = `AWS4${credentials.secretAccessKey}`;
   for (const part of [date, region, 'dsql', 'aws4_request']) key = hmac(key, part);
   const signature = createHmac('sha256', key)
