@@ -140,8 +140,8 @@ const all = (s: string, chars: string) => [...s].every((c) => chars.includes(c))
 const isDnsName = (s: string) =>
   s.length < 254 && s.split('.').every((l) => l && l.length < 64 && all(l, LDH));
 const isNumeric = (s: string) => all(s, '0123456789.');
-/** An integer written in text (environment, query) as JavaScript writes it, else NaN, which no range takes. */
-const num = (s = '') => (String(+s) === s ? +s : NaN);
+/** An integer written in text (environment, query): 1…9 digits only, else NaN, which no range takes. */
+const num = (s = '') => (s && s.length < 10 && all(s, LDH.slice(26, 36)) ? +s : NaN);
 
 /** `read()`, or a {@link DsqlConfigError} naming `field` when reading the user's object throws (a getter, a Proxy trap): never its message, which may hold a secret. */
 function readable<T>(field: string, read: () => T): T {

@@ -93,7 +93,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       }
       const now = Date.now();
       // X-Amz-Date keeps whole seconds: the token's life starts at the truncated time.
-      const signedAt = now - (now % 1000);
+      const signedAt = Math.floor(now / 1000) * 1000;
       const end = Math.min(signedAt + config.tokenDurationSecs * 1000, c.expiration?.getTime() ?? Infinity);
       if (end <= now) throw fail(': they have expired');
       const t = signAuthToken(config, c, now);

@@ -250,6 +250,20 @@ describe('defaults and validation', () => {
     expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: '0' }).max).toBe(4);
   });
 
+  it('reads integers in text as digits only, leading zeros included; anything else sizes nothing', () => {
+    // libpq reads PGPORT=05432 as 5432; a query's tokenDurationSecs=0300 as 300.
+    expect(resolveConfig({ host }, { PGPORT: '05432' }).port).toBe(5432);
+    expect(resolveConfig(`postgres://admin@${host}?tokenDurationSecs=0300`, NO_ENV).tokenDurationSecs).toBe(
+      300,
+    );
+    expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: '08' }).max).toBe(8);
+    // Not digits: ignored like 'lots', never a DsqlConfigError at init.
+    for (const junk of ['-1', '2.5', 'Infinity', '1e+21', '10000000000'])
+      expect(resolveConfig({ host }, { AWS_LAMBDA_MAX_CONCURRENCY: junk }).max).toBe(4);
+    for (const junk of ['-5432', '5432.0', '1e3', ' 5432'])
+      expect(configError(() => resolveConfig({ host }, { PGPORT: junk })).field).toBe('PGPORT');
+  });
+
   it('package version matches package.json', () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
     expect(PACKAGE_VERSION).toBe(pkg.version);

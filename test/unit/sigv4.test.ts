@@ -133,4 +133,37 @@ describe('signAuthToken', () => {
       { numRuns: 300 },
     );
   });
+
+  it('writes X-Amz-Date as @aws-sdk/dsql-signer does at any valid time, years outside 0…9999 included', async () => {
+    const credentials = { accessKeyId: 'AKID', secretAccessKey: 's', sessionToken: 't' };
+    const at = async (t: number) => {
+      const expected = await officialToken({
+        host: 'h',
+        region: 'r',
+        admin: false,
+        credentials,
+        expiresIn: 900,
+        time: t,
+      });
+      expect(
+        signAuthToken(
+          { host: 'h', region: 'r', action: 'DbConnect', tokenDurationSecs: 900 },
+          credentials,
+          t,
+        ),
+      ).toBe(expected);
+    };
+    // A wrong clock: year 999, 10000, 1 BC (year 0), 2 BC (-1), the ends of the Date range, and 1969.
+    for (const t of [
+      Date.UTC(999, 0, 1),
+      Date.UTC(10000, 0, 1),
+      -62167219200000,
+      Date.UTC(-1, 5, 1),
+      8.64e15,
+      -8.64e15,
+      -1,
+    ])
+      await at(t);
+    await fc.assert(fc.asyncProperty(fc.integer({ min: -8.64e15, max: 8.64e15 }), at), { numRuns: 200 });
+  });
 });

@@ -133,6 +133,14 @@ describe('the token cache', () => {
     await expectExpiry(tokens, T0 + 900_000);
   });
 
+  it('counts the life from the whole second in X-Amz-Date before 1970 too (a clock set back)', async () => {
+    // 1969-12-31T23:59:58.500Z: X-Amz-Date says 23:59:58, so the token dies 900 s after that second.
+    vi.setSystemTime(-1_500);
+    const tokens = cache(countingProvider(staticCreds).provider, { tokenDurationSecs: 900 });
+    expect(await tokens.get()).toContain('X-Amz-Date=19691231T235958Z');
+    await expectExpiry(tokens, -2_000 + 900_000);
+  });
+
   it('expires with the credentials when they expire first', async () => {
     const make = (call: number) => ({ ...staticCreds(call), expiration: new Date(Date.now() + 10 * 60_000) });
     // (Probing an expiry resolves credentials near it: a twin cache is probed for the first.)
