@@ -117,10 +117,16 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       inflight ??= renew(g).finally(() => {
         if (g === generation) inflight = undefined;
       });
-      // Renewing early: the valid token goes out now; a slow or failing provider delays no connection.
-      if (token === undefined || now >= expiresAt) return inflight;
-      inflight.catch(() => {});
-      return token;
+      const held = token;
+      if (held === undefined || now >= expiresAt) return inflight;
+      // Renewing early: the valid token goes out at once in the window's first half; later, too close
+      // to expiry to dial with, the renewed one (the valid one if the renewal fails).
+      const renewed = inflight.catch((err) =>
+        g === generation && Date.now() < expiresAt ? held : Promise.reject(err),
+      );
+      if (2 * now > renewAt + expiresAt) return renewed;
+      renewed.catch(() => {});
+      return held;
     },
     invalidate: (t) => {
       if (t === undefined || t === token) {
@@ -147,8 +153,9 @@ let lastId = 0;
  * - Credentials are resolved once, and again within `DSQL_DEFAULTS.credentialsRefreshMarginMillis`
  *   of their `expiration`; a call not settled within `DSQL_DEFAULTS.credentialsTimeoutMillis`
  *   fails that renewal, and the next `get()` starts afresh.
- * - While the cached token is valid, `get()` hands it out at once, renewing in the background; a
- *   failed renewal is retried by the next `get()`. Without a valid token, `get()` awaits the renewal.
+ * - In the first half of the renewal window `get()` hands out the cached token at once, renewing in
+ *   the background; in the second half it awaits the renewal, falling back to the cached token while
+ *   it is valid. A failed renewal is retried by the next `get()`; with no valid token, none is handed out.
  * - Sources: explicit credentials or provider; a `profile` or the AWS SDK's default chain (both
  *   need the optional peer `@aws-sdk/credential-providers`, loaded on first use); the environment
  *   (`AWS_ACCESS_KEY_ID`, …, read at each resolution, else the default chain).
@@ -166,15 +173,9 @@ export function tokenCacheFor(config: ResolvedDsqlConfig, env: Env = process.env
       providerIds.set(v, id as number);
     } else id = [v.accessKeyId, v.secretAccessKey, v.sessionToken, v.expiration];
   }
+  const { host, region, action, tokenDurationSecs } = config;
   // (A module-private key: it never leaves this Map. JSON writes a Date as its ISO time.)
-  const key = JSON.stringify([
-    config.host,
-    config.region,
-    config.action,
-    config.tokenDurationSecs,
-    source.kind,
-    id,
-  ]);
+  const key = JSON.stringify([host, region, action, tokenDurationSecs, source.kind, id]);
   let cache = shared.get(key);
   if (!cache) {
     if (shared.size >= MAX_SHARED) shared.delete(shared.keys().next().value as string);

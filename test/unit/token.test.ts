@@ -419,6 +419,41 @@ describe('the token cache in its renewal window (renewAt ≤ now < expiresAt)', 
     expect(await next).toContain('AKID3');
   });
 
+  // The window is 192 s … 240 s after T0: its second half starts at 216 s.
+  it('late in the window get() waits for the renewal: a new connection gets the fresh token, not one about to expire', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider);
+    const first = await tokens.get();
+    vi.setSystemTime(T0 + 239_000); // 1 s of life left: too little to dial with
+    const late = tokens.get();
+    expect(await settledNow(late)).toBe('pending');
+    creds.releases[0]!();
+    const fresh = await late;
+    expect(fresh).not.toBe(first);
+    expect(fresh).toContain('AKID2');
+    expect(await tokens.get()).toBe(fresh);
+  });
+
+  it('late in the window a renewal that fails falls back to the token while it is valid, and fails once it is not', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider);
+    const first = await tokens.get();
+    vi.setSystemTime(T0 + 230_000);
+    const late = tokens.get();
+    expect(await settledNow(late)).toBe('pending');
+    await vi.advanceTimersByTimeAsync(5_000); // the provider's timeout, at 235 s: still valid
+    expect(await late).toBe(first);
+    vi.setSystemTime(T0 + 236_000);
+    const later = tokens.get(); // another renewal (the provider hangs again), timing out past expiry
+    const outcome = later.then(
+      () => 'resolved',
+      (err: unknown) => err,
+    );
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(await outcome).toBeInstanceOf(DsqlTokenError);
+    expect(creds.calls).toBe(3);
+  });
+
   it('invalidate() during a background renewal: the stale renewal is not cached', async () => {
     const creds = hangingAfterFirst();
     const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
