@@ -83,7 +83,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
         const value = await Promise.race([
           call(),
           new Promise((_, reject) => {
-            timer = setTimeout(reject, ms, fail(` within ${ms} ms`));
+            timer = setTimeout(() => reject(fail(` within ${ms} ms`)), ms);
             timer.unref?.();
           }),
         ]).finally(() => clearTimeout(timer));
