@@ -171,8 +171,8 @@ describe('the client of a pool', () => {
 });
 
 describe('a dial that never completes', () => {
-  it('is closed by the client itself after connectionTimeoutMillis, not left open after the give-up', async () => {
-    // Accepts TCP, reads, and never answers: the TLS handshake never completes.
+  /** A server that accepts TCP, reads, and never answers (the TLS handshake never completes), and a pool dialling it. */
+  async function silentServerPool(connectionTimeoutMillis: number) {
     const sockets = new Set<net.Socket>();
     const server = net.createServer((socket) => {
       sockets.add(socket);
@@ -186,8 +186,13 @@ describe('a dial that never completes', () => {
       hostaddr: '127.0.0.1',
       port: (server.address() as net.AddressInfo).port,
       credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' },
-      connectionTimeoutMillis: 200,
+      connectionTimeoutMillis,
     });
+    return { pool, sockets };
+  }
+
+  it('is closed by the client itself after connectionTimeoutMillis, not left open after the give-up', async () => {
+    const { pool, sockets } = await silentServerPool(200);
     cleanups.push(() => pool.end());
     const err = await pool.query('SELECT 1').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DsqlConnectionError);
@@ -197,19 +202,10 @@ describe('a dial that never completes', () => {
   });
 
   it('is given up at once by end(), which says the pool was ended, not that it timed out', async () => {
-    const sockets: net.Socket[] = [];
-    const server = net.createServer((socket) => sockets.push(socket.resume().on('error', () => {})));
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
-    const pool = createPool({
-      host: 'abc.dsql.us-east-1.on.aws',
-      hostaddr: '127.0.0.1',
-      port: (server.address() as net.AddressInfo).port,
-      credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'TopSecretKeyForRetryTests' },
-      connectionTimeoutMillis: 600_000, // no test outlives it: only end() can settle the query
-    });
+    // No test outlives the budget: only end() can settle the query.
+    const { pool, sockets } = await silentServerPool(600_000);
     const query = pool.query('SELECT 1').catch((e: unknown) => e);
-    while (sockets.length === 0) await new Promise((r) => setTimeout(r, 5));
+    while (sockets.size === 0) await new Promise((r) => setTimeout(r, 5));
     const ended = pool.end();
     const err = await query;
     expect(err).toBeInstanceOf(DsqlConnectionError);
