@@ -208,9 +208,7 @@ async function retry<T>(
       let lost: Error | undefined; // set by 'error' (pg emits it at any unexpected end)
       let broken = false; // destroy, do not pool again
       let unsent = false; // failed before anything that could commit was sent: worth another connection
-      const onError = (err: unknown) => {
-        lost ??= err as Error;
-      };
+      const onError = (err: unknown) => (lost ??= err as Error);
       client.on('error', onError);
       // ROLLBACK unless none is open ('I'); failing, destroy. Not abortable: a clean connection is worth it.
       const rollback = async () => {
@@ -274,6 +272,7 @@ async function retry<T>(
         if (lost) throw lost;
         halt(0);
         broken = false;
+        if (client.getTransactionStatus() === 'I') throw new DsqlError('fn ended the transaction itself');
         if ((await sent(client.query('COMMIT'), 'COMMIT')).command !== 'ROLLBACK') return value;
         // COMMIT of a failed transaction is answered ROLLBACK: fn caught a failed statement.
         throw occ ?? new DsqlError('COMMIT rolled back: fn caught an error', { cause: first });

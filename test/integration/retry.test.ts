@@ -232,6 +232,35 @@ describe('fn that swallows a failed statement', () => {
   });
 });
 
+describe('fn that ends the transaction itself', () => {
+  it.each(['ROLLBACK', 'COMMIT'])(
+    'a %s sent through tx: reported, not returned as a committed transaction',
+    async (end) => {
+      const pool = newPool();
+      const [before, after] = [randomUUID(), randomUUID()];
+      let calls = 0;
+      const err = await rejectionOf(
+        withRetry(
+          pool,
+          async (tx) => {
+            calls++;
+            await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [before]);
+            await tx.query(end);
+            await tx.query(`INSERT INTO ${table} (id) VALUES ($1)`, [after]); // autocommit now
+            return 'looks committed';
+          },
+          quick,
+        ),
+      );
+      expect(err).toBeInstanceOf(DsqlError);
+      expect((err as Error).message).toMatch(/fn ended the transaction itself/);
+      expect(calls).toBe(1);
+      expect(await rowCount(before)).toBe(end === 'COMMIT' ? 1 : 0);
+      expect(pool.idleCount).toBe(1);
+    },
+  );
+});
+
 describe('a ROLLBACK that fails destroys the connection', () => {
   it('silently dropped path: ROLLBACK times out, the client is not returned to the pool', async () => {
     // query_timeout makes the black-holed ROLLBACK fail instead of hanging forever.
