@@ -102,15 +102,15 @@ export const defined = <T extends object>(o?: T): Partial<T> =>
 
 /** What a call's awaits reject with when its deadline passes or its signal aborts (the message). */
 class Stop extends DsqlError {}
-type Reason = 'attempts' | 'deadline' | 'aborted';
 const noop = () => {};
 const now = () => Date.now();
 
-/** Rejects with a Stop, made then (a stack costs more than a warm query), at `deadline` (none past 2^31 ms). */
+/** Rejects with a Stop (made then: a stack costs more than a warm query) at `deadline`, at once if past. */
 function timeout(deadline: number): [Promise<never>, () => void] {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
-    if (deadline - now() < 2e9) timer = setTimeout(() => reject(new Stop('deadline')), deadline - now());
+    if (deadline <= now()) reject(new Stop('deadline'));
+    else if (deadline - now() < 2e9) timer = setTimeout(() => reject(new Stop('deadline')), deadline - now());
   });
   late.catch(noop);
   return [late, () => clearTimeout(timer)];
@@ -192,7 +192,7 @@ async function retry<T>(
   let code: RetryCode = '40001';
   let delay = 0;
   let longest = 0; // the next attempt's estimate: overrunning a deadline costs more than a retry
-  const giveUp = (reason: Reason, cause = last) => {
+  const giveUp = (reason: OccRetryExhaustedError['reason'], cause = last) => {
     const ran = attempts ? `after ${attempts} attempt${attempts > 1 ? 's' : ''}` : 'before the first attempt';
     const why = { attempts: 'out of attempts', deadline: 'deadline reached' }[reason as 'deadline'] ?? reason;
     const message = `OCC retry gave up ${ran} (${why})${cause instanceof Error ? `: ${cause.message}` : ''}`;
@@ -299,7 +299,7 @@ async function retry<T>(
       await guard(new Promise((done) => (nap = setTimeout(done, delay))));
     }
   } catch (err) {
-    throw err instanceof Stop ? giveUp(err.message as Reason, last ?? err.cause) : err;
+    throw err instanceof Stop ? giveUp(err.message as 'deadline', last ?? err.cause) : err;
   } finally {
     clear();
     clearTimeout(nap);

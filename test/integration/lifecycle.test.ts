@@ -345,6 +345,28 @@ describe.each(adapters)('$type', ({ make }) => {
     }
   });
 
+  it('a deadline already passed: connect() is refused even with an idle pooled client, which stays pooled', async () => {
+    let pool: pg.Pool | undefined;
+    const handler = make(
+      async (event: { warm?: boolean }, context) => {
+        pool = context.dsql.pool;
+        if (event.warm) return context.dsql.query('SELECT 1');
+        const client = await context.dsql.connect();
+        client.release();
+        return 'connected';
+      },
+      // Warm: the deadline is 10 s away. Then Lambda's is 10 s away and ours 10 s past.
+      { ...configFor({ max: 1 }), logger, deadlineMarginMs: 20_000 },
+    );
+    await handler({ warm: true }, lambdaContext());
+    expect(pool!.idleCount).toBe(1);
+    const err = await handler({}, lambdaContext(10_000)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DsqlConnectionError);
+    expect((err as Error).message).toMatch(/deadline reached/);
+    await vi.waitFor(() => expect(pool!.idleCount).toBe(1));
+    expect(pool!.totalCount).toBe(1);
+  });
+
   it('cleans up on the error path, and the error reaches the caller', async () => {
     let pool: pg.Pool | undefined;
     const handler = make(
