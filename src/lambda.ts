@@ -76,7 +76,7 @@ type Options =
  * invocation, its handle and its end (which takes back unreleased clients). @internal
  */
 export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContextLike) => [Dsql, () => void] {
-  const { pool: given, deadlineMarginMs: margin, retry, logger, ...config }: Options = Object(options);
+  let { pool: shared, deadlineMarginMs: margin, retry, logger, ...config }: Options = Object(options);
   const log = logger ?? console; // (config: the rest, without the lifecycle keys createPool refuses)
   // A logger that throws must neither keep a connection nor replace the handler's result.
   const warn = (message: string, ...details: unknown[]) => {
@@ -84,7 +84,6 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
       log.warn(message, ...details);
     } catch {}
   };
-  let shared = given;
   return (context) => {
     // Checked with the configuration, at the first invocation: a NaN margin left connect() unbounded.
     if (margin !== undefined && !(typeof margin === 'number' && margin >= 0 && margin < Infinity))
@@ -94,7 +93,9 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     const pool = shared;
     const held = new Set<() => void>(); // takes back each connect() client not released yet
     let ended = false;
-    const remaining = context?.getRemainingTimeInMillis?.() ?? Infinity;
+    const remaining: unknown = (context?.getRemainingTimeInMillis ?? (() => Infinity)).call?.(context);
+    if (typeof remaining !== 'number' || Number.isNaN(remaining))
+      throw new DsqlConfigError('getRemainingTimeInMillis', 'must be a function returning a number (ms)');
     const deadline = Date.now() + remaining - (margin ?? DSQL_DEFAULTS.deadlineMarginMs);
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
     // A call's options win over the handler's; its deadline may shorten the invocation's, never extend it.

@@ -345,6 +345,25 @@ describe.each(adapters)('$type', ({ make }) => {
     }
   });
 
+  it('a context whose getRemainingTimeInMillis does not return a number is refused, naming it', async () => {
+    // NaN left connect() unbounded and had query() blame "deadline"; '1500' concatenated into no deadline.
+    for (const bad of [() => Number.NaN, () => '1500', 5]) {
+      let ran = false;
+      const handler = make(
+        async (_e: unknown, context) => {
+          ran = true;
+          return context.dsql.query('SELECT 1');
+        },
+        { ...configFor(), logger },
+      );
+      const context = { ...lambdaContext(), getRemainingTimeInMillis: bad as () => number };
+      const err = await handler({}, context).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe('getRemainingTimeInMillis');
+      expect(ran).toBe(false);
+    }
+  });
+
   it('a deadline already passed: connect() is refused even with an idle pooled client, which stays pooled', async () => {
     let pool: pg.Pool | undefined;
     const handler = make(
