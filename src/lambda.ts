@@ -99,12 +99,12 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     const deadline = Date.now() + remaining - (margin ?? DSQL_DEFAULTS.deadlineMarginMs);
     const request = context?.awsRequestId ? ` (request ${context.awsRequestId})` : '';
     // A call's options win over the handler's; its deadline may shorten the invocation's, never extend it.
-    const policy = (call?: RetryOptions): RetryOptions => ({
-      ...retry, // its undefined keys are dropped by withRetry
-      ...defined(call),
-      deadline: Math.min(deadline, retry?.deadline ?? Infinity, call?.deadline ?? Infinity),
-    });
-    const late = () => new DsqlError('dsql-lambda: connect() after the invocation ended');
+    const policy = (call?: RetryOptions): RetryOptions => {
+      if (ended) throw late(); // a promise the handler did not await must not write after it returned
+      const until = Math.min(deadline, retry?.deadline ?? Infinity, call?.deadline ?? Infinity);
+      return { ...retry, ...defined(call), deadline: until }; // retry's undefined keys: dropped by withRetry
+    };
+    const late = () => new DsqlError('dsql-lambda: context.dsql called after the invocation ended');
     // The handler gets a proxy, not pg-pool's client: pg-pool re-assigns `release` on the same object
     // at every checkout, so a second release of it would free the next checkout to a second user.
     const track = (client: pg.PoolClient, origin: Error): pg.PoolClient => {
@@ -141,8 +141,8 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     };
     const dsql = {
       pool,
-      query: (text: string, values?: unknown[]) => execWithRetry(pool, text, values, policy()),
-      transaction: (fn, call) => withRetry(pool, fn, policy(call)),
+      query: async (text: string, values?: unknown[]) => execWithRetry(pool, text, values, policy()),
+      transaction: async (fn, call) => withRetry(pool, fn, policy(call)),
       async connect() {
         const origin = new Error('checkout'); // its stack is formatted only if the client leaks
         if (ended) throw late();

@@ -386,6 +386,30 @@ describe.each(adapters)('$type', ({ make }) => {
     expect(pool!.totalCount).toBe(1);
   });
 
+  it('query() and transaction() after the invocation ended are refused, as connect() is: nothing is written', async () => {
+    const id = randomUUID();
+    let late: DsqlContext['dsql'] | undefined;
+    const handler = make(
+      async (_e: unknown, context) => {
+        late = context.dsql; // kept by, say, a promise the handler did not await
+        return 'done';
+      },
+      { ...configFor(), logger },
+    );
+    expect(await handler({}, lambdaContext())).toBe('done');
+    const insert = `INSERT INTO ${table} (id) VALUES ($1)`;
+    for (const call of [
+      () => late!.query(insert, [id]),
+      () => late!.transaction((tx) => tx.query(insert, [id])),
+      () => late!.connect(),
+    ]) {
+      const err = await call().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DsqlError);
+      expect((err as Error).message).toMatch(/after the invocation ended/);
+    }
+    expect(await rowCount(id)).toBe(0);
+  });
+
   it('cleans up on the error path, and the error reaches the caller', async () => {
     let pool: pg.Pool | undefined;
     const handler = make(
