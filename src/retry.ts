@@ -156,11 +156,11 @@ async function retry<T>(
   const policy = (pool as { retry?: RetryOptions }).retry; // createPool({ retry }), or any pg.Pool's
   const o = { ...DSQL_DEFAULTS.retry, ...defined(policy), ...defined(options) };
   const { maxAttempts, baseDelayMs: base, maxDelayMs: cap, deadline = Infinity, signal } = o;
-  const check = (field: string, ok: boolean, rule = 'must be a number >= 0') => {
+  const check = (field: string, ok: boolean, rule = 'must be a number of ms, 0 … 2^31 - 1') => {
     if (!ok) throw new DsqlConfigError(field, rule);
   };
   // Typed checks: a string ('50', as read from the environment) would concatenate in the backoff.
-  const ms = (v: unknown) => typeof v === 'number' && v >= 0 && v < Infinity;
+  const ms = (v: unknown) => typeof v === 'number' && v >= 0 && v < 2 ** 31; // a timer's range
   check('maxAttempts', Number.isInteger(maxAttempts) && maxAttempts > 0, 'must be an integer > 0');
   check('baseDelayMs', ms(base));
   check('maxDelayMs', ms(cap));

@@ -607,6 +607,20 @@ describe('withRetry', () => {
     expect(pool.clients).toHaveLength(0);
   });
 
+  it('a backoff no timer can sleep (2^31 ms or more) is refused, naming the field, not slept as 1 ms', async () => {
+    // Before, Node clamped such a setTimeout to 1 ms (a TimeoutOverflowWarning): the retry hammered at once.
+    const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? occ() : undefined));
+    for (const [field, bad] of [
+      ['baseDelayMs', { baseDelayMs: 2 ** 31, maxDelayMs: 2 ** 31 }],
+      ['maxDelayMs', { baseDelayMs: 50, maxDelayMs: 2 ** 31 }],
+    ] as const) {
+      const err = await rejectionOf(withRetry(pool, async () => 1, { maxAttempts: 2, ...bad }));
+      expect(err).toBeInstanceOf(DsqlConfigError);
+      expect((err as DsqlConfigError).field).toBe(field);
+    }
+    expect(pool.clients).toHaveLength(0);
+  });
+
   it('an async onRetry that rejects: the call rejects with its error, nothing unhandled, the client released', async () => {
     const pool = new FakePool(() => (sql) => (sql === 'COMMIT' ? occ() : undefined));
     const unhandled: unknown[] = [];
