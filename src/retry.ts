@@ -104,6 +104,7 @@ export const defined = <T extends object>(o?: T): Partial<T> =>
 class Stop extends DsqlError {}
 const noop = () => {};
 const now = () => Date.now();
+const MAYBE = 'it may or may not have committed';
 
 /** Rejects with a Stop (made then: a stack costs more than a warm query) at `deadline`, at once if past. */
 function timeout(deadline: number): [Promise<never>, () => void] {
@@ -225,15 +226,13 @@ async function retry<T>(
           if (unsent || err instanceof Stop || lost || isConnectionLostError(err)) broken = true;
           else await rollback(); // e.g. execWithRetry('BEGIN') left a transaction open
           if (unsent || !broken) throw err;
-          const why = `The connection was lost or the deadline passed while ${what} was in flight`;
-          const cause = { cause: err };
-          throw new CommitOutcomeUnknownError(`${why}: it may or may not have committed`, attempts, cause);
+          const why = `The connection was lost or the deadline passed while ${what} was in flight: ${MAYBE}`;
+          throw new CommitOutcomeUnknownError(why, attempts, { cause: err });
         }
       };
       const transaction = async (body: (tx: TransactionClient) => Promise<unknown>) => {
         const fromDb = new WeakSet<object>(); // errors that came from the database
-        let first: unknown; // the first statement error and the first conflict: fn may have caught them
-        let occ: unknown;
+        let [first, occ]: unknown[] = []; // the first statement error and the first conflict: fn may have caught them
         let closed = false;
         // tx.query: pg's, noting errors from the database, refused once the attempt is over (as pg
         // fails: a rejection or the callback; a throw from a late callback-style call crashed the process).
@@ -272,7 +271,8 @@ async function retry<T>(
         if (lost) throw lost;
         halt(0);
         broken = false;
-        if (client.getTransactionStatus() === 'I') throw new DsqlError('fn ended the transaction itself');
+        if (client.getTransactionStatus() === 'I')
+          throw new CommitOutcomeUnknownError(`fn sent COMMIT or ROLLBACK itself: ${MAYBE}`, attempts);
         if ((await sent(client.query('COMMIT'), 'COMMIT')).command !== 'ROLLBACK') return value;
         // COMMIT of a failed transaction is answered ROLLBACK: fn caught a failed statement.
         throw occ ?? new DsqlError('COMMIT rolled back: fn caught an error', { cause: first });
