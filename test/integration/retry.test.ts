@@ -392,7 +392,8 @@ describe('connection lost', () => {
 describe('deadline and abort', () => {
   it('conflicts until the deadline: OccRetryExhaustedError(deadline), every attempt counted, nothing committed', async () => {
     // Which attempt is the last depends on the machine's speed; what is checked does not: the
-    // reason, that the attempts fn saw are the attempts reported, and that nothing committed.
+    // reason, that the attempts reported are those fn saw (the last may have been stopped in its
+    // BEGIN, before fn ran), and that nothing committed.
     // (That no attempt or sleep starts past the deadline is checked on a fake clock in the unit tests.)
     const pool = newPool();
     const id = randomUUID();
@@ -409,7 +410,8 @@ describe('deadline and abort', () => {
       ),
     );
     expect(err).toBeInstanceOf(OccRetryExhaustedError);
-    expect(err).toMatchObject({ reason: 'deadline', attempts: calls });
+    expect(err).toMatchObject({ reason: 'deadline' });
+    expect([calls, calls + 1]).toContain((err as OccRetryExhaustedError).attempts);
     expect(await rowCount(id)).toBe(0);
   });
 
