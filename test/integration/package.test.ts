@@ -122,15 +122,18 @@ describe('cold-start budget of a bundled handler', () => {
     `import { createPool } from ${JSON.stringify(entry)};\nconst pool = createPool({ host: '${HOST}' });\nexport const handler = async () => { void pool; };\n`;
   const builds: Record<string, esbuild.BuildOptions> = {
     'esbuild defaults (CJS)': { bundle: true, platform: 'node', minify: true, format: 'cjs' },
-    lambdaBundleOptions: lambdaBundleOptions as esbuild.BuildOptions,
+    lambdaBundleOptions,
   };
+  const budgets: Record<string, number> = { 'esbuild defaults (CJS)': 1.17, lambdaBundleOptions: 1.19 };
 
   const requireHandler = `const { createPool } = require('dsql-lambda');\nconst pool = createPool({ host: '${HOST}' });\nexports.handler = async () => { void pool; };\n`;
   const pgRequireHandler = `const pg = require('pg');\nconst pool = new pg.Pool({ host: '${HOST}', ssl: true });\nexports.handler = async () => { void pool; };\n`;
 
-  // Regression guards at what the runtime reaches today (import 1.162×, require 1.253× of bare pg).
-  // The goal is 1.12× for import and 1.20× for require: not met yet, so these bounds only stop
-  // growth; lower them as the runtime shrinks.
+  // Regression guards at what the runtime reaches today (import 1.162×, require 1.253× of bare pg;
+  // import 1.181× under lambdaBundleOptions, whose plugin takes the same 8.5 KB of pg's native
+  // client out of both bundles: our ≈ 14.2 KB on top of pg is unchanged, the ratio's denominator
+  // smaller). The goal is 1.12× for import and 1.20× for require: not met yet, so these bounds
+  // only stop growth; lower them as the runtime shrinks.
   it('require: within 1.26× the bytes of bare pg under esbuild defaults (CJS)', async () => {
     const options = builds['esbuild defaults (CJS)'] as esbuild.BuildOptions;
     const pg = await bundle('pg-require', pgRequireHandler, options, 'cjs');
@@ -143,7 +146,7 @@ describe('cold-start budget of a bundled handler', () => {
   });
 
   for (const [label, options] of Object.entries(builds)) {
-    const budget = 1.17;
+    const budget = budgets[label]!;
     it(`import: within ${budget}× the bytes of bare pg under ${label}`, async () => {
       const tag = label.replace(/\W+/g, '-');
       const pg = await bundle(`pg-${tag}`, pgHandler, options);
@@ -163,7 +166,7 @@ describe('cold-start budget of a bundled handler', () => {
   }
 
   it('the middleware entry adds little on top of the runtime', async () => {
-    const options = lambdaBundleOptions as esbuild.BuildOptions;
+    const options = lambdaBundleOptions;
     const base = await bundle('runtime-only', ourHandler(join(root, 'dist/esm/index.js')), options);
     const withMiddy = await bundle(
       'with-middy',
