@@ -6,6 +6,26 @@
  */
 
 /**
+ * The part of esbuild's `PluginBuild` the preset's plugin uses: esbuild's own `PluginBuild` is
+ * assignable to it, so a {@link LambdaBundlePlugin} is an esbuild `Plugin`.
+ */
+export interface LambdaBundlePluginBuild {
+  /** Calls `callback` for each import path `filter` matches; its `undefined` leaves that path to esbuild. */
+  onResolve(
+    options: { filter: RegExp },
+    callback: (args: { path: string; importer: string }) => { path: string; external: boolean } | undefined,
+  ): void;
+}
+
+/** An esbuild plugin, typed structurally (assignable to esbuild's `Plugin`). */
+export interface LambdaBundlePlugin {
+  /** The plugin's name in esbuild's messages. */
+  readonly name: string;
+  /** Called once per build, with esbuild's `PluginBuild`. */
+  setup(build: LambdaBundlePluginBuild): void;
+}
+
+/**
  * The esbuild options {@link lambdaBundleOptions} sets. Structurally a subset of esbuild's
  * `BuildOptions`, so the object can be spread into `esbuild.build({ ... })` without this package
  * depending on esbuild.
@@ -41,13 +61,23 @@ export interface LambdaBundleOptions {
   readonly banner: Record<string, string>;
   /** `'warning'`. */
   readonly logLevel: 'warning';
+  /**
+   * One plugin, `dsql-lambda:no-pg-native`: leaves `require('./native')` in `pg/lib/index.js`
+   * unresolved (external), so pg's native client (≈ 8.5 KB minified) stays out of the bundle.
+   * pg requires it only in the lazy `pg.native` getter, which turns the missing module into
+   * `pg.native === null` (as when `pg-native` is not installed: on Lambda it never is, there is no
+   * libpq), and under `NODE_PG_FORCE_NATIVE`, which fails at load either way. To add plugins of
+   * your own, keep this one: `plugins: [...lambdaBundleOptions.plugins, ...mine]`.
+   */
+  readonly plugins: LambdaBundlePlugin[];
 }
 
 /**
  * esbuild options for a small, fast-starting Lambda bundle (Node 20+): ESM output, dependencies'
- * ESM builds preferred, minified, the AWS SDK and `pg-native` left external, and a `require` shim
- * for CommonJS dependencies. Add your own `entryPoints` and `outdir`; add `sourcemap: true` and set
- * `NODE_OPTIONS=--enable-source-maps` on the function for readable stack traces.
+ * ESM builds preferred, minified, the AWS SDK and `pg-native` left external, pg's native client
+ * left out (a plugin), and a `require` shim for CommonJS dependencies. Add your own `entryPoints`
+ * and `outdir`; add `sourcemap: true` and set `NODE_OPTIONS=--enable-source-maps` on the function
+ * for readable stack traces; add plugins after the preset's (`plugins`).
  * @example
  * ```ts
  * import * as esbuild from 'esbuild';
@@ -55,6 +85,7 @@ export interface LambdaBundleOptions {
  *
  * await esbuild.build({ ...lambdaBundleOptions, entryPoints: ['src/handler.ts'], outdir: 'dist' });
  * // dist/handler.mjs, exporting `handler`: Handler is `handler.handler`
+ * await esbuild.build({ ...lambdaBundleOptions, plugins: [...lambdaBundleOptions.plugins, myPlugin], ... });
  * ```
  */
 export const lambdaBundleOptions: LambdaBundleOptions = {
@@ -72,4 +103,16 @@ export const lambdaBundleOptions: LambdaBundleOptions = {
     js: "import { createRequire as __dsqlCreateRequire } from 'node:module'; const require = __dsqlCreateRequire(import.meta.url);",
   },
   logLevel: 'warning',
+  plugins: [
+    {
+      name: 'dsql-lambda:no-pg-native',
+      setup(build) {
+        build.onResolve({ filter: /^\.\/native$/ }, (args) =>
+          /[\\/]pg[\\/]lib[\\/]index\.js$/.test(args.importer)
+            ? { path: args.path, external: true }
+            : undefined,
+        );
+      },
+    },
+  ],
 };

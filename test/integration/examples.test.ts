@@ -3,8 +3,12 @@
  * the endpoint prints (as a user would run it): the four scripts of the seed (pool, transaction,
  * OCC retry, connection strings), Kysely and Drizzle on the library's pool, and the Lambda
  * handlers template.yaml deploys, each in a Lambda-like process, connecting as the
- * least-privilege role the migration creates.
+ * least-privilege role the migration creates, from their sources and bundled with the preset.
  */
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
@@ -13,6 +17,7 @@ import { startTestEndpoint } from '../helpers/endpoint.js';
 import {
   dropRoles,
   type HandlerProcess,
+  root,
   runExample,
   scratchDatabase,
   startHandlerProcess,
@@ -20,6 +25,8 @@ import {
 
 // Child processes, npm and esbuild: slow on a loaded 2-core machine, so generous per-test time.
 vi.setConfig({ testTimeout: 120_000 });
+
+const run = promisify(execFile);
 
 let endpoint: LocalDsql;
 let database: Awaited<ReturnType<typeof scratchDatabase>>;
@@ -274,5 +281,35 @@ describe('the Lambda handlers, as the least-privilege role', () => {
     } finally {
       await app.end();
     }
+  });
+
+  it("bundled with the preset (`node esbuild.config.mjs --handlers`), they answer the same and hold nothing of pg's native client", async () => {
+    // `npm test` builds before running vitest; a bare `vitest run` builds here (the preset is read from dist).
+    if (!existsSync(join(root, 'dist/esm/esbuild.js')))
+      await run(process.execPath, [join(root, 'esbuild.config.mjs')], { cwd: root });
+    await run(process.execPath, [join(root, 'esbuild.config.mjs'), '--handlers'], { cwd: root });
+    const bundled = (name: string) => join(root, 'dist/lambda', `${name}.mjs`);
+    for (const name of ['items-api', 'queue-worker', 'transfer'])
+      expect(readFileSync(bundled(name), 'utf8'), name).not.toContain('pg-native');
+
+    const post = await lambda.invoke(
+      bundled('items-api'),
+      http('POST', '/items', { name: 'bundled', priceCents: 3 }),
+    );
+    expect(post.ok, post.error).toBe(true);
+    const id = JSON.parse((post.result as Reply).body).id as string;
+    const get = await lambda.invoke(bundled('items-api'), http('GET', `/items/${id}`));
+    expect(JSON.parse((get.result as Reply).body)).toMatchObject({ id, name: 'bundled', priceCents: 3 });
+    expect((await lambda.invoke(bundled('items-api'), http('DELETE', `/items/${id}`))).result).toMatchObject({
+      statusCode: 204,
+    });
+    const transferId = `t-${Date.now()}-bundled`;
+    const transfer = await lambda.invoke(bundled('transfer'), {
+      transferId,
+      from: 'alice',
+      to: 'bob',
+      amount: 1,
+    });
+    expect(transfer.result).toMatchObject({ transferId, applied: true });
   });
 });
