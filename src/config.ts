@@ -144,25 +144,19 @@ const isNumeric = (s: string) => all(s, '0123456789.');
 const num = (s = '') => (s && s.length < 10 && all(s, LDH.slice(26, 36)) ? +s : NaN);
 
 /** `read()`, or a {@link DsqlConfigError} naming `field` when reading the user's object throws (a getter, a Proxy trap): never its message, which may hold a secret. */
-function readable<T>(field: string, read: () => T): T {
+function readable<T>(field: string, read: () => T, what = 'readable'): T {
   try {
     return read();
   } catch (err) {
-    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, 'must be readable');
+    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, `must be ${what}`);
   }
 }
+const decode = (f: string, s: string) => readable(f, () => decodeURIComponent(s), 'validly percent-encoded');
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   const n = value as number | undefined;
   if (n == null || (Number.isInteger(n) && n >= min && n <= max)) return n;
   return mustBe(field, `an integer from ${min} to ${max}`);
-}
-function decode(field: string, value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return mustBe(field, 'validly percent-encoded');
-  }
 }
 
 /** A `postgres://`, `postgresql://` or `dsql://` URL (or a bare host name) as raw keys; no message repeats it. */
