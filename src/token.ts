@@ -131,10 +131,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       return held;
     },
     invalidate: (t) => {
-      if (t === undefined || t === token) {
-        token = credentials = inflight = undefined;
-        generation++;
-      }
+      if (t === undefined || t === token) token = credentials = inflight = void generation++;
     },
   };
 }
