@@ -128,6 +128,7 @@ type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K
 /** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
 const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
 const NO_PASSWORD = 'absent: DSQL signs in with IAM tokens';
+const RETRY = 'maxAttempts baseDelayMs maxDelayMs deadline signal onRetry'.split(' ');
 
 /** The one message template: `<field>: must be <what>`. */
 function mustBe(field: string, what: string): never {
@@ -293,6 +294,11 @@ export function resolveConfig(
       mustBe('ssl', 'true or { ca } (TLS is always verified)');
     if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
     return ca;
+  });
+  // Left alone, a misspelt key of the pool's retry policy (or one not an object) would be ignored.
+  readable('retry', () => {
+    if (retry != null && (typeof retry !== 'object' || Object.keys(retry).some((k) => !RETRY.includes(k))))
+      mustBe('retry', `an object of ${RETRY.join(', ')}`);
   });
   const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
   Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });

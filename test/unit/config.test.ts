@@ -393,6 +393,24 @@ describe('defaults and validation', () => {
     );
   });
 
+  it('refuses a retry policy that is not an object, or has a misspelt key: it would be ignored', () => {
+    const retry = (value: unknown) => () => resolveConfig({ host, retry: value } as DsqlConfig, NO_ENV);
+    for (const value of ['fast', 5, true, () => 3, [8], { maxAtempts: 3 }, { signal: undefined, max: 2 }])
+      expect(configError(retry(value)).field).toBe('retry');
+    const trap = new Proxy(
+      {},
+      {
+        ownKeys: () => {
+          throw new Error('s3cr3t');
+        },
+      },
+    );
+    expect(configError(retry(trap)).message).not.toContain('s3cr3t');
+    const policy = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: undefined, onRetry: () => {} };
+    expect(resolveConfig({ host, retry: policy }, NO_ENV).retry).toBe(policy);
+    expect(resolveConfig({ host, retry: undefined }, NO_ENV).retry).toBeUndefined();
+  });
+
   it('refuses NUL characters in user and database: they would inject startup parameters (issue 8, defect 9)', () => {
     expect(configError(() => resolveConfig({ host, user: 'admin\0options\0-c x=y' }, NO_ENV)).field).toBe(
       'user',
