@@ -231,13 +231,13 @@ export function resolveConfig(
     hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
     user: env.PGUSER || undefined,
     database: env.PGDATABASE || undefined,
-    port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
   for (const [key, value] of [...Object.entries(s == null ? {} : fromString(s)), ...entries]) {
     if (!Object.hasOwn(KEYS, key)) mustBe(key, key === 'password' ? NO_PASSWORD : 'a known option');
     if (value !== undefined) given[key] = value;
   }
+  if (given.port === undefined && env.PGPORT) given.port = int('PGPORT', num(env.PGPORT), 65535);
   const r: Record<string, unknown> = {};
   const pgOptions: Record<string, unknown> = {};
   for (const [key, k] of Object.entries(KEYS)) {

@@ -264,6 +264,16 @@ describe('defaults and validation', () => {
       expect(configError(() => resolveConfig({ host }, { PGPORT: junk })).field).toBe('PGPORT');
   });
 
+  it('an explicit port wins over PGPORT without PGPORT being checked, as libpq ignores it then', () => {
+    for (const junk of ['x', '0', '99999', ' 5432']) {
+      expect(resolveConfig({ host, port: 5433 }, { PGPORT: junk }).port).toBe(5433);
+      expect(resolveConfig(`postgres://admin@${host}:6000/postgres`, { PGPORT: junk }).port).toBe(6000);
+      expect(configError(() => resolveConfig({ host, port: undefined }, { PGPORT: junk })).field).toBe(
+        'PGPORT',
+      );
+    }
+  });
+
   it('package version matches package.json', () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
     expect(PACKAGE_VERSION).toBe(pkg.version);
