@@ -128,6 +128,7 @@ type KeyOf<Kind> = { [K in keyof typeof KEYS]: (typeof KEYS)[K] extends Kind ? K
 /** What a connection string's query may set; `dbname`, `sslnegotiation` stand for `database`, `sslNegotiation`. */
 const QUERY = 'region profile tokenDurationSecs sslnegotiation hostaddr application_name user dbname sslmode';
 const NO_PASSWORD = 'absent: DSQL signs in with IAM tokens';
+const RETRY = 'maxAttempts baseDelayMs maxDelayMs deadline signal onRetry'.split(' ');
 
 /** The one message template: `<field>: must be <what>`. */
 function mustBe(field: string, what: string): never {
@@ -144,25 +145,19 @@ const isNumeric = (s: string) => all(s, '0123456789.');
 const num = (s = '') => (s && s.length < 10 && all(s, LDH.slice(26, 36)) ? +s : NaN);
 
 /** `read()`, or a {@link DsqlConfigError} naming `field` when reading the user's object throws (a getter, a Proxy trap): never its message, which may hold a secret. */
-function readable<T>(field: string, read: () => T): T {
+function readable<T>(field: string, read: () => T, what = 'readable'): T {
   try {
     return read();
   } catch (err) {
-    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, 'must be readable');
+    throw err instanceof DsqlConfigError ? err : new DsqlConfigError(field, `must be ${what}`);
   }
 }
+const decode = (f: string, s: string) => readable(f, () => decodeURIComponent(s), 'validly percent-encoded');
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   const n = value as number | undefined;
   if (n == null || (Number.isInteger(n) && n >= min && n <= max)) return n;
   return mustBe(field, `an integer from ${min} to ${max}`);
-}
-function decode(field: string, value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return mustBe(field, 'validly percent-encoded');
-  }
 }
 
 /** A `postgres://`, `postgresql://` or `dsql://` URL (or a bare host name) as raw keys; no message repeats it. */
@@ -236,13 +231,13 @@ export function resolveConfig(
     hostaddr: env.DSQL_HOSTADDR || env.PGHOSTADDR || undefined,
     user: env.PGUSER || undefined,
     database: env.PGDATABASE || undefined,
-    port: env.PGPORT ? int('PGPORT', num(env.PGPORT), 65535) : undefined,
     max: num(env.AWS_LAMBDA_MAX_CONCURRENCY) || undefined,
   };
   for (const [key, value] of [...Object.entries(s == null ? {} : fromString(s)), ...entries]) {
     if (!Object.hasOwn(KEYS, key)) mustBe(key, key === 'password' ? NO_PASSWORD : 'a known option');
     if (value !== undefined) given[key] = value;
   }
+  if (given.port === undefined && env.PGPORT) given.port = int('PGPORT', num(env.PGPORT), 65535);
   const r: Record<string, unknown> = {};
   const pgOptions: Record<string, unknown> = {};
   for (const [key, k] of Object.entries(KEYS)) {
@@ -299,6 +294,11 @@ export function resolveConfig(
       mustBe('ssl', 'true or { ca } (TLS is always verified)');
     if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
     return ca;
+  });
+  // Left alone, a misspelt key of the pool's retry policy (or one not an object) would be ignored.
+  readable('retry', () => {
+    if (retry != null && (typeof retry !== 'object' || Object.keys(retry).some((k) => !RETRY.includes(k))))
+      mustBe('retry', `an object of ${RETRY.join(', ')}`);
   });
   const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
   Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });

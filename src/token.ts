@@ -41,8 +41,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
   let sdk: Provider | undefined;
   let credentials: AwsCredentialIdentity | undefined;
   let token: string | undefined;
-  let expiresAt = 0;
-  let renewAt = 0;
+  let [expiresAt, renewAt, startedAt] = [0, 0, 0];
   let inflight: Promise<string> | undefined;
   let generation = 0;
 
@@ -71,6 +70,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
   };
 
   const renew = async (g: number): Promise<string> => {
+    startedAt = Date.now();
     try {
       let c = credentials;
       if (
@@ -112,8 +112,10 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
     get: async () => {
       const now = Date.now();
       if (token !== undefined && now < renewAt) return token;
+      // Concurrent callers share one renewal; one overtaken by invalidate() caches nothing, nor one older
+      // than the provider's timeout (frozen mid-call: its timer fires late, its call may be lost).
+      if (now - startedAt > DSQL_DEFAULTS.credentialsTimeoutMillis) inflight = void generation++;
       const g = generation;
-      // Concurrent callers share one renewal; one overtaken by invalidate() caches nothing.
       inflight ??= renew(g).finally(() => {
         if (g === generation) inflight = undefined;
       });
@@ -129,10 +131,7 @@ function createTokenCache(config: ResolvedDsqlConfig, env: Env): TokenCache {
       return held;
     },
     invalidate: (t) => {
-      if (t === undefined || t === token) {
-        token = credentials = inflight = undefined;
-        generation++;
-      }
+      if (t === undefined || t === token) token = credentials = inflight = void generation++;
     },
   };
 }

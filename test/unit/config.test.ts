@@ -264,6 +264,16 @@ describe('defaults and validation', () => {
       expect(configError(() => resolveConfig({ host }, { PGPORT: junk })).field).toBe('PGPORT');
   });
 
+  it('an explicit port wins over PGPORT without PGPORT being checked, as libpq ignores it then', () => {
+    for (const junk of ['x', '0', '99999', ' 5432']) {
+      expect(resolveConfig({ host, port: 5433 }, { PGPORT: junk }).port).toBe(5433);
+      expect(resolveConfig(`postgres://admin@${host}:6000/postgres`, { PGPORT: junk }).port).toBe(6000);
+      expect(configError(() => resolveConfig({ host, port: undefined }, { PGPORT: junk })).field).toBe(
+        'PGPORT',
+      );
+    }
+  });
+
   it('package version matches package.json', () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
     expect(PACKAGE_VERSION).toBe(pkg.version);
@@ -391,6 +401,24 @@ describe('defaults and validation', () => {
     expect(configError(() => resolveConfig({ host, stream: () => null } as DsqlConfig, NO_ENV)).field).toBe(
       'stream',
     );
+  });
+
+  it('refuses a retry policy that is not an object, or has a misspelt key: it would be ignored', () => {
+    const retry = (value: unknown) => () => resolveConfig({ host, retry: value } as DsqlConfig, NO_ENV);
+    for (const value of ['fast', 5, true, () => 3, [8], { maxAtempts: 3 }, { signal: undefined, max: 2 }])
+      expect(configError(retry(value)).field).toBe('retry');
+    const trap = new Proxy(
+      {},
+      {
+        ownKeys: () => {
+          throw new Error('s3cr3t');
+        },
+      },
+    );
+    expect(configError(retry(trap)).message).not.toContain('s3cr3t');
+    const policy = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: undefined, onRetry: () => {} };
+    expect(resolveConfig({ host, retry: policy }, NO_ENV).retry).toBe(policy);
+    expect(resolveConfig({ host, retry: undefined }, NO_ENV).retry).toBeUndefined();
   });
 
   it('refuses NUL characters in user and database: they would inject startup parameters (issue 8, defect 9)', () => {

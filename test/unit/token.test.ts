@@ -454,6 +454,26 @@ describe('the token cache in its renewal window (renewAt ≤ now < expiresAt)', 
     expect(creds.calls).toBe(3);
   });
 
+  it('a background renewal frozen mid-call is not joined after the thaw: get() asks the provider afresh', async () => {
+    const creds = hangingAfterFirst();
+    const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
+    const first = await tokens.get();
+    vi.setSystemTime(WINDOW);
+    expect(await settledNow(tokens.get())).toBe(first); // call 2 hangs: the invocation ends, the process freezes
+    // An hour later (Date only): the token has expired; the frozen call's timeout has not fired yet,
+    // and once it does the call fails, while a fresh one answers at once.
+    vi.setSystemTime(T0 + 3_600_000);
+    const thawed = tokens.get();
+    expect(creds.calls).toBe(3);
+    creds.releases[1]!();
+    expect(await thawed).toContain('AKID3');
+    await vi.advanceTimersByTimeAsync(5_000); // the frozen call's timer: it changes nothing
+    creds.releases[0]!();
+    await settle();
+    expect(await tokens.get()).toBe(await thawed);
+    expect(creds.calls).toBe(3);
+  });
+
   it('invalidate() during a background renewal: the stale renewal is not cached', async () => {
     const creds = hangingAfterFirst();
     const tokens = cache(creds.provider, { tokenDurationSecs: 900 });
