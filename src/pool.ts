@@ -103,8 +103,7 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
     override connect(callback: (err: Error | null) => void): void;
     override connect(callback?: (err: Error | null) => void): Promise<pg.Client> | undefined {
       const connected = this.#connect();
-      if (!callback) return connected;
-      connected.then(() => callback(null), callback);
+      return callback ? void connected.then(() => callback(null), callback) : connected;
     }
 
     async #connect(): Promise<pg.Client> {
@@ -114,8 +113,10 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
       try {
         return await super.connect();
       } catch (err) {
-        const code = (err as { code?: unknown } | null)?.code;
-        if (code === '28000' || code === '28P01') cache.invalidate(this.#token);
+        // A server's refusal (or garbage): pg leaves the socket to a server that may keep it open.
+        if (err instanceof pg.DatabaseError) socketOf(this)?.destroy();
+        if (/^28(000|P01)$/.test(String((err as { code?: unknown } | null)?.code)))
+          cache.invalidate(this.#token);
         throw err;
       } finally {
         this.#token = '';
@@ -174,9 +175,7 @@ async function admit<T>(
       const left = deadline - Date.now();
       if (left < 1) throw giveUp(refusal === 'network' ? 'unreachable' : 'refused');
       const window =
-        refusal === 'network'
-          ? DSQL_DEFAULTS.networkRetryWindowMillis
-          : DSQL_DEFAULTS.admissionRetryWindowMillis;
+        DSQL_DEFAULTS[refusal === 'network' ? 'networkRetryWindowMillis' : 'admissionRetryWindowMillis'];
       // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
       await within(new Promise(noop), delay, null, ending);

@@ -15,7 +15,7 @@ import { testUpstream } from '../helpers/endpoint.js';
 
 const UPSTREAM = testUpstream('postgres');
 
-type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset';
+type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset' | 'refuse-open';
 
 function errorResponse(code: string, message: string): Buffer {
   const fields = Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0\0`, 'utf8');
@@ -59,6 +59,9 @@ async function admissionServer(plan: (n: number) => Behaviour) {
           socket.end(errorResponse('28P01', 'IAM authentication failed for user "admin"'));
         return;
       }
+      // A server that lies: refuses, then keeps the connection open (a real one closes after a FATAL).
+      if (behaviour === 'refuse-open')
+        return void socket.write(errorResponse('53300', 'too many connections'));
       const message =
         behaviour === '53400'
           ? 'Unable to accept connection, rate exceeded.'
@@ -74,6 +77,7 @@ async function admissionServer(plan: (n: number) => Behaviour) {
       return connections;
     },
     passwords,
+    sockets,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -167,6 +171,18 @@ describe('the client of a pool', () => {
     expect(viaCallback).toBe('connected');
     await expect(c.connect()).rejects.toThrow(/already been connected/);
     expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+  });
+});
+
+describe('a server that refuses and keeps the connection open', () => {
+  it('the client closes its socket itself: a refused attempt leaves nothing open', async () => {
+    const server = await admissionServer(() => 'refuse-open');
+    cleanups.push(server.close);
+    const { client: c } = client(server.port);
+    const err = await c.connect().catch((e) => e);
+    expect(err.code).toBe('53300');
+    // Before the fix the socket stayed open (and the process alive) until the server closed it.
+    while (server.sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
 });
 
