@@ -86,8 +86,8 @@ function pgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
   };
 }
 
-/** A `pg.Client` class that obtains its token before dialling and drops a rejected one (28000/28P01). */
-function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
+/** A `pg.Client` class: token before dialling (none once the pool ended); a rejected one (28P01) dropped. */
+function clientClass(config: ResolvedDsqlConfig, ending?: Ending): typeof pg.Client {
   let tokens: TokenCache | undefined; // at the first dial: nothing but validation at init
   return class extends pg.Client {
     #token = '';
@@ -111,6 +111,7 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
       const cache = tokens;
       this.#token = await cache.get();
       try {
+        if (ending?.ended) throw new Error('Cannot use a pool after calling end on the pool');
         return await super.connect();
       } catch (err) {
         // A server's refusal (or garbage): pg leaves the socket to a server that may keep it open.
@@ -198,7 +199,7 @@ export class DsqlPool extends pg.Pool {
   /** The pool-level retry policy (config key `retry`), for the retrying helpers. */
   readonly retry: RetryOptions | undefined;
   readonly #config: ResolvedDsqlConfig;
-  readonly #ending: Ending = { waits: new Set() };
+  readonly #ending: Ending;
   readonly #connections = new WeakMap<pg.ClientBase, Connection>();
   readonly #stats = Object.fromEntries(COUNTERS.split(' ').map((k) => [k, 0])) as CheckoutStats;
   /**
@@ -213,13 +214,15 @@ export class DsqlPool extends pg.Pool {
    * @param pgOverrides @internal Replaces pg settings (tests: a scripted `Client`, plain PostgreSQL).
    */
   constructor(config: ResolvedDsqlConfig, pgOverrides?: pg.PoolConfig) {
+    const ending: Ending = { waits: new Set() };
     super({
       ...pgConfig(config),
       connectionTimeoutMillis: 0,
       maxLifetimeSeconds: 0,
-      Client: clientClass(config),
+      Client: clientClass(config, ending),
       ...pgOverrides,
     });
+    this.#ending = ending;
     this.#config = config;
     this.retry = config.retry;
     // Once per physical connection, before its first checkout; its one 'error' listener for life
@@ -229,9 +232,7 @@ export class DsqlPool extends pg.Pool {
       const life = max - Math.random() * Math.min(jitter, max / 2);
       const info: Connection = { expiresAt: Date.now() + life * 1000, releasedAt: 0 };
       this.#connections.set(client, info);
-      client.on('error', () => {
-        info.dead = true;
-      });
+      client.on('error', () => Object.assign(info, { dead: true }));
     });
     // The one "may this connection be pooled again?" check.
     this.on('release', (err, client) => {

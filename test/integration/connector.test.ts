@@ -293,6 +293,29 @@ describe('createPool against the local endpoint', () => {
     expect(refused()).toBeLessThanOrEqual(atEnd + 1);
   });
 
+  it('pool.end() while a new connection waits for its token: that connection is never dialled', async () => {
+    let provide = (): void => {};
+    const asked = new Promise<void>((resolveAsked) => {
+      provide = resolveAsked; // replaced once the provider is called
+    });
+    const credentials = () =>
+      new Promise<typeof endpoint.credentials>((resolve) => {
+        const notify = provide;
+        provide = () => resolve({ ...endpoint.credentials });
+        notify();
+      });
+    const p = createPool(config({ credentials, connectionTimeoutMillis: 60_000 }));
+    endpoint.resetStats();
+    const err = p.query('SELECT 1').catch((e: unknown) => e);
+    await asked;
+    const ended = p.end();
+    expect(String(await err)).toMatch(/the pool was ended/);
+    provide();
+    await ended;
+    // Before the fix the client dialled and authenticated after end(), only to be closed.
+    expect(endpoint.stats().connections.total).toBe(0);
+  });
+
   it('keeps 20 checkouts in admission backoff without a MaxListenersExceededWarning', async () => {
     endpoint.faults.setMaxConnections(0);
     const warnings: string[] = [];
