@@ -15,7 +15,7 @@ import { testUpstream } from '../helpers/endpoint.js';
 
 const UPSTREAM = testUpstream('postgres');
 
-type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset' | 'refuse-open';
+type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset' | 'refuse-open' | 'garbage';
 
 function errorResponse(code: string, message: string): Buffer {
   const fields = Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0\0`, 'utf8');
@@ -60,6 +60,7 @@ async function admissionServer(plan: (n: number) => Behaviour) {
         return;
       }
       // A server that lies: refuses, then keeps the connection open (a real one closes after a FATAL).
+      if (behaviour === 'garbage') return void socket.write(Buffer.from([0xff, 0, 0, 0, 4]));
       if (behaviour === 'refuse-open')
         return void socket.write(errorResponse('53300', 'too many connections'));
       const message =
@@ -182,6 +183,16 @@ describe('a server that refuses and keeps the connection open', () => {
     const err = await c.connect().catch((e) => e);
     expect(err.code).toBe('53300');
     // Before the fix the socket stayed open (and the process alive) until the server closed it.
+    while (server.sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
+  });
+
+  it('the same for a server that answers garbage: the error is pg’s, not retried, and the socket closed', async () => {
+    const server = await admissionServer(() => 'garbage');
+    cleanups.push(server.close);
+    const { client: c } = client(server.port);
+    const err = await c.connect().catch((e) => e);
+    expect(err.message).toMatch(/received invalid response/);
+    expect(server.connections).toBe(1);
     while (server.sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
 });
