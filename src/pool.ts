@@ -110,16 +110,19 @@ function clientClass(config: ResolvedDsqlConfig, ending?: Ending): typeof pg.Cli
       tokens ??= tokenCacheFor(config);
       const cache = tokens;
       this.#token = await cache.get();
+      // Closes the dial at end(), and after a refusal or garbage (pg leaves that socket to the server).
+      const abort = () => socketOf(this)?.destroy();
+      ending?.waits.add(abort);
       try {
         if (ending?.ended) throw new Error('Cannot use a pool after calling end on the pool');
         return await super.connect();
       } catch (err) {
-        // A server's refusal (or garbage): pg leaves the socket to a server that may keep it open.
-        if (err instanceof pg.DatabaseError) socketOf(this)?.destroy();
+        if (err instanceof pg.DatabaseError) abort();
         if (/^28(000|P01)$/.test(String((err as { code?: unknown } | null)?.code)))
           cache.invalidate(this.#token);
         throw err;
       } finally {
+        ending?.waits.delete(abort);
         this.#token = '';
       }
     }
@@ -128,18 +131,17 @@ function clientClass(config: ResolvedDsqlConfig, ending?: Ending): typeof pg.Cli
 
 /** `promise`, or `value` if it has not settled after `ms` or once the pool has ended. */
 function within<T, V>(promise: Promise<T>, ms: number, value: V, ending?: Ending): Promise<T | V> {
-  let stop = noop;
+  let wake = noop;
   const late = new Promise<V>((resolve) => {
-    const timer = setTimeout(resolve, ms, value);
-    const wake = () => resolve(value);
-    if (ending?.ended) wake();
-    ending?.waits.add(wake);
-    stop = () => {
-      clearTimeout(timer);
-      ending?.waits.delete(wake);
-    };
+    wake = () => resolve(value);
   });
-  return Promise.race([promise, late]).finally(stop);
+  const timer = setTimeout(wake, ms);
+  if (ending?.ended) wake();
+  ending?.waits.add(wake);
+  return Promise.race([promise, late]).finally(() => {
+    clearTimeout(timer);
+    ending?.waits.delete(wake);
+  });
 }
 
 /**
@@ -261,11 +263,8 @@ export class DsqlPool extends pg.Pool {
     const open = async () => {
       const client = await super.connect();
       const verdict = await this.#verdict(client);
-      if (!verdict) {
-        this.#stats.checkouts++;
-        return client;
-      }
-      this.#stats[verdict]++;
+      this.#stats[verdict ?? 'checkouts']++;
+      if (!verdict) return client;
       client.release(true);
       // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
       if (verdict === 'evictedDead') socketOf(client)?.destroy();
