@@ -266,8 +266,8 @@ export class DsqlPool extends pg.Pool {
       this.#stats[verdict ?? 'checkouts']++;
       if (!verdict) return client;
       client.release(true);
-      // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
-      if (verdict === 'evictedDead') socketOf(client)?.destroy();
+      // No goodbye: a graceful end waits for a peer that may be gone (after a long idle too).
+      socketOf(client)?.destroy();
     };
     const acquired = admit(this.#config, open, (late) => late.release(), this.#ending);
     if (!callback) return acquired;
