@@ -86,7 +86,7 @@ function pgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
   };
 }
 
-/** A `pg.Client` class: token before dialling (none once the pool ended); a rejected one (28P01) dropped. */
+/** A `pg.Client` class: token before dialling (none after end()); drops a rejected one (28000/28P01). */
 function clientClass(config: ResolvedDsqlConfig, ending?: Ending): typeof pg.Client {
   let tokens: TokenCache | undefined; // at the first dial: nothing but validation at init
   return class extends pg.Client {
