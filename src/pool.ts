@@ -86,8 +86,8 @@ function pgConfig(config: ResolvedDsqlConfig): pg.PoolConfig {
   };
 }
 
-/** A `pg.Client` class that obtains its token before dialling and drops a rejected one (28000/28P01). */
-function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
+/** A `pg.Client` class: token before dialling (none after end()); drops a rejected one (28000/28P01). */
+function clientClass(config: ResolvedDsqlConfig, ending?: Ending): typeof pg.Client {
   let tokens: TokenCache | undefined; // at the first dial: nothing but validation at init
   return class extends pg.Client {
     #token = '';
@@ -103,21 +103,26 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
     override connect(callback: (err: Error | null) => void): void;
     override connect(callback?: (err: Error | null) => void): Promise<pg.Client> | undefined {
       const connected = this.#connect();
-      if (!callback) return connected;
-      connected.then(() => callback(null), callback);
+      return callback ? void connected.then(() => callback(null), callback) : connected;
     }
 
     async #connect(): Promise<pg.Client> {
       tokens ??= tokenCacheFor(config);
       const cache = tokens;
       this.#token = await cache.get();
+      // Closes the dial at end(), and after a refusal or garbage (pg leaves that socket to the server).
+      const abort = () => socketOf(this)?.destroy();
+      ending?.waits.add(abort);
       try {
+        if (ending?.ended) throw new Error('Cannot use a pool after calling end on the pool');
         return await super.connect();
       } catch (err) {
-        const code = (err as { code?: unknown } | null)?.code;
-        if (code === '28000' || code === '28P01') cache.invalidate(this.#token);
+        if (err instanceof pg.DatabaseError) abort();
+        if (/^28(000|P01)$/.test(String((err as { code?: unknown } | null)?.code)))
+          cache.invalidate(this.#token);
         throw err;
       } finally {
+        ending?.waits.delete(abort);
         this.#token = '';
       }
     }
@@ -126,18 +131,17 @@ function clientClass(config: ResolvedDsqlConfig): typeof pg.Client {
 
 /** `promise`, or `value` if it has not settled after `ms` or once the pool has ended. */
 function within<T, V>(promise: Promise<T>, ms: number, value: V, ending?: Ending): Promise<T | V> {
-  let stop = noop;
+  let wake = noop;
   const late = new Promise<V>((resolve) => {
-    const timer = setTimeout(resolve, ms, value);
-    const wake = () => resolve(value);
-    if (ending?.ended) wake();
-    ending?.waits.add(wake);
-    stop = () => {
-      clearTimeout(timer);
-      ending?.waits.delete(wake);
-    };
+    wake = () => resolve(value);
   });
-  return Promise.race([promise, late]).finally(stop);
+  const timer = setTimeout(wake, ms);
+  if (ending?.ended) wake();
+  ending?.waits.add(wake);
+  return Promise.race([promise, late]).finally(() => {
+    clearTimeout(timer);
+    ending?.waits.delete(wake);
+  });
 }
 
 /**
@@ -174,9 +178,7 @@ async function admit<T>(
       const left = deadline - Date.now();
       if (left < 1) throw giveUp(refusal === 'network' ? 'unreachable' : 'refused');
       const window =
-        refusal === 'network'
-          ? DSQL_DEFAULTS.networkRetryWindowMillis
-          : DSQL_DEFAULTS.admissionRetryWindowMillis;
+        DSQL_DEFAULTS[refusal === 'network' ? 'networkRetryWindowMillis' : 'admissionRetryWindowMillis'];
       // Within what is left, keeping a fifth of it for the attempt itself; end() wakes it.
       const delay = Math.random() * Math.min(window * 2 ** Math.min(n - 1, 8), left * 0.8);
       await within(new Promise(noop), delay, null, ending);
@@ -199,7 +201,7 @@ export class DsqlPool extends pg.Pool {
   /** The pool-level retry policy (config key `retry`), for the retrying helpers. */
   readonly retry: RetryOptions | undefined;
   readonly #config: ResolvedDsqlConfig;
-  readonly #ending: Ending = { waits: new Set() };
+  readonly #ending: Ending;
   readonly #connections = new WeakMap<pg.ClientBase, Connection>();
   readonly #stats = Object.fromEntries(COUNTERS.split(' ').map((k) => [k, 0])) as CheckoutStats;
   /**
@@ -214,13 +216,15 @@ export class DsqlPool extends pg.Pool {
    * @param pgOverrides @internal Replaces pg settings (tests: a scripted `Client`, plain PostgreSQL).
    */
   constructor(config: ResolvedDsqlConfig, pgOverrides?: pg.PoolConfig) {
+    const ending: Ending = { waits: new Set() };
     super({
       ...pgConfig(config),
       connectionTimeoutMillis: 0,
       maxLifetimeSeconds: 0,
-      Client: clientClass(config),
+      Client: clientClass(config, ending),
       ...pgOverrides,
     });
+    this.#ending = ending;
     this.#config = config;
     this.retry = config.retry;
     // Once per physical connection, before its first checkout; its one 'error' listener for life
@@ -230,9 +234,7 @@ export class DsqlPool extends pg.Pool {
       const life = max - Math.random() * Math.min(jitter, max / 2);
       const info: Connection = { expiresAt: Date.now() + life * 1000, releasedAt: 0 };
       this.#connections.set(client, info);
-      client.on('error', () => {
-        info.dead = true;
-      });
+      client.on('error', () => Object.assign(info, { dead: true }));
     });
     // The one "may this connection be pooled again?" check.
     this.on('release', (err, client) => {
@@ -261,14 +263,11 @@ export class DsqlPool extends pg.Pool {
     const open = async () => {
       const client = await super.connect();
       const verdict = await this.#verdict(client);
-      if (!verdict) {
-        this.#stats.checkouts++;
-        return client;
-      }
-      this.#stats[verdict]++;
+      this.#stats[verdict ?? 'checkouts']++;
+      if (!verdict) return client;
       client.release(true);
-      // No goodbye for a dead connection: a graceful end waits for a peer that may be gone.
-      if (verdict === 'evictedDead') socketOf(client)?.destroy();
+      // No goodbye: a graceful end waits for a peer that may be gone (after a long idle too).
+      socketOf(client)?.destroy();
     };
     const acquired = admit(this.#config, open, (late) => late.release(), this.#ending);
     if (!callback) return acquired;

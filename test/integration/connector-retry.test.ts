@@ -15,7 +15,7 @@ import { testUpstream } from '../helpers/endpoint.js';
 
 const UPSTREAM = testUpstream('postgres');
 
-type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset';
+type Behaviour = 'relay' | '53400' | '53300' | '28P01' | 'stall' | 'reset' | 'refuse-open' | 'garbage';
 
 function errorResponse(code: string, message: string): Buffer {
   const fields = Buffer.from(`SFATAL\0VFATAL\0C${code}\0M${message}\0\0`, 'utf8');
@@ -59,6 +59,10 @@ async function admissionServer(plan: (n: number) => Behaviour) {
           socket.end(errorResponse('28P01', 'IAM authentication failed for user "admin"'));
         return;
       }
+      // A server that lies: refuses, then keeps the connection open (a real one closes after a FATAL).
+      if (behaviour === 'garbage') return void socket.write(Buffer.from([0xff, 0, 0, 0, 4]));
+      if (behaviour === 'refuse-open')
+        return void socket.write(errorResponse('53300', 'too many connections'));
       const message =
         behaviour === '53400'
           ? 'Unable to accept connection, rate exceeded.'
@@ -74,6 +78,7 @@ async function admissionServer(plan: (n: number) => Behaviour) {
       return connections;
     },
     passwords,
+    sockets,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -170,6 +175,28 @@ describe('the client of a pool', () => {
   });
 });
 
+describe('a server that refuses and keeps the connection open', () => {
+  it('the client closes its socket itself: a refused attempt leaves nothing open', async () => {
+    const server = await admissionServer(() => 'refuse-open');
+    cleanups.push(server.close);
+    const { client: c } = client(server.port);
+    const err = await c.connect().catch((e) => e);
+    expect(err.code).toBe('53300');
+    // Before the fix the socket stayed open (and the process alive) until the server closed it.
+    while (server.sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
+  });
+
+  it('the same for a server that answers garbage: the error is pg’s, not retried, and the socket closed', async () => {
+    const server = await admissionServer(() => 'garbage');
+    cleanups.push(server.close);
+    const { client: c } = client(server.port);
+    const err = await c.connect().catch((e) => e);
+    expect(err.message).toMatch(/received invalid response/);
+    expect(server.connections).toBe(1);
+    while (server.sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
+  });
+});
+
 describe('a dial that never completes', () => {
   /** A server that accepts TCP, reads, and never answers (the TLS handshake never completes), and a pool dialling it. */
   async function silentServerPool(connectionTimeoutMillis: number) {
@@ -180,7 +207,10 @@ describe('a dial that never completes', () => {
       socket.on('close', () => sockets.delete(socket));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+    cleanups.push(() => {
+      for (const socket of sockets) socket.destroy(); // a failing test would otherwise wait for them
+      return new Promise((resolve) => server.close(resolve));
+    });
     const pool = createPool({
       host: 'abc.dsql.us-east-1.on.aws',
       hostaddr: '127.0.0.1',
@@ -210,8 +240,8 @@ describe('a dial that never completes', () => {
     const err = await query;
     expect(err).toBeInstanceOf(DsqlConnectionError);
     expect((err as Error).message).toMatch(/\(1 attempts\): the pool was ended$/);
-    // pg-pool's end() waits for the dial, which pg's timer would end after connectionTimeoutMillis.
-    for (const socket of sockets) socket.destroy();
+    // pg-pool's end() waits for the dial: end() closes it (it waited for pg's timer, here 10 minutes).
     await ended;
+    while (sockets.size > 0) await new Promise((r) => setTimeout(r, 10));
   });
 });

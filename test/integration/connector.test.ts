@@ -3,6 +3,7 @@
 // assertions: the clock is moved (Date only) where expiry matters.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -11,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import type { LocalDsql } from '../../packages/dsql-local/src/index.js';
 import { type DsqlConfig, resolveConfig } from '../../src/config.js';
 import { DsqlConnectionError, DsqlTokenError } from '../../src/errors.js';
-import { connect, createPool } from '../../src/pool.js';
+import { connect, createPool, type DsqlPool } from '../../src/pool.js';
 import { tokenCacheFor } from '../../src/token.js';
 import { startTestEndpoint, stopAllTestEndpoints } from '../helpers/endpoint.js';
 
@@ -291,6 +292,62 @@ describe('createPool against the local endpoint', () => {
     // At most the attempt already in flight when end() was called reaches the server.
     await new Promise((r) => setTimeout(r, 300));
     expect(refused()).toBeLessThanOrEqual(atEnd + 1);
+  });
+
+  it('pool.end() while a new connection waits for its token: that connection is never dialled', async () => {
+    let provide = (): void => {};
+    const asked = new Promise<void>((resolveAsked) => {
+      provide = resolveAsked; // replaced once the provider is called
+    });
+    const credentials = () =>
+      new Promise<typeof endpoint.credentials>((resolve) => {
+        const notify = provide;
+        provide = () => resolve({ ...endpoint.credentials });
+        notify();
+      });
+    const p = createPool(config({ credentials, connectionTimeoutMillis: 60_000 }));
+    endpoint.resetStats();
+    const err = p.query('SELECT 1').catch((e: unknown) => e);
+    await asked;
+    const ended = p.end();
+    expect(String(await err)).toMatch(/the pool was ended/);
+    provide();
+    await ended;
+    // Before the fix the client dialled and authenticated after end(), only to be closed.
+    expect(endpoint.stats().connections.total).toBe(0);
+  });
+
+  it('a connection idle past maxIdleMillis on a silently dropped path is destroyed at checkout, not left half-closed', async () => {
+    // A relay that can go silent as a dropped path does: no byte and no FIN comes back, ever.
+    const pairs: Array<[net.Socket, net.Socket]> = [];
+    const relay = net.createServer({ allowHalfOpen: true }, (socket) => {
+      const upstream = net.connect(endpoint.port, endpoint.address);
+      for (const s of [socket, upstream]) s.on('error', () => {});
+      socket.pipe(upstream).pipe(socket);
+      pairs.push([socket, upstream]);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => {
+      for (const pair of pairs) for (const s of pair) s.destroy();
+      return new Promise((resolve) => relay.close(resolve));
+    });
+    const p = pool(
+      { max: 1 },
+      config({ hostaddr: '127.0.0.1', port: (relay.address() as net.AddressInfo).port }),
+    );
+    const first = await p.connect();
+    const socket = (first as unknown as { connection: { stream: net.Socket } }).connection.stream;
+    first.release();
+    for (const [s, upstream] of pairs) {
+      s.unpipe(upstream).resume();
+      upstream.unpipe(s);
+    }
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(Date.now() + 400_000); // idle past maxIdleMillis (300 s), as after a long freeze
+    expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    expect((p as DsqlPool).checkoutStats().evictedIdle).toBe(1);
+    // Before the fix pg's goodbye waited for a peer that is gone: the socket stayed open (and ref'd).
+    expect(socket.destroyed).toBe(true);
   });
 
   it('keeps 20 checkouts in admission backoff without a MaxListenersExceededWarning', async () => {
