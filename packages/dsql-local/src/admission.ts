@@ -68,7 +68,9 @@ export class Admission {
   admit(conn: Connection): AdmissionRefusal | undefined {
     const now = Date.now();
     const { rate, bucket } = this;
-    bucket.tokens = Math.min(rate.burst, bucket.tokens + ((now - bucket.at) / 1000) * rate.perSecond);
+    // A clock stepped back refills nothing (and owes nothing): time since is counted from then.
+    const elapsed = Math.max(0, now - bucket.at) / 1000;
+    bucket.tokens = Math.min(rate.burst, bucket.tokens + elapsed * rate.perSecond);
     bucket.at = now;
     if (bucket.tokens < 1) return '53400';
     if (this.admitted.size >= this.maxConnections) return '53300';

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { pgConfig, signTestToken, startTestEndpoint, testUpstream } from '../../../test/helpers/endpoint.js';
+import { Admission } from '../src/admission.js';
+import type { Connection } from '../src/connection.js';
 import { type LocalDsql, OC000_MESSAGE_NEW } from '../src/index.js';
 
 type PgError = Error & { code?: string };
@@ -283,6 +285,22 @@ describe('admission, age and latency', () => {
   });
   afterAll(async () => {
     await limited.stop();
+  });
+
+  it('the rate limit refills from where it was after the clock steps back (no debt of the gap)', () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const start = Date.now();
+      const admission = new Admission({ perSecond: 10, burst: 1 }, 100, 100);
+      const conn = () => ({}) as Connection;
+      expect(admission.admit(conn())).toBeUndefined();
+      vi.setSystemTime(start - 3_600_000); // an hour back (NTP step, a test's fake clock)
+      expect(admission.admit(conn())).toBe('53400'); // the bucket is still empty
+      vi.setSystemTime(start - 3_600_000 + 1_000); // a second later: refilled by one second's worth
+      expect(admission.admit(conn())).toBeUndefined();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('rate limit → 53400, connection cap → 53300', async () => {
