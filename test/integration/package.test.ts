@@ -133,18 +133,20 @@ describe('cold-start budget of a bundled handler', () => {
   const requireHandler = `const { createPool } = require('dsql-lambda');\nconst pool = createPool({ host: '${HOST}' });\nexports.handler = async () => { void pool; };\n`;
   const pgRequireHandler = `const pg = require('pg');\nconst pool = new pg.Pool({ host: '${HOST}', ssl: true });\nexports.handler = async () => { void pool; };\n`;
 
-  // Regression guards at what the runtime reaches today (import 1.162×, require 1.253× of bare pg;
-  // import 1.181× under lambdaBundleOptions, whose plugin takes the same 8.5 KB of pg's native
-  // client out of both bundles: our ≈ 14.2 KB on top of pg is unchanged, the ratio's denominator
-  // smaller). The goal is 1.12× for import and 1.20× for require: not met yet, so these bounds
-  // only stop growth; lower them as the runtime shrinks.
-  it('require: within 1.26× the bytes of bare pg under esbuild defaults (CJS)', async () => {
+  // Regression guards at what the runtime reaches today (import 1.169×, require 1.264× of bare pg;
+  // import 1.187× under lambdaBundleOptions, whose plugin takes the same 8.5 KB of pg's native
+  // client out of both bundles: our ≈ 14.6 KB on top of pg is unchanged, the ratio's denominator
+  // smaller). The last defect fixes (end() during a dial, refused sockets, late context.dsql calls,
+  // a retry policy's keys, fn ending its transaction) cost ≈ 0.7 KB of require. The goal is 1.12×
+  // for import and 1.20× for require: not met, so these bounds only stop growth; lower them as the
+  // runtime shrinks.
+  it('require: within 1.27× the bytes of bare pg under esbuild defaults (CJS)', async () => {
     const options = builds['esbuild defaults (CJS)'] as esbuild.BuildOptions;
     const pg = await bundle('pg-require', pgRequireHandler, options, 'cjs');
     const ours = await bundle('ours-require', requireHandler, options, 'cjs');
     const ratio = Buffer.byteLength(ours) / Buffer.byteLength(pg);
     expect(ratio, `${Buffer.byteLength(ours)} bytes vs pg ${Buffer.byteLength(pg)}`).toBeLessThanOrEqual(
-      1.26,
+      1.27,
     );
     expect(ours).not.toMatch(/SignatureV4|fromNodeProviderChain\s*=|@smithy\/|dsql-signer/);
   });
