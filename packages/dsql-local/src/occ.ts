@@ -195,3 +195,20 @@ export function woundSql(message: string): string {
     `INSERT INTO ${INTERNAL_SCHEMA}.doomed (message) VALUES (${literal(message)})`,
   ].join('; ');
 }
+
+/**
+ * DDL that lost a race for a name: two sessions creating the same table at once (`IF NOT EXISTS`
+ * included) make PostgreSQL fail the later one with a unique violation on a catalog index
+ * (`pg_type_typname_nsp_index`, …) or "type … already exists" (the table's row type). DSQL fails
+ * concurrent DDL with 40001 OC001, which clients retry; this is that error's fields, or undefined.
+ */
+export function catalogRace(
+  fields: Record<string, string>,
+  oc001Message: string,
+): Record<string, string> | undefined {
+  const race =
+    (fields.C === '23505' && /^pg_\w+_index$/.test(fields.n ?? '')) ||
+    (fields.C === '42710' && /^type ".*" already exists$/.test(fields.M ?? ''));
+  if (race) return { S: fields.S ?? 'ERROR', V: fields.V ?? 'ERROR', C: '40001', M: oc001Message };
+  return undefined;
+}

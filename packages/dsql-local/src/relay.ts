@@ -19,7 +19,7 @@
  */
 import type { Connection, EndpointCore, SessionState } from './connection.js';
 import { dropConnection } from './faults.js';
-import { FIRST_PROBE_MS, nextProbeDelay, recordLockWait, woundSql } from './occ.js';
+import { catalogRace, FIRST_PROBE_MS, nextProbeDelay, recordLockWait, woundSql } from './occ.js';
 import type { Refusal, SessionPolicy } from './policy.js';
 import {
   bindStatementName,
@@ -435,6 +435,10 @@ class Relay implements SessionState {
         continue;
       }
       if (f.type === 'E' && head && this.core.arbiter) f = this.unrequestedCancel(f, head);
+      if (f.type === 'E' && this.core.arbiter) {
+        const oc001 = catalogRace(parseErrorFields(f.bytes), this.core.occMessages.OC001);
+        if (oc001) f = { type: 'E', bytes: errorResponseFromFields(oc001) };
+      }
       const replay = head?.replay;
       if (replay) {
         // Held back until its ReadyForQuery: a conflict makes the request run again instead.

@@ -18,6 +18,7 @@ import {
   untilSleeping,
 } from '../../../test/helpers/endpoint.js';
 import type { LocalDsql } from '../src/index.js';
+import { catalogRace } from '../src/occ.js';
 
 const OC000 = { code: '40001', message: 'change conflicts with another transaction (OC000)' };
 
@@ -357,4 +358,24 @@ describe('contention', () => {
     // ... and most are at COMMIT, as on DSQL.
     expect(stats.sql.occ.conflictsAtCommit).toBeGreaterThan(stats.occFromContention);
   }, 120_000);
+});
+
+describe('concurrent DDL', () => {
+  const OC001 = 'schema has been updated by another transaction, please retry: (OC001)';
+  it("PostgreSQL's catalog races (two runners creating one table) become DSQL's OC001; other errors stay", () => {
+    const asOc001 = { S: 'ERROR', V: 'ERROR', C: '40001', M: OC001 };
+    const typeRace = { S: 'ERROR', V: 'ERROR', C: '42710', M: 'type "dsql_migrations" already exists' };
+    const indexRace = {
+      S: 'ERROR',
+      C: '23505',
+      M: 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"',
+      n: 'pg_type_typname_nsp_index',
+    };
+    expect(catalogRace(typeRace, OC001)).toEqual(asOc001);
+    expect(catalogRace(indexRace, OC001)).toEqual({ ...asOc001, V: 'ERROR' });
+    // A user's own duplicate key, and a table that already exists, are what they are.
+    expect(catalogRace({ ...indexRace, n: 'accounts_pkey' }, OC001)).toBeUndefined();
+    expect(catalogRace({ C: '42P07', M: 'relation "t" already exists' }, OC001)).toBeUndefined();
+    expect(catalogRace({ C: '42710', M: 'role "x" already exists' }, OC001)).toBeUndefined();
+  });
 });
