@@ -153,6 +153,11 @@ function readable<T>(field: string, read: () => T, what = 'readable'): T {
   }
 }
 const decode = (f: string, s: string) => readable(f, () => decodeURIComponent(s), 'validly percent-encoded');
+export const checkRetry = (retry: unknown) =>
+  readable('retry', () => {
+    if (retry != null && (typeof retry !== 'object' || Object.keys(retry).some((k) => !RETRY.includes(k))))
+      mustBe('retry', `an object of ${RETRY.join(', ')}`);
+  });
 function int(field: string, value: unknown, bound: number): number | undefined {
   const [min, max] = bound < 0 ? [0, -bound] : [1, bound];
   const n = value as number | undefined;
@@ -295,11 +300,7 @@ export function resolveConfig(
     if (![ca ?? ''].flat().every((x) => typeof x === 'string' || Buffer.isBuffer(x))) mustBe('ssl.ca', 'PEM');
     return ca;
   });
-  // Left alone, a misspelt key of the pool's retry policy (or one not an object) would be ignored.
-  readable('retry', () => {
-    if (retry != null && (typeof retry !== 'object' || Object.keys(retry).some((k) => !RETRY.includes(k))))
-      mustBe('retry', `an object of ${RETRY.join(', ')}`);
-  });
+  checkRetry(retry); // the pool's policy (the handler's: lifecycle); a misspelt key would be ignored
   const action = `DbConnect${r.user === 'admin' ? 'Admin' : ''}`;
   Object.assign(r, { host: fqdn, region, hostaddr: a, ca, retry, pgOptions, action });
   // Explicit credentials hold a secret: keep them out of JSON.stringify and console.log.

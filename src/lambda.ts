@@ -4,7 +4,7 @@
  * `dsql()` (`dsql-lambda/middy`) are thin layers over {@link lifecycle}.
  */
 import type pg from 'pg';
-import type { DsqlConfig } from './config.js';
+import { checkRetry, type DsqlConfig } from './config.js';
 import { DSQL_DEFAULTS } from './defaults.js';
 import { DsqlConfigError, DsqlError } from './errors.js';
 import { createPool } from './pool.js';
@@ -89,6 +89,7 @@ export function lifecycle(options?: DsqlHandlerOptions): (context?: LambdaContex
     if (margin !== undefined && !(typeof margin === 'number' && margin >= 0 && margin < Infinity))
       throw new DsqlConfigError('deadlineMarginMs', 'must be a number >= 0');
     if (typeof log?.warn !== 'function') throw new DsqlConfigError('logger', 'must have a warn method');
+    checkRetry(retry);
     shared ??= createPool(typeof options === 'string' ? options : (config as DsqlConfig));
     const pool = shared;
     const held = new Set<() => void>(); // takes back each connect() client not released yet

@@ -305,8 +305,8 @@ export class DsqlPool extends pg.Pool {
     if (info.releasedAt < this.#distrustBefore) return 'evictedDead';
     this.#stats.validations++;
     try {
-      // An empty statement: one round trip, cheaper for the server than a SELECT.
-      if (await within(client.query(';'), validationTimeoutMillis, null))
+      // An empty statement: one round trip, cheaper for the server than a SELECT; end() stops the wait.
+      if (await within(client.query(';'), validationTimeoutMillis, null, this.#ending))
         return this.#isOpen(client) ? undefined : 'evictedDead';
     } catch (err) {
       if (!isConnectionLostError(err)) return 'evictedDead';

@@ -330,6 +330,8 @@ describe.each(adapters)('$type', ({ make }) => {
       ['deadlineMarginMs', { deadlineMarginMs: -5_000 }], // calls would outlive the invocation
       ['deadlineMarginMs', { deadlineMarginMs: '500' }],
       ['logger', { logger: {} }],
+      ['retry', { retry: { maxAtempts: 3 } }], // a misspelt key of the handler's policy was ignored
+      ['retry', { retry: 'fast' }],
     ] as const) {
       let ran = false;
       const handler = make(

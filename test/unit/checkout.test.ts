@@ -245,6 +245,20 @@ describe('the checkout', () => {
     await ended;
   });
 
+  it('end() settles a checkout waiting on a validation at once and closes that connection', async () => {
+    // A validation no test outlives: only end() can stop the wait (pg-pool's end() waited for it too).
+    const pool = makePool({ validationTimeoutMillis: 2 ** 31 - 1, connectionTimeoutMillis: 2 ** 31 - 1 });
+    const a = await use(pool);
+    a.answers.set(';', 'hang');
+    advance(10_000);
+    const waiting = pool.connect().catch((e: Error) => e);
+    await vi.waitFor(() => expect(a.sent).toEqual([';']));
+    const ended = pool.end();
+    expect(String(await waiting)).toMatch(/the pool was ended$/);
+    await ended;
+    expect(a.ended).toBe(true);
+  });
+
   it('keeps an errored checked-out client alive as an object (no crash) and destroys it on release', async () => {
     const pool = makePool();
     const client = await pool.connect();
